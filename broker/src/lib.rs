@@ -1,0 +1,28 @@
+//! Ferry's durable event log.
+//!
+//! Everything in Ferry is an event in a broker, and every broker is a *topic* in an [`EventLog`]:
+//! N partitions of append-only, offset-addressed records, committed offsets per consumer group,
+//! and retention by age and by size. Callers (the ingress, the control plane, `ferry tail`, the
+//! dispatcher) see only the trait; the engine behind it is chosen at start-up.
+//!
+//! - [`event`]: the stored CloudEvent record ([`Event`]): attributes as received, data as bytes.
+//! - [`codec`]: the compact binary encoding of a record (what the RocksDB engine writes).
+//! - [`log`]: the [`EventLog`] and [`Consumer`] traits, topic and position types, [`LogError`].
+//! - [`rocks`]: the embedded engine on RocksDB, with group commit (one fsync per batch of appends).
+//! - [`metrics`]: the Prometheus metrics the engines record.
+//!
+//! The Kafka engine (a later issue) implements the same traits with a topic per broker and a
+//! consumer group per trigger; nothing above this crate changes.
+
+pub mod codec;
+pub mod event;
+pub mod log;
+pub mod metrics;
+pub mod rocks;
+
+pub use event::{AttrValue, Event};
+pub use log::{
+    Consumer, EventLog, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
+    Watermarks,
+};
+pub use rocks::{FsyncMode, RocksLog, RocksOptions};

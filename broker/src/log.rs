@@ -1,0 +1,162 @@
+//! The event-log contract every engine implements.
+
+use crate::event::Event;
+use async_trait::async_trait;
+use std::fmt;
+use std::time::Duration;
+
+/// A broker's log: `namespace/name`. Engines map it to their own naming (a key prefix in
+/// RocksDB; `knative-broker-{ns}-{name}` in Kafka).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Topic {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Retention limits of a topic; an event is removed once either limit is passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Events older than this (by append time) are removed. `None`: kept regardless of age.
+    pub max_age: Option<Duration>,
+    /// Per partition: the oldest events are removed while the partition holds more bytes than
+    /// this. `None`: no size limit.
+    pub max_bytes_per_partition: Option<u64>,
+}
+
+/// How a topic is laid out. Fixed when the topic is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub partitions: u32,
+    pub retention: Retention,
+}
+
+/// Where an appended event landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// An event read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub position: Position,
+    /// When the log accepted it (Unix milliseconds).
+    pub appended_ms: u64,
+    pub event: Event,
+}
+
+/// The offsets of one partition: events live in `start..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Watermarks {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Where a consumer without a committed offset starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest retained event.
+    Earliest,
+    /// The log end: only events appended from now on.
+    Latest,
+}
+
+/// Errors of the log. The ingress maps them to HTTP statuses in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("broker {0} does not exist")]
+    UnknownTopic(Topic),
+    #[error("partition {partition} does not exist in broker {topic}")]
+    UnknownPartition { topic: Topic, partition: u32 },
+    #[error("the event log is shutting down")]
+    Closed,
+    #[error("the event log cannot store the write: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Corrupt(#[from] crate::codec::CorruptRecord),
+}
+
+/// A durable, partitioned event log.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Creates a topic; creating one that exists already is a no-op (its layout is kept).
+    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<(), LogError>;
+
+    /// Deletes a topic with all its events and committed offsets.
+    async fn delete_topic(&self, topic: &Topic) -> Result<(), LogError>;
+
+    /// The topics that exist, with their layout.
+    async fn topics(&self) -> Result<Vec<(Topic, TopicConfig)>, LogError>;
+
+    /// Appends `events` as one all-or-nothing write and returns where each landed, in order, once
+    /// the write is durable. An event with a `partitionkey` goes to that key's partition; the rest
+    /// are spread over the partitions.
+    async fn append(&self, topic: &Topic, events: Vec<Event>) -> Result<Vec<Position>, LogError>;
+
+    /// Reads up to `max` events of one partition from `offset` on (an offset below the start
+    /// of the retained log reads from the start).
+    async fn read(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<Stored>, LogError>;
+
+    /// The watermarks of each partition, indexed by partition.
+    async fn watermarks(&self, topic: &Topic) -> Result<Vec<Watermarks>, LogError>;
+
+    /// Stores a consumer group's committed offsets: the next offset it will read, per partition.
+    async fn commit(
+        &self,
+        topic: &Topic,
+        group: &str,
+        offsets: &[Position],
+    ) -> Result<(), LogError>;
+
+    /// A consumer group's committed offsets, indexed by partition.
+    async fn committed(&self, topic: &Topic, group: &str) -> Result<Vec<Option<u64>>, LogError>;
+
+    /// A consumer over the partitions this process is assigned (all of them in the embedded
+    /// engine; a share of them in Kafka), starting from `group`'s committed offsets, else `start`.
+    /// With `group: None` nothing is committed (a `ferry tail`).
+    async fn consumer(
+        &self,
+        topic: &Topic,
+        group: Option<&str>,
+        start: StartAt,
+    ) -> Result<Box<dyn Consumer>, LogError>;
+
+    /// Removes events past their topic's retention; returns how many were removed.
+    async fn enforce_retention(&self) -> Result<u64, LogError>;
+
+    /// Makes every acknowledged write durable and stops taking new ones.
+    async fn close(&self) -> Result<(), LogError>;
+}
+
+/// Reads a topic's assigned partitions in order.
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next events (at most `max`), waiting up to `wait` for at least one. An empty vector
+    /// means nothing arrived in time.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Stored>, LogError>;
+
+    /// Commits, for the consumer's group, that every event before each position is settled.
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
+}

@@ -1,0 +1,69 @@
+//! Ingress failures and their HTTP statuses (the only place that maps one to the other).
+
+use crate::parse::InvalidEvent;
+use axum::response::{IntoResponse, Response};
+use broker::LogError;
+use http::{header, HeaderValue, StatusCode};
+
+/// Why the ingress refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("invalid CloudEvent: {0}")]
+    Invalid(#[from] InvalidEvent),
+    #[error("broker {namespace}/{name} not found")]
+    UnknownBroker { namespace: String, name: String },
+    #[error("no broker at this path; send events to /{{namespace}}/{{broker}}")]
+    NoRoute,
+    #[error("method {0} not allowed; use POST")]
+    Method(http::Method),
+    #[error("event of {size} bytes is larger than the maximum of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("request body larger than the maximum of {max} bytes")]
+    BodyTooLarge { max: usize },
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    #[error("the event was not stored, try again: {0}")]
+    Unavailable(LogError),
+}
+
+impl IngressError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngressError::Invalid(_) | IngressError::Body(_) => StatusCode::BAD_REQUEST,
+            IngressError::UnknownBroker { .. } | IngressError::NoRoute => StatusCode::NOT_FOUND,
+            IngressError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::TooLarge { .. } | IngressError::BodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Maps an append failure: an unknown topic is the client's 404; anything else means the
+    /// event was not stored, a 503 the producer may retry.
+    pub fn from_log(e: LogError, namespace: &str, name: &str) -> Self {
+        match e {
+            LogError::UnknownTopic(_) => IngressError::UnknownBroker {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            },
+            other => IngressError::Unavailable(other),
+        }
+    }
+}
+
+/// Methods the ingress path answers, for `Allow`.
+pub const ALLOW: HeaderValue = HeaderValue::from_static("POST, OPTIONS");
+
+impl IntoResponse for IngressError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = (status, format!("{self}\n")).into_response();
+        resp.headers_mut().insert(header::ALLOW, ALLOW);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,40 @@
+//! Metrics of the ingress. Names are documented in the README.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct IngressMetrics {
+    /// `ferry_ingress_events_total{namespace,broker,code}`: events accepted (202) or rejected,
+    /// by broker and HTTP status. Requests to unknown brokers count with empty broker labels.
+    pub events: IntCounterVec,
+    /// `ferry_ingress_request_seconds{code}`: request handling time, body read to answer.
+    pub request_seconds: HistogramVec,
+}
+
+impl IngressMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "ferry_ingress_events_total",
+                    "Events accepted or rejected by the ingress, by broker and HTTP status.",
+                ),
+                &["namespace", "broker", "code"],
+            )?,
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "ferry_ingress_request_seconds",
+                    "Ingress request handling time, by HTTP status.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ]),
+                &["code"],
+            )?,
+        };
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.request_seconds.clone()))?;
+        Ok(m)
+    }
+}

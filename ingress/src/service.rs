@@ -1,0 +1,188 @@
+//! The ingress router and its one handler.
+
+use crate::error::{IngressError, ALLOW};
+use crate::metrics::IngressMetrics;
+use crate::parse::{self, Mode};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use broker::{AttrValue, Event, EventLog, Topic};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Extension the ingress stamps on every event: when the broker received it.
+pub const ARRIVAL_TIME: &str = "knativearrivaltime";
+
+/// Limits of the ingress.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// Largest event accepted (attributes plus data), in bytes; larger ones get 413.
+    pub max_event_size: usize,
+    /// Largest batched-mode request body, in bytes.
+    pub max_batch_size: usize,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            max_event_size: 1024 * 1024,
+            max_batch_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the handler needs.
+#[derive(Clone)]
+pub struct IngressState {
+    pub log: Arc<dyn EventLog>,
+    pub config: IngressConfig,
+    pub metrics: IngressMetrics,
+}
+
+/// The ingress routes: `/{namespace}/{broker}`; anything else is 404.
+pub fn router(state: IngressState) -> Router {
+    Router::new()
+        .route("/{namespace}/{broker}", any(handle))
+        .fallback(|| async { IngressError::NoRoute })
+        .with_state(state)
+}
+
+async fn handle(
+    State(state): State<IngressState>,
+    Path((namespace, name)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let (count, result) = match *request.method() {
+        Method::POST => accept(&state, &namespace, &name, request).await,
+        Method::OPTIONS => return options(),
+        ref m => (1, Err(IngressError::Method(m.clone()))),
+    };
+    let status = match &result {
+        Ok(()) => StatusCode::ACCEPTED,
+        Err(e) => e.status(),
+    };
+    let code = status.as_str();
+    let (ns_label, name_label) = match &result {
+        Err(IngressError::UnknownBroker { .. }) => ("", ""),
+        _ => (namespace.as_str(), name.as_str()),
+    };
+    state
+        .metrics
+        .events
+        .with_label_values(&[ns_label, name_label, code])
+        .inc_by(count.max(1) as u64);
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[code])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            let mut r = StatusCode::ACCEPTED.into_response();
+            r.headers_mut().insert(header::ALLOW, ALLOW);
+            r
+        }
+        Err(e) => {
+            if status.is_server_error() {
+                tracing::warn!(broker = %format!("{namespace}/{name}"), error = %e, "event not stored");
+            } else {
+                tracing::debug!(broker = %format!("{namespace}/{name}"), error = %e, "event rejected");
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// Parses, stamps and appends the request's events. Returns how many events the request held
+/// (for the metrics) and the outcome.
+async fn accept(
+    state: &IngressState,
+    namespace: &str,
+    name: &str,
+    request: Request,
+) -> (usize, Result<(), IngressError>) {
+    let (parts, body) = request.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let mode = match parse::mode(content_type) {
+        Ok(m) => m,
+        Err(e) => return (1, Err(e.into())),
+    };
+    let limit = match mode {
+        Mode::Batch => state.config.max_batch_size,
+        // Attributes travel in headers in binary mode; the body alone must fit.
+        Mode::Binary | Mode::Structured => state.config.max_event_size,
+    };
+    let body = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(e) => return (1, Err(e)),
+    };
+    let events = match mode {
+        Mode::Binary => parse::binary(&parts.headers, body).map(|e| vec![e]),
+        Mode::Structured => parse::structured(&body).map(|e| vec![e]),
+        Mode::Batch => parse::batch(&body),
+    };
+    let mut events = match events {
+        Ok(e) => e,
+        Err(e) => return (1, Err(e.into())),
+    };
+    let count = events.len();
+    if count == 0 {
+        return (0, Ok(()));
+    }
+    let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for event in &mut events {
+        let size = event.size();
+        if size > state.config.max_event_size {
+            return (
+                count,
+                Err(IngressError::TooLarge {
+                    size,
+                    max: state.config.max_event_size,
+                }),
+            );
+        }
+        stamp(event, &arrival);
+    }
+    let topic = Topic::new(namespace, name);
+    let result = state
+        .log
+        .append(&topic, events)
+        .await
+        .map(|_| ())
+        .map_err(|e| IngressError::from_log(e, namespace, name));
+    (count, result)
+}
+
+fn stamp(event: &mut Event, arrival: &str) {
+    event.set_attr(ARRIVAL_TIME, AttrValue::String(arrival.to_string()));
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, IngressError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` reports an over-long body as a `LengthLimitError` somewhere in its chain.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return IngressError::BodyTooLarge { max: limit };
+            }
+            source = s.source();
+        }
+        IngressError::Body(e.to_string())
+    })
+}
+
+fn options() -> Response {
+    let mut r = StatusCode::OK.into_response();
+    let h = r.headers_mut();
+    h.insert(header::ALLOW, ALLOW);
+    h.insert("webhook-allowed-origin", HeaderValue::from_static("*"));
+    h.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+    r
+}

@@ -1,0 +1,13 @@
+//! The client verbs. Each talks to a running server's control API (`--server`, env
+//! `FERRY_SERVER`, default http://127.0.0.1:8081).
+//!
+//! - `client.rs`: the API client and its error messages.
+//! - `apply.rs`: reading YAML files/directories/stdin and applying them.
+//! - `get.rs`: get, describe, delete, and the table/YAML/JSON output.
+//! - `send.rs`, `tail.rs`: producing and reading events.
+
+pub mod apply;
+pub mod client;
+pub mod get;
+pub mod send;
+pub mod tail;

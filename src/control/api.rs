@@ -1,0 +1,251 @@
+//! The control-plane HTTP API (what every CLI verb but `serve` talks to), and the operational
+//! endpoints: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /api/v1/apply` `{"documents": [...]}` | validate all, apply all (422 with every error) |
+//! | `GET /api/v1/{plural}?namespace=NS` | list |
+//! | `GET /api/v1/namespaces/{ns}/{plural}/{name}` | one resource |
+//! | `DELETE /api/v1/namespaces/{ns}/{plural}/{name}` | delete |
+//! | `GET /api/v1/namespaces/{ns}/brokers/{name}/events?from=beginning\|end&follow=BOOL` | NDJSON stream of structured CloudEvents |
+
+use super::resource::Kind;
+use super::{ControlError, ControlPlane};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use broker::{EventLog, LogError, StartAt, Stored, Topic};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub control: Arc<ControlPlane>,
+    pub log: Arc<dyn EventLog>,
+    pub registry: prometheus::Registry,
+    /// Cancelled at shutdown: ends `tail` streams.
+    pub shutdown: CancellationToken,
+    /// False once shutdown begins (`/readyz` answers 503).
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/{plural}", get(list))
+        .route(
+            "/api/v1/namespaces/{ns}/{plural}/{name}",
+            get(get_one).delete(delete),
+        )
+        .route("/api/v1/namespaces/{ns}/brokers/{name}/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ControlError::NotFound { .. } | ControlError::UnknownType(_) => StatusCode::NOT_FOUND,
+            ControlError::Reserved => StatusCode::FORBIDDEN,
+            ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ControlError::Log(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let body = match self {
+            ControlError::Invalid(errors) => {
+                json!({"error": "invalid resources", "errors": errors})
+            }
+            other => json!({"error": other.to_string()}),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn kind(plural: &str) -> Result<Kind, ControlError> {
+    Kind::parse(plural).ok_or_else(|| ControlError::UnknownType(plural.to_string()))
+}
+
+#[derive(Deserialize)]
+struct ApplyRequest {
+    documents: Vec<Value>,
+}
+
+async fn apply(
+    State(s): State<ApiState>,
+    Json(req): Json<ApplyRequest>,
+) -> Result<Json<Value>, ControlError> {
+    let applied = s.control.apply(&req.documents).await?;
+    Ok(Json(json!({ "applied": applied })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+async fn list(
+    State(s): State<ApiState>,
+    Path(plural): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ControlError> {
+    let items = s.control.list(kind(&plural)?, q.namespace.as_deref())?;
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn get_one(
+    State(s): State<ApiState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Json<super::resource::Resource>, ControlError> {
+    Ok(Json(s.control.get(kind(&plural)?, &ns, &name)?))
+}
+
+async fn delete(
+    State(s): State<ApiState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ControlError> {
+    let k = kind(&plural)?;
+    s.control.delete(k, &ns, &name).await?;
+    Ok(Json(
+        json!({"deleted": {"kind": k.name(), "namespace": ns, "name": name}}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// `beginning` or `end` (default).
+    from: Option<String>,
+    /// Keep streaming new events (default true).
+    follow: Option<bool>,
+}
+
+/// Streams a broker's events as NDJSON, one structured CloudEvent per line.
+async fn events(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    let topic = Topic::new(&ns, &name);
+    let start = match q.from.as_deref() {
+        None | Some("end") => StartAt::Latest,
+        Some("beginning") => StartAt::Earliest,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("from={other:?}: use beginning or end")})),
+            )
+                .into_response()
+        }
+    };
+    let not_found = |e: LogError| match e {
+        LogError::UnknownTopic(_) => ControlError::NotFound {
+            kind: "Broker",
+            namespace: ns.clone(),
+            name: name.clone(),
+        },
+        other => ControlError::Log(other),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    if q.follow.unwrap_or(true) {
+        let mut consumer = match s.log.consumer(&topic, None, start).await {
+            Ok(c) => c,
+            Err(e) => return not_found(e).into_response(),
+        };
+        let shutdown = s.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    b = consumer.poll(256, Duration::from_secs(1)) => b,
+                };
+                match batch {
+                    Ok(events) => {
+                        for e in events {
+                            if tx.send(Ok(line(&e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tail ended");
+                        return;
+                    }
+                }
+            }
+        });
+    } else {
+        // Everything up to now, oldest first across partitions.
+        let events = match snapshot(s.log.as_ref(), &topic, start).await {
+            Ok(e) => e,
+            Err(e) => return not_found(e).into_response(),
+        };
+        tokio::spawn(async move {
+            for e in events {
+                if tx.send(Ok(line(&e))).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn snapshot(
+    log: &dyn EventLog,
+    topic: &Topic,
+    start: StartAt,
+) -> Result<Vec<Stored>, LogError> {
+    let mut all = Vec::new();
+    if start == StartAt::Latest {
+        log.watermarks(topic).await?;
+        return Ok(all);
+    }
+    for (p, w) in log.watermarks(topic).await?.into_iter().enumerate() {
+        let mut offset = w.start;
+        while offset < w.end {
+            let got = log.read(topic, p as u32, offset, 1024).await?;
+            let Some(last) = got.last() else { break };
+            offset = last.position.offset + 1;
+            all.extend(got.into_iter().filter(|s| s.position.offset < w.end));
+        }
+    }
+    all.sort_by_key(|s| (s.appended_ms, s.position));
+    Ok(all)
+}
+
+fn line(s: &Stored) -> Bytes {
+    let mut l = ingress::format::structured_json(&s.event);
+    l.push('\n');
+    Bytes::from(l)
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let encoder = prometheus::TextEncoder::new();
+    match encoder.encode_to_string(&s.registry.gather()) {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}

@@ -1,0 +1,108 @@
+//! Where resources persist: a small RocksDB database of its own (`<data-dir>/control`), one
+//! key per resource (`Kind/namespace/name` → JSON), every write synced.
+
+use super::resource::{Kind, Resource};
+use rocksdb::{Direction, IteratorMode, Options, WriteOptions, DB};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("resource store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("resource store: corrupt entry {key}: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+pub struct Store {
+    db: DB,
+}
+
+fn key(kind: Kind, namespace: &str, name: &str) -> String {
+    format!("{}/{namespace}/{name}", kind.name())
+}
+
+/// Marks a data directory whose first start is done (the default broker was created once).
+const INITIALIZED: &[u8] = b"!initialized";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        Ok(Self {
+            db: DB::open(&opts, path)?,
+        })
+    }
+
+    fn synced() -> WriteOptions {
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        o
+    }
+
+    pub fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Resource>, StoreError> {
+        let k = key(kind, namespace, name);
+        match self.db.get_pinned(k.as_bytes())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt { key: k, source }),
+        }
+    }
+
+    pub fn put(&self, r: &Resource) -> Result<(), StoreError> {
+        let k = key(r.kind, &r.metadata.namespace, &r.metadata.name);
+        let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
+            key: k.clone(),
+            source,
+        })?;
+        self.db.put_opt(k.as_bytes(), v, &Self::synced())?;
+        Ok(())
+    }
+
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
+        self.db
+            .delete_opt(key(kind, namespace, name).as_bytes(), &Self::synced())?;
+        Ok(())
+    }
+
+    /// Every resource of `kind`, in `namespace` if given, sorted by namespace and name.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError> {
+        let prefix = match namespace {
+            Some(ns) => format!("{}/{ns}/", kind.name()),
+            None => format!("{}/", kind.name()),
+        };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix.as_bytes(), Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let r: Resource = serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source,
+            })?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// True the first time it is called on a data directory.
+    pub fn first_start(&self) -> Result<bool, StoreError> {
+        if self.db.get_pinned(INITIALIZED)?.is_some() {
+            return Ok(false);
+        }
+        self.db.put_opt(INITIALIZED, b"1", &Self::synced())?;
+        Ok(true)
+    }
+}

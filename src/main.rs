@@ -1,0 +1,82 @@
+//! The `ferry` binary: `ferry serve` runs every part in one process; the other verbs are clients
+//! of a running server's control API.
+
+mod bench;
+mod cli;
+mod control;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Knative-style eventing in one Rust binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Ferry: event log, ingress, control API (until SIGTERM/SIGINT).
+    Serve(serve::ServeArgs),
+    /// Create or update resources from YAML files (multi-document), directories or stdin (-).
+    Apply(cli::apply::ApplyArgs),
+    /// List resources, or show one.
+    Get(cli::get::GetArgs),
+    /// Show one resource in detail.
+    Describe(cli::get::DescribeArgs),
+    /// Delete a resource.
+    Delete(cli::get::DeleteArgs),
+    /// Send one CloudEvent to a broker (binary mode).
+    Send(cli::send::SendArgs),
+    /// Print a broker's events, one per line.
+    Tail(cli::tail::TailArgs),
+    /// Benchmarks on this machine's loopback.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Apply(args) => cli::apply::run(args).await,
+            Command::Get(args) => cli::get::get(args).await,
+            Command::Describe(args) => cli::get::describe(args).await,
+            Command::Delete(args) => cli::get::delete(args).await,
+            Command::Send(args) => cli::send::run(args).await,
+            Command::Tail(args) => cli::tail::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! `ferry serve`: builds every part from the configuration and runs them until SIGTERM/SIGINT.
+//!
+//! Shutdown order: `/readyz` turns 503 and the listeners stop accepting; in-flight requests
+//! finish (each append is durable before its 202); the log flushes and syncs its WAL; exit 0.
+//! A grace period bounds the wait.
+
+pub mod config;
+
+use crate::control::api::{self, ApiState};
+use crate::control::store::Store;
+use crate::control::ControlPlane;
+use anyhow::Context;
+use broker::metrics::LogMetrics;
+use broker::{EventLog, Retention, RocksLog, RocksOptions, TopicConfig};
+pub use config::{ServeArgs, ServeConfig};
+use ingress::{IngressConfig, IngressMetrics, IngressState};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How often retention runs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A started server: its addresses, and the handle to stop it.
+pub struct Running {
+    pub ingress_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    log: Arc<dyn EventLog>,
+    grace: Duration,
+}
+
+/// Opens the storage, binds the listeners and starts serving.
+pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let registry = prometheus::Registry::new();
+    let log_metrics = LogMetrics::new(&registry).context("registering log metrics")?;
+    let options = RocksOptions {
+        fsync: config.fsync,
+        ..RocksOptions::default()
+    };
+    let log_dir = config.data_dir.join("log");
+    let log: Arc<dyn EventLog> = Arc::new(
+        RocksLog::open(&log_dir, options, log_metrics)
+            .with_context(|| format!("cannot open the event log in {}", log_dir.display()))?,
+    );
+    let control_dir = config.data_dir.join("control");
+    let store = Store::open(&control_dir).with_context(|| {
+        format!(
+            "cannot open the resource store in {}",
+            control_dir.display()
+        )
+    })?;
+
+    let ingress_listener = TcpListener::bind(config.ingress_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (ingress)", config.ingress_listen))?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api)", config.api_listen))?;
+    let ingress_addr = ingress_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+    let ingress_url = config
+        .ingress_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{ingress_addr}"));
+
+    let topic_defaults = TopicConfig {
+        partitions: config.partitions,
+        retention: Retention {
+            max_age: Some(config.retention),
+            max_bytes_per_partition: config.retention_bytes,
+        },
+    };
+    let control = ControlPlane::start(store, log.clone(), topic_defaults, ingress_url)
+        .await
+        .context("starting the control plane")?;
+
+    let shutdown = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut tasks = JoinSet::new();
+
+    let ingress_state = IngressState {
+        log: log.clone(),
+        config: IngressConfig {
+            max_event_size: config.max_event_size,
+            ..IngressConfig::default()
+        },
+        metrics: IngressMetrics::new(&registry).context("registering ingress metrics")?,
+    };
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(ingress_listener, ingress::router(ingress_state))
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .context("ingress server")
+    });
+
+    let api_state = ApiState {
+        control,
+        log: log.clone(),
+        registry,
+        shutdown: shutdown.clone(),
+        ready: ready.clone(),
+    };
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(api_listener, api::router(api_state))
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .context("api server")
+    });
+
+    let token = shutdown.clone();
+    let retention_log = log.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    match retention_log.enforce_retention().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(removed = n, "retention removed old events"),
+                        Err(e) => tracing::warn!(error = %e, "retention failed"),
+                    }
+                }
+            }
+        }
+    });
+
+    Ok(Running {
+        ingress_addr,
+        api_addr,
+        shutdown,
+        ready,
+        tasks,
+        log,
+        grace: config.shutdown_grace,
+    })
+}
+
+impl Running {
+    /// Stops intake, waits for in-flight work (up to the grace period), flushes the log.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(self.grace, async {
+            while let Some(r) = self.tasks.join_next().await {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "server task failed"),
+                    Err(e) => tracing::error!(error = %e, "server task panicked"),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?self.grace, "in-flight work did not finish in the grace period");
+            self.tasks.abort_all();
+        }
+        self.log.close().await.context("flushing the event log")?;
+        Ok(())
+    }
+}
+
+/// `ferry serve`: run until SIGTERM or SIGINT, then shut down gracefully.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let running = start(config.clone()).await?;
+    // One line each, on stdout, for people and for scripts that start Ferry on port 0.
+    println!("ingress listening on http://{}", running.ingress_addr);
+    println!("api listening on http://{}", running.api_addr);
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        fsync = ?config.fsync,
+        "ferry is serving"
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    running.stop().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+    }
+    Ok(())
+}

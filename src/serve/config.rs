@@ -1,0 +1,238 @@
+//! `ferry serve` configuration: flags, env vars (`FERRY_*`) and an optional YAML file, merged
+//! in that order of precedence over the defaults; then validated as a whole.
+
+use anyhow::{bail, Context};
+use broker::FsyncMode;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Flags of `ferry serve`. Each is also an env var; a YAML file (`--config`) may set any of
+/// them under the same name (`data-dir: /var/lib/ferry`).
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// YAML configuration file (keys: the long flag names without `--`).
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the event log and resources are kept [default: ./ferry-data].
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the CloudEvents ingress [default: 127.0.0.1:8080].
+    #[arg(long, env = "FERRY_INGRESS_LISTEN")]
+    pub ingress_listen: Option<SocketAddr>,
+    /// Address of the control API, /metrics, /healthz and /readyz [default: 127.0.0.1:8081].
+    #[arg(long, env = "FERRY_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// Base URL producers use to reach the ingress, shown in brokers' status.address.url
+    /// [default: http://<ingress-listen>].
+    #[arg(long, env = "FERRY_INGRESS_URL")]
+    pub ingress_url: Option<String>,
+    /// `always`: every acknowledged event is fsynced (group commit); `never`: written to the
+    /// WAL without fsync, lost on power failure (not on a crash of Ferry) [default: always].
+    #[arg(long, env = "FERRY_FSYNC", value_parser = parse_fsync)]
+    pub fsync: Option<FsyncMode>,
+    /// Partitions of each new broker's log [default: 4].
+    #[arg(long, env = "FERRY_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Events older than this are removed, like `7d` or `12h` [default: 7d].
+    #[arg(long, env = "FERRY_RETENTION", value_parser = parse_humantime)]
+    pub retention: Option<Duration>,
+    /// Per partition: oldest events are removed above this many bytes [default: unlimited].
+    #[arg(long, env = "FERRY_RETENTION_BYTES")]
+    pub retention_bytes: Option<u64>,
+    /// Largest event the ingress accepts, in bytes [default: 1048576].
+    #[arg(long, env = "FERRY_MAX_EVENT_SIZE")]
+    pub max_event_size: Option<usize>,
+    /// How long shutdown waits for in-flight requests before it gives up [default: 30s].
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", value_parser = parse_humantime)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
+    match s {
+        "always" => Ok(FsyncMode::Always),
+        "never" => Ok(FsyncMode::Never),
+        _ => Err(format!("{s:?}: use always or never")),
+    }
+}
+
+fn parse_humantime(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (like 30s, 12h or 7d)"))
+}
+
+/// The YAML file's shape (same names as the flags).
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    ingress_listen: Option<SocketAddr>,
+    api_listen: Option<SocketAddr>,
+    ingress_url: Option<String>,
+    fsync: Option<FsyncMode>,
+    partitions: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retention: Option<Duration>,
+    retention_bytes: Option<u64>,
+    max_event_size: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    shutdown_grace: Option<Duration>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => super::parse_humantime(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub ingress_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub ingress_url: Option<String>,
+    pub fsync: FsyncMode,
+    pub partitions: u32,
+    pub retention: Duration,
+    pub retention_bytes: Option<u64>,
+    pub max_event_size: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    /// Merges flags and env (already in `self`) over the file over the defaults.
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let config = ServeConfig {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| "ferry-data".into()),
+            ingress_listen: self
+                .ingress_listen
+                .or(file.ingress_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            api_listen: self
+                .api_listen
+                .or(file.api_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
+            ingress_url: self.ingress_url.or(file.ingress_url),
+            fsync: self.fsync.or(file.fsync).unwrap_or_default(),
+            partitions: self.partitions.or(file.partitions).unwrap_or(4),
+            retention: self
+                .retention
+                .or(file.retention)
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: self.retention_bytes.or(file.retention_bytes),
+            max_event_size: self
+                .max_event_size
+                .or(file.max_event_size)
+                .unwrap_or(1024 * 1024),
+            shutdown_grace: self
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(Duration::from_secs(30)),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+impl ServeConfig {
+    /// Reports every problem at once.
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if !(1..=1024).contains(&self.partitions) {
+            problems.push(format!(
+                "partitions: {} must be between 1 and 1024",
+                self.partitions
+            ));
+        }
+        if self.max_event_size == 0 {
+            problems.push("max-event-size: must be greater than 0".to_string());
+        }
+        if self.retention.is_zero() {
+            problems.push("retention: must be greater than 0".to_string());
+        }
+        if let Some(url) = &self.ingress_url {
+            if url::Url::parse(url).is_err() {
+                problems.push(format!("ingress-url: {url:?} is not a URL"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration:\n  {}", problems.join("\n  "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.yaml");
+        std::fs::write(&path, "partitions: 8\nretention: 12h\nfsync: never\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            partitions: Some(2),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.partitions, 2);
+        assert_eq!(c.retention, Duration::from_secs(12 * 3600));
+        assert_eq!(c.fsync, FsyncMode::Never);
+        assert_eq!(c.max_event_size, 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_file_names_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.yaml");
+        std::fs::write(&path, "partitons: 8\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ferry.yaml") && msg.contains("partitons"),
+            "{msg}"
+        );
+        let err = ServeArgs {
+            partitions: Some(0),
+            max_event_size: Some(0),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("partitions") && err.contains("max-event-size"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `ferry` binary, real RocksDB, real HTTP.
+
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod cli;
+mod crash;
+mod ingress;
