@@ -186,3 +186,86 @@ fn options() -> Response {
     h.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::metrics::LogMetrics;
+    use broker::{Retention, RocksLog, RocksOptions, TopicConfig};
+    use tower::ServiceExt;
+
+    async fn state(dir: &std::path::Path) -> (IngressState, RocksLog) {
+        let registry = prometheus::Registry::new();
+        let log = RocksLog::open(
+            dir,
+            RocksOptions::default(),
+            LogMetrics::new(&registry).unwrap(),
+        )
+        .unwrap();
+        let topic = Topic::new("default", "default");
+        let config = TopicConfig {
+            partitions: 2,
+            retention: Retention::default(),
+        };
+        log.create_topic(&topic, config).await.unwrap();
+        let state = IngressState {
+            log: Arc::new(log.clone()),
+            config: IngressConfig::default(),
+            metrics: IngressMetrics::new(&registry).unwrap(),
+        };
+        (state, log)
+    }
+
+    fn post() -> Request {
+        Request::post("/default/default")
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "1")
+            .header("ce-source", "/s")
+            .header("ce-type", "t")
+            .body(Body::from("{}"))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_log_that_cannot_write_answers_503_never_202() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, log) = state(dir.path()).await;
+        let app = router(state);
+        assert_eq!(
+            app.clone().oneshot(post()).await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+        // Shutting down: the log refuses writes.
+        log.close().await.unwrap();
+        let resp = app.oneshot(post()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("not stored"));
+    }
+
+    #[tokio::test]
+    async fn accepted_events_are_in_the_log_with_arrival_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, log) = state(dir.path()).await;
+        let app = router(state);
+        assert_eq!(
+            app.oneshot(post()).await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+        let topic = Topic::new("default", "default");
+        let mut stored = Vec::new();
+        for p in 0..2 {
+            stored.extend(log.read(&topic, p, 0, 10).await.unwrap());
+        }
+        assert_eq!(stored.len(), 1);
+        let e = &stored[0].event;
+        assert_eq!(e.attr_text("id").as_deref(), Some("1"));
+        let arrival = e.attr_text(ARRIVAL_TIME).unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&arrival).is_ok(),
+            "{arrival}"
+        );
+        assert_eq!(e.data.as_deref(), Some(&b"{}"[..]));
+    }
+}

@@ -271,3 +271,61 @@ async fn invalid_yaml_is_reported_and_changes_nothing() {
         "nothing changed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_new_events_until_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let mut tail = std::process::Command::new(BIN)
+        .args(["tail", "default", "-n", "default", "-o", "json"])
+        .env("FERRY_SERVER", &server.api)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // The tail starts at the end; keep sending until it shows one (it may attach after the first).
+    let http = reqwest::Client::new();
+    let url = format!("{}/default/default", server.ingress);
+    let mut seen = None;
+    for i in 0..200 {
+        let resp = binary_post(&http, &url, &format!("live-{i}"), &[], b"{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let line = seen.expect("tail printed a live event");
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert!(event["id"].as_str().unwrap().starts_with("live-"));
+    // Still following: the next event shows up too.
+    let resp = binary_post(&http, &url, "live-last", &[], b"{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("tail keeps printing new events");
+        if line.contains("live-last") {
+            break;
+        }
+    }
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+}

@@ -238,3 +238,36 @@ fn cloudevents_http_conformance_features() {
     }
     assert_eq!(checked, 4, "both scenario outlines, two examples each");
 }
+
+/// Structured JSON written by the official CloudEvents SDK (an independent encoder) parses to
+/// the same event.
+#[test]
+fn structured_json_from_the_cloudevents_sdk() {
+    use cloudevents::{EventBuilder, EventBuilderV10};
+    let sdk = EventBuilderV10::new()
+        .id("sdk-1")
+        .source("http://example.com/x")
+        .ty("com.example")
+        .subject("s")
+        .extension("count", 5i64)
+        .extension("ok", true)
+        .data("application/json", serde_json::json!({"a": [1, 2]}))
+        .build()
+        .unwrap();
+    let json = serde_json::to_vec(&sdk).unwrap();
+    let e = structured(&json).unwrap();
+    assert_eq!(e.attr_text("id").as_deref(), Some("sdk-1"));
+    assert_eq!(
+        e.attr_text("source").as_deref(),
+        Some("http://example.com/x")
+    );
+    assert_eq!(e.attr_text("subject").as_deref(), Some("s"));
+    assert_eq!(e.attr("count"), Some(&AttrValue::Integer(5)));
+    assert_eq!(e.attr("ok"), Some(&AttrValue::Boolean(true)));
+    let data: serde_json::Value = serde_json::from_slice(e.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data, serde_json::json!({"a": [1, 2]}));
+    // And back: our structured JSON is read by the SDK as the same event.
+    let back: cloudevents::Event =
+        serde_json::from_str(&crate::format::structured_json(&e)).unwrap();
+    assert_eq!(back, sdk);
+}
