@@ -5,9 +5,11 @@
 //! - `apply.rs`: reading YAML files/directories/stdin and applying them.
 //! - `get.rs`: get, describe, delete, and the table/YAML/JSON output.
 //! - `send.rs`, `tail.rs`: producing and reading events.
+//! - `dlq.rs`: a trigger's dead letters.
 
 pub mod apply;
 pub mod client;
+pub mod dlq;
 pub mod get;
 pub mod send;
 pub mod tail;

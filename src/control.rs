@@ -4,13 +4,16 @@
 //!
 //! - `resource.rs`: the resource model and its pure validation.
 //! - `store.rs`: persistence (RocksDB, every write synced).
+//! - `trigger.rs`: reconciling a Trigger (broker, subscriber, dead-letter sink, runner).
 //! - `api.rs`: the HTTP API the CLI talks to, plus /metrics, /healthz, /readyz.
 
 pub mod api;
 pub mod resource;
 pub mod store;
+mod trigger;
 
 use broker::{AttrValue, Event, EventLog, LogError, Topic, TopicConfig};
+use dispatcher::Dispatcher;
 use resource::{FieldError, Kind, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -32,6 +35,8 @@ pub enum ControlError {
         namespace: String,
         name: String,
     },
+    #[error("{0}")]
+    BadRequest(String),
     #[error("unknown resource type {0:?}")]
     UnknownType(String),
     #[error("namespace {SYSTEM_NAMESPACE} is reserved for Ferry's system brokers")]
@@ -40,6 +45,8 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("event log: {0}")]
     Log(#[from] LogError),
+    #[error("dispatcher: {0}")]
+    Dispatch(#[from] dispatcher::DispatchError),
 }
 
 /// What `apply` did with one resource.
@@ -55,6 +62,7 @@ pub struct Applied {
 pub struct ControlPlane {
     store: Store,
     log: Arc<dyn EventLog>,
+    dispatcher: Arc<Dispatcher>,
     /// Layout of new brokers' logs.
     topic_defaults: TopicConfig,
     /// Base URL of the ingress, for `status.address.url`.
@@ -73,12 +81,14 @@ impl ControlPlane {
     pub async fn start(
         store: Store,
         log: Arc<dyn EventLog>,
+        dispatcher: Arc<Dispatcher>,
         topic_defaults: TopicConfig,
         ingress_url: String,
     ) -> Result<Arc<Self>, ControlError> {
         let cp = Arc::new(Self {
             store,
             log,
+            dispatcher,
             topic_defaults,
             ingress_url: ingress_url.trim_end_matches('/').to_string(),
             writes: tokio::sync::Mutex::new(()),
@@ -89,12 +99,14 @@ impl ControlPlane {
             cp.ensure_broker("default", "default").await?;
         }
         // Converge: every stored broker has its log (a log lost with its disk is re-created
-        // empty) and a fresh status.
-        for mut r in cp.store.list(Kind::Broker, None)? {
-            let before = r.status.clone();
-            cp.reconcile(&mut r).await;
-            if r.status != before {
-                cp.store.put(&r)?;
+        // empty), every trigger its runner, each a fresh status. Brokers first.
+        for kind in Kind::ALL {
+            for mut r in cp.store.list(*kind, None)? {
+                let before = r.status.clone();
+                cp.reconcile(&mut r, false).await;
+                if r.status != before {
+                    cp.store.put(&r)?;
+                }
             }
         }
         Ok(cp)
@@ -126,7 +138,23 @@ impl ControlPlane {
                     field: "metadata.namespace".into(),
                     message: ControlError::Reserved.to_string(),
                 }),
-                Ok(r) => resources.push(r),
+                Ok(r) => {
+                    // S-05: a trigger's broker is immutable.
+                    if r.kind == Kind::Trigger {
+                        let old =
+                            self.store
+                                .get(r.kind, &r.metadata.namespace, &r.metadata.name)?;
+                        if old.is_some_and(|old| old.spec.get("broker") != r.spec.get("broker")) {
+                            errors.push(FieldError {
+                                document: i + 1,
+                                field: "spec.broker".into(),
+                                message: "is immutable: delete the trigger and create it again"
+                                    .into(),
+                            });
+                        }
+                    }
+                    resources.push(r)
+                }
                 Err(e) => errors.extend(e),
             }
         }
@@ -144,6 +172,7 @@ impl ControlPlane {
         let _guard = self.writes.lock().await;
         let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
         let existing = self.store.get(r.kind, &ns, &name)?;
+
         let action = match &existing {
             None => {
                 r.metadata.uid = uuid::Uuid::new_v4().to_string();
@@ -169,15 +198,19 @@ impl ControlPlane {
                 }
             }
         };
-        self.reconcile(&mut r).await;
-        self.store.put(&r)?;
         if action != "unchanged" {
+            // "unchanged" needs no converging: what runs already matches.
+            self.reconcile(&mut r, action == "created").await;
+            self.store.put(&r)?;
             let change = if action == "created" {
                 "created"
             } else {
                 "updated"
             };
             self.publish(change, &r).await;
+            if r.kind == Kind::Broker {
+                self.reconcile_triggers_of(&ns, &name).await?;
+            }
         }
         Ok(Applied {
             kind: r.kind.name().to_string(),
@@ -187,8 +220,9 @@ impl ControlPlane {
         })
     }
 
-    /// Makes what runs match `r` and records the outcome in `r.status`.
-    async fn reconcile(&self, r: &mut Resource) {
+    /// Makes what runs match `r` and records the outcome in `r.status`. `created`: `r` is new
+    /// (a new trigger starts at the log end even if an old one of that name left offsets).
+    async fn reconcile(&self, r: &mut Resource, created: bool) {
         match r.kind {
             Kind::Broker => {
                 let topic = Topic::new(&r.metadata.namespace, &r.metadata.name);
@@ -196,6 +230,62 @@ impl ControlPlane {
                 let url = format!("{}/{}/{}", self.ingress_url, topic.namespace, topic.name);
                 r.status = broker_status(r, outcome.as_ref().err(), &url);
             }
+            Kind::Trigger => trigger::reconcile(self, r, created).await,
+        }
+    }
+
+    /// Re-reconciles the triggers of a broker that appeared, changed or went away.
+    async fn reconcile_triggers_of(
+        &self,
+        namespace: &str,
+        broker: &str,
+    ) -> Result<(), ControlError> {
+        for mut t in self.store.list(Kind::Trigger, Some(namespace))? {
+            if t.spec.get("broker").and_then(Value::as_str) == Some(broker) {
+                self.reconcile(&mut t, false).await;
+                self.store.put(&t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The address of a Knative `Destination`: its `uri`, or the `status.address.url` of the
+    /// resource its `ref` names (any kind Ferry keeps that has an address: Ferry's resolver is
+    /// Knative's duck type), with a `uri` beside a `ref` taken relative to it (D-07).
+    pub fn resolve(&self, dest: &Value, namespace: &str) -> Result<String, String> {
+        let uri = dest.get("uri").and_then(Value::as_str);
+        let Some(r) = dest.get("ref") else {
+            return uri
+                .map(str::to_string)
+                .ok_or_else(|| "the destination has neither uri nor ref".to_string());
+        };
+        let kind_name = r.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+        let ns = r
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(namespace);
+        let kind = Kind::parse(kind_name).ok_or_else(|| {
+            format!("cannot resolve a {kind_name}: Ferry has no resources of that kind")
+        })?;
+        let target = self
+            .store
+            .get(kind, ns, name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{kind_name} {ns}/{name} does not exist"))?;
+        let base = target
+            .status
+            .pointer("/address/url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                format!("{kind_name} {ns}/{name} has no address (not Ready, or not addressable)")
+            })?;
+        match uri {
+            None => Ok(base.to_string()),
+            Some(rel) => url::Url::parse(&format!("{}/", base.trim_end_matches('/')))
+                .and_then(|b| b.join(rel.trim_start_matches('/')))
+                .map(|u| u.to_string())
+                .map_err(|e| format!("uri {rel:?} relative to {base}: {e}")),
         }
     }
 
@@ -229,9 +319,13 @@ impl ControlPlane {
                 Ok(()) | Err(LogError::UnknownTopic(_)) => {}
                 Err(e) => return Err(e.into()),
             },
+            Kind::Trigger => self.dispatcher.forget(namespace, name).await?,
         }
         self.store.delete(kind, namespace, name)?;
         self.publish("deleted", &r).await;
+        if kind == Kind::Broker {
+            self.reconcile_triggers_of(namespace, name).await?;
+        }
         Ok(())
     }
 
@@ -281,34 +375,63 @@ impl ControlPlane {
     }
 }
 
-/// A broker's Knative status: `Ready` with reason and message, `address.url` when addressable.
-fn broker_status(r: &Resource, error: Option<&LogError>, url: &str) -> Value {
-    let at = r
-        .status
+/// One Knative condition; `lastTransitionTime` is kept from `old_status` while the condition's
+/// status does not change.
+pub(crate) fn condition(
+    old_status: &Value,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) -> Value {
+    let at = old_status
         .get("conditions")
-        .and_then(|c| c.as_array())
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .filter(|c| (c["status"] == "True") == error.is_none())
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .filter(|c| c["status"] == status)
         .and_then(|c| c.get("lastTransitionTime").cloned())
         .unwrap_or_else(|| Value::String(now()));
+    let mut c = json!({"type": kind, "status": status, "lastTransitionTime": at});
+    if let Some(r) = reason {
+        c["reason"] = Value::String(r.to_string());
+    }
+    if let Some(m) = message {
+        c["message"] = Value::String(m.to_string());
+    }
+    c
+}
+
+/// The `Ready` condition of a status: `Some(true)` when True.
+pub(crate) fn ready_status(status: &Value) -> Option<bool> {
+    status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| c["status"] == "True")
+}
+
+/// A broker's Knative status: `Ready` with reason and message, `address.url` when addressable.
+fn broker_status(r: &Resource, error: Option<&LogError>, url: &str) -> Value {
+    let old = &r.status;
     match error {
         None => json!({
             "observedGeneration": r.metadata.generation,
             "conditions": [
-                {"type": "LogReady", "status": "True", "lastTransitionTime": at},
-                {"type": "Addressable", "status": "True", "lastTransitionTime": at},
-                {"type": "Ready", "status": "True", "lastTransitionTime": at},
+                condition(old, "LogReady", "True", None, None),
+                condition(old, "Addressable", "True", None, None),
+                condition(old, "Ready", "True", None, None),
             ],
             "address": {"name": "http", "url": url},
         }),
-        Some(e) => json!({
-            "observedGeneration": r.metadata.generation,
-            "conditions": [
-                {"type": "LogReady", "status": "False", "reason": "LogUnavailable",
-                 "message": e.to_string(), "lastTransitionTime": at},
-                {"type": "Ready", "status": "False", "reason": "LogUnavailable",
-                 "message": e.to_string(), "lastTransitionTime": at},
-            ],
-        }),
+        Some(e) => {
+            let msg = e.to_string();
+            json!({
+                "observedGeneration": r.metadata.generation,
+                "conditions": [
+                    condition(old, "LogReady", "False", Some("LogUnavailable"), Some(&msg)),
+                    condition(old, "Ready", "False", Some("LogUnavailable"), Some(&msg)),
+                ],
+            })
+        }
     }
 }

@@ -36,6 +36,9 @@ enum Command {
     Send(cli::send::SendArgs),
     /// Print a broker's events, one per line.
     Tail(cli::tail::TailArgs),
+    /// A trigger's dead letters: list, replay, purge.
+    #[command(subcommand)]
+    Dlq(cli::dlq::DlqCommand),
     /// Benchmarks on this machine's loopback.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Command::Delete(args) => cli::get::delete(args).await,
             Command::Send(args) => cli::send::run(args).await,
             Command::Tail(args) => cli::tail::run(args).await,
+            Command::Dlq(cmd) => cli::dlq::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

@@ -1,8 +1,9 @@
 //! `ferry serve`: builds every part from the configuration and runs them until SIGTERM/SIGINT.
 //!
 //! Shutdown order: `/readyz` turns 503 and the listeners stop accepting; in-flight requests
-//! finish (each append is durable before its 202); the log flushes and syncs its WAL; exit 0.
-//! A grace period bounds the wait.
+//! finish (each append is durable before its 202); triggers stop reading, finish their
+//! in-flight deliveries and commit; the log flushes and syncs its WAL; exit 0. A grace period
+//! bounds each wait.
 
 pub mod config;
 
@@ -13,6 +14,7 @@ use anyhow::Context;
 use broker::metrics::LogMetrics;
 use broker::{EventLog, Retention, RocksLog, RocksOptions, TopicConfig};
 pub use config::{ServeArgs, ServeConfig};
+use dispatcher::Dispatcher;
 use ingress::{IngressConfig, IngressMetrics, IngressState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +35,7 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     tasks: JoinSet<anyhow::Result<()>>,
     log: Arc<dyn EventLog>,
+    dispatcher: Arc<Dispatcher>,
     grace: Duration,
 }
 
@@ -79,9 +82,23 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             max_bytes_per_partition: config.retention_bytes,
         },
     };
-    let control = ControlPlane::start(store, log.clone(), topic_defaults, ingress_url)
-        .await
-        .context("starting the control plane")?;
+    let dispatch_dir = config.data_dir.join("dispatch");
+    let dispatcher = Dispatcher::open(log.clone(), &dispatch_dir, &registry, config.shutdown_grace)
+        .with_context(|| {
+            format!(
+                "cannot open the delivery store in {}",
+                dispatch_dir.display()
+            )
+        })?;
+    let control = ControlPlane::start(
+        store,
+        log.clone(),
+        dispatcher.clone(),
+        topic_defaults,
+        ingress_url,
+    )
+    .await
+    .context("starting the control plane")?;
 
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
@@ -106,6 +123,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let api_state = ApiState {
         control,
         log: log.clone(),
+        dispatcher: dispatcher.clone(),
         registry,
         shutdown: shutdown.clone(),
         ready: ready.clone(),
@@ -143,12 +161,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ready,
         tasks,
         log,
+        dispatcher,
         grace: config.shutdown_grace,
     })
 }
 
 impl Running {
-    /// Stops intake, waits for in-flight work (up to the grace period), flushes the log.
+    /// Stops intake, waits for in-flight requests (up to the grace period), stops the triggers
+    /// (each drains its in-flight deliveries and commits its offsets), flushes the log.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
@@ -166,6 +186,7 @@ impl Running {
             tracing::warn!(grace = ?self.grace, "in-flight work did not finish in the grace period");
             self.tasks.abort_all();
         }
+        self.dispatcher.shutdown().await;
         self.log.close().await.context("flushing the event log")?;
         Ok(())
     }

@@ -1,5 +1,26 @@
-//! Ferry's dispatcher: triggers filter a broker's events and deliver them to subscribers.
+//! Ferry's dispatcher: triggers filter a broker's events and deliver them to subscribers, with
+//! retries, dead letters and replies.
 //!
 //! - [`cesql`]: CloudEvents SQL, compiled once per trigger, evaluated per event.
+//! - [`filter`]: trigger filters (attributes and the Subscriptions API dialects).
+//! - [`policy`]: delivery policy: retries, backoff, timeout, Retry-After.
+//! - [`subscriber`]: the one delivery interface (HTTP, in-process handlers) and how an answer
+//!   is classified.
+//! - [`store`]: durable retries and Ferry's own dead-letter store.
+//! - [`offsets`]: the committed watermark of settled events.
+//! - `runner`: one trigger at work (consume, filter, deliver, settle, commit).
+//! - [`service`]: the [`Dispatcher`] that starts, replaces and stops runners.
+//! - [`metrics`]: Prometheus metrics.
 
 pub mod cesql;
+pub mod filter;
+pub mod metrics;
+pub mod offsets;
+pub mod policy;
+mod runner;
+pub mod service;
+pub mod store;
+pub mod subscriber;
+
+pub use runner::{group, TriggerSpec, MAX_TTL, TTL};
+pub use service::{DispatchError, Dispatcher};

@@ -16,7 +16,7 @@ pub enum Output {
 
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
-    /// Resource type: brokers.
+    /// Resource type: brokers or triggers.
     pub kind: String,
     /// One resource's name (all of the namespace if omitted).
     pub name: Option<String>,
@@ -104,28 +104,51 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 eprintln!("No {} found.", kind.plural());
                 return Ok(());
             }
-            print!("{}", table(&items));
+            print!("{}", table(kind, &items));
         }
     }
     Ok(())
 }
 
-/// `NAMESPACE NAME READY URL AGE`, columns padded to their widest cell.
-fn table(items: &[Value]) -> String {
-    let mut rows = vec![["NAMESPACE", "NAME", "READY", "URL", "AGE"]
-        .map(String::from)
-        .to_vec()];
+/// The table of a kind (brokers: `NAMESPACE NAME READY URL AGE`; triggers:
+/// `NAMESPACE NAME BROKER SUBSCRIBER READY LAG AGE`), columns padded to their widest cell.
+fn table(kind: Kind, items: &[Value]) -> String {
+    let headers: &[&str] = match kind {
+        Kind::Broker => &["NAMESPACE", "NAME", "READY", "URL", "AGE"],
+        Kind::Trigger => &[
+            "NAMESPACE",
+            "NAME",
+            "BROKER",
+            "SUBSCRIBER",
+            "READY",
+            "LAG",
+            "AGE",
+        ],
+    };
+    let mut rows = vec![headers.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for r in items {
         let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-        rows.push(vec![
+        let (ns, name, age) = (
             s(&r["metadata"]["namespace"]),
             s(&r["metadata"]["name"]),
-            ready(r).0,
-            s(&r["status"]["address"]["url"]),
             age(r["metadata"]["creationTimestamp"].as_str()),
-        ]);
+        );
+        rows.push(match kind {
+            Kind::Broker => vec![ns, name, ready(r).0, s(&r["status"]["address"]["url"]), age],
+            Kind::Trigger => vec![
+                ns,
+                name,
+                s(&r["spec"]["broker"]),
+                s(&r["status"]["subscriberUri"]),
+                ready(r).0,
+                r["status"]["lag"]
+                    .as_u64()
+                    .map_or("-".into(), |l| l.to_string()),
+                age,
+            ],
+        });
     }
-    let widths: Vec<usize> = (0..5)
+    let widths: Vec<usize> = (0..headers.len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -222,7 +245,7 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     );
     for c in r["status"]["conditions"].as_array().into_iter().flatten() {
         println!(
-            "  {:<12} {:<8} {:<22} {:<20} {}",
+            "  {:<24} {:<8} {:<22} {:<20} {}",
             c["type"].as_str().unwrap_or(""),
             c["status"].as_str().unwrap_or(""),
             c["lastTransitionTime"].as_str().unwrap_or(""),
@@ -262,7 +285,7 @@ mod tests {
             "metadata": {"namespace": "default", "name": "default", "creationTimestamp": chrono::Utc::now().to_rfc3339()},
             "status": {"conditions": [{"type": "Ready", "status": "True"}], "address": {"url": "http://127.0.0.1:8080/default/default"}}
         })];
-        let t = table(&items);
+        let t = table(Kind::Broker, &items);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],

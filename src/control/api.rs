@@ -8,6 +8,11 @@
 //! | `GET /api/v1/namespaces/{ns}/{plural}/{name}` | one resource |
 //! | `DELETE /api/v1/namespaces/{ns}/{plural}/{name}` | delete |
 //! | `GET /api/v1/namespaces/{ns}/brokers/{name}/events?from=beginning\|end&follow=BOOL` | NDJSON stream of structured CloudEvents |
+//! | `GET /api/v1/namespaces/{ns}/triggers/{name}/deadletters` | the trigger's dead letters |
+//! | `POST /api/v1/namespaces/{ns}/triggers/{name}/deadletters/replay` `{"id": ID}` or `{"all": true}` | deliver them again |
+//! | `DELETE /api/v1/namespaces/{ns}/triggers/{name}/deadletters` | purge |
+//!
+//! Triggers are returned with `status.lag`: events of their broker not yet settled.
 
 use super::resource::Kind;
 use super::{ControlError, ControlPlane};
@@ -30,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub struct ApiState {
     pub control: Arc<ControlPlane>,
     pub log: Arc<dyn EventLog>,
+    pub dispatcher: Arc<dispatcher::Dispatcher>,
     pub registry: prometheus::Registry,
     /// Cancelled at shutdown: ends `tail` streams.
     pub shutdown: CancellationToken,
@@ -46,6 +52,14 @@ pub fn router(state: ApiState) -> Router {
             get(get_one).delete(delete),
         )
         .route("/api/v1/namespaces/{ns}/brokers/{name}/events", get(events))
+        .route(
+            "/api/v1/namespaces/{ns}/triggers/{name}/deadletters",
+            get(dead_letters).delete(purge_dead_letters),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/triggers/{name}/deadletters/replay",
+            post(replay_dead_letters),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -56,10 +70,11 @@ impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
         let status = match &self {
             ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::NotFound { .. } | ControlError::UnknownType(_) => StatusCode::NOT_FOUND,
             ControlError::Reserved => StatusCode::FORBIDDEN,
             ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ControlError::Log(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Log(_) | ControlError::Dispatch(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let body = match self {
             ControlError::Invalid(errors) => {
@@ -98,7 +113,10 @@ async fn list(
     Path(plural): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ControlError> {
-    let items = s.control.list(kind(&plural)?, q.namespace.as_deref())?;
+    let mut items = s.control.list(kind(&plural)?, q.namespace.as_deref())?;
+    for r in &mut items {
+        with_lag(s.log.as_ref(), r).await;
+    }
     Ok(Json(json!({ "items": items })))
 }
 
@@ -106,7 +124,100 @@ async fn get_one(
     State(s): State<ApiState>,
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<super::resource::Resource>, ControlError> {
-    Ok(Json(s.control.get(kind(&plural)?, &ns, &name)?))
+    let mut r = s.control.get(kind(&plural)?, &ns, &name)?;
+    with_lag(s.log.as_ref(), &mut r).await;
+    Ok(Json(r))
+}
+
+/// Adds `status.lag` to a trigger: its broker's events past the trigger's committed offsets.
+async fn with_lag(log: &dyn EventLog, r: &mut super::resource::Resource) {
+    if r.kind != Kind::Trigger {
+        return;
+    }
+    let Some(broker) = r.spec.get("broker").and_then(Value::as_str) else {
+        return;
+    };
+    let topic = Topic::new(&r.metadata.namespace, broker);
+    let group = dispatcher::group(&r.metadata.namespace, &r.metadata.name);
+    let (Ok(ends), Ok(committed)) = (
+        log.watermarks(&topic).await,
+        log.committed(&topic, &group).await,
+    ) else {
+        return;
+    };
+    let lag: u64 = ends
+        .iter()
+        .zip(committed)
+        .map(|(w, c)| w.end.saturating_sub(c.unwrap_or(w.end)))
+        .sum();
+    if let Some(status) = r.status.as_object_mut() {
+        status.insert("lag".into(), json!(lag));
+    }
+}
+
+/// The trigger must exist for its dead letters to be asked about.
+fn trigger_exists(s: &ApiState, ns: &str, name: &str) -> Result<(), ControlError> {
+    s.control.get(Kind::Trigger, ns, name).map(|_| ())
+}
+
+async fn dead_letters(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ControlError> {
+    trigger_exists(&s, &ns, &name)?;
+    let items: Vec<Value> = s
+        .dispatcher
+        .dead_letters(&ns, &name)?
+        .into_iter()
+        .map(|dl| {
+            let event: Value = serde_json::from_str(&ingress::format::structured_json(&dl.event))
+                .unwrap_or(Value::Null);
+            json!({"id": dl.id, "error": dl.error, "event": event})
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+struct ReplayRequest {
+    id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn replay_dead_letters(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    Json(req): Json<ReplayRequest>,
+) -> Result<Json<Value>, ControlError> {
+    trigger_exists(&s, &ns, &name)?;
+    let id = match (&req.id, req.all) {
+        (Some(id), false) => Some(id.as_str()),
+        (None, true) => None,
+        _ => {
+            return Err(ControlError::BadRequest(
+                "give either an id or all: true".into(),
+            ))
+        }
+    };
+    let n = s.dispatcher.replay(&ns, &name, id)?;
+    if n == 0 && id.is_some() {
+        return Err(ControlError::NotFound {
+            kind: "dead letter",
+            namespace: ns,
+            name: id.unwrap_or_default().to_string(),
+        });
+    }
+    Ok(Json(json!({ "replayed": n })))
+}
+
+async fn purge_dead_letters(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ControlError> {
+    trigger_exists(&s, &ns, &name)?;
+    let n = s.dispatcher.purge(&ns, &name)?;
+    Ok(Json(json!({ "purged": n })))
 }
 
 async fn delete(

@@ -14,26 +14,30 @@ pub const EVENTING_V1: &str = "eventing.knative.dev/v1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     Broker,
+    Trigger,
 }
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::Broker];
+    /// In reconcile order: brokers before the triggers that need them.
+    pub const ALL: &'static [Kind] = &[Kind::Broker, Kind::Trigger];
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Broker => EVENTING_V1,
+            Kind::Broker | Kind::Trigger => EVENTING_V1,
         }
     }
 
     pub fn plural(self) -> &'static str {
         match self {
             Kind::Broker => "brokers",
+            Kind::Trigger => "triggers",
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Broker => "Broker",
+            Kind::Trigger => "Trigger",
         }
     }
 
@@ -147,6 +151,7 @@ pub fn validate(document: usize, doc: &Value) -> Result<Resource, Vec<FieldError
     if let Some(kind) = kind {
         match kind {
             Kind::Broker => validate_broker_spec(&spec, &mut err),
+            Kind::Trigger => validate_trigger(&spec, obj.get("metadata"), &mut err),
         }
     }
     if !errors.is_empty() {
@@ -278,6 +283,66 @@ fn validate_broker_spec(spec: &Value, err: &mut impl FnMut(&str, String)) {
     }
 }
 
+/// Annotation choosing ordered or unordered delivery (K-07).
+pub const DELIVERY_ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Annotation setting a trigger's in-flight limit (unordered delivery).
+pub const MAX_IN_FLIGHT: &str = "ferry.dev/max-in-flight";
+
+fn validate_trigger(spec: &Value, metadata: Option<&Value>, err: &mut impl FnMut(&str, String)) {
+    let Some(obj) = spec.as_object() else {
+        err(
+            "spec",
+            "must be a mapping with broker and subscriber".into(),
+        );
+        return;
+    };
+    for (key, value) in obj {
+        match key.as_str() {
+            "broker" => match value.as_str() {
+                Some(b) if dns_label_problem(b).is_none() => {}
+                _ => err("spec.broker", format!("{value} is not a broker name")),
+            },
+            "subscriber" => validate_destination("spec.subscriber", value, err),
+            "delivery" => validate_delivery("spec.delivery", value, err),
+            "filter" | "filters" => {}
+            other => err(&format!("spec.{other}"), "unknown field".into()),
+        }
+    }
+    if !obj.contains_key("broker") {
+        err("spec.broker", "required".into());
+    }
+    if !obj.contains_key("subscriber") {
+        err("spec.subscriber", "required".into());
+    }
+    if let Err(errors) = dispatcher::filter::Filter::compile(obj.get("filter"), obj.get("filters"))
+    {
+        for e in errors {
+            err(&e.field, e.message);
+        }
+    }
+    let annotations = metadata.and_then(|m| m.get("annotations"));
+    if let Some(order) = annotations.and_then(|a| a.get(DELIVERY_ORDER)) {
+        if !matches!(order.as_str(), Some("ordered") | Some("unordered")) {
+            err(
+                &format!("metadata.annotations.{DELIVERY_ORDER}"),
+                format!("{order} must be \"ordered\" or \"unordered\""),
+            );
+        }
+    }
+    if let Some(n) = annotations.and_then(|a| a.get(MAX_IN_FLIGHT)) {
+        if !n
+            .as_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_some_and(|n| (1..=10_000).contains(&n))
+        {
+            err(
+                &format!("metadata.annotations.{MAX_IN_FLIGHT}"),
+                format!("{n} must be a number from 1 to 10000 (as a string)"),
+            );
+        }
+    }
+}
+
 /// Checks a Knative `DeliverySpec` at `path`.
 pub fn validate_delivery(path: &str, value: &Value, err: &mut impl FnMut(&str, String)) {
     let Some(obj) = value.as_object() else {
@@ -350,11 +415,7 @@ pub fn validate_destination(path: &str, value: &Value, err: &mut impl FnMut(&str
     }
 }
 
-/// Parses an ISO-8601 duration (`PT0.2S`, `PT1M30S`, `P1D`).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = iso8601::duration(s).map_err(|e| e.to_string())?;
-    Ok(std::time::Duration::from(d))
-}
+pub use dispatcher::policy::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -419,6 +480,37 @@ mod tests {
         .unwrap_err();
         assert!(errs[0].message.contains("unknown kind"));
         assert!(validate(1, &json!("just a string")).is_err());
+    }
+
+    #[test]
+    fn triggers() {
+        let ok = validate(
+            1,
+            &json!({
+                "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+                "metadata": {"name": "t", "annotations": {"kafka.eventing.knative.dev/delivery.order": "ordered"}},
+                "spec": {"broker": "default", "subscriber": {"uri": "http://127.0.0.1:9/x"},
+                         "filters": [{"cesql": "type = 'a'"}]}
+            }),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let errs = validate(1, &json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "t", "annotations": {"kafka.eventing.knative.dev/delivery.order": "sorted"}},
+            "spec": {"filters": [{"cesql": "type = "}], "delivery": {"retry": "x"}}
+        })).unwrap_err();
+        let mut fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "metadata.annotations.kafka.eventing.knative.dev/delivery.order",
+                "spec.broker",
+                "spec.delivery.retry",
+                "spec.filters[0].cesql",
+                "spec.subscriber",
+            ]
+        );
     }
 
     #[test]

@@ -128,3 +128,43 @@ async fn sigterm_drains_and_exits_zero() {
     let server = Server::start(&data, &[]);
     assert_eq!(server.events("default", "default").len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_delivery_redelivers_what_was_not_settled() {
+    use super::subscriber::{Behaviour, TestSubscriber};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let sub = TestSubscriber::start().await;
+    sub.set("slow", Behaviour::Delay(Duration::from_millis(300)));
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n",
+        sub.at("slow")
+    );
+    let out = server.cli_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let http = reqwest::Client::new();
+    let url = format!("{}/default/default", server.ingress);
+    for i in 0..200 {
+        let resp = binary_post(&http, &url, &format!("k{i}"), &[], b"{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    // Kill while deliveries are in flight.
+    sub.wait_for("slow", 20, Duration::from_secs(30)).await;
+    server.kill9();
+    let _server = Server::start(&data, &[]);
+    sub.set("slow", Behaviour::Status(200));
+    eventually(
+        Duration::from_secs(60),
+        "every event delivered at least once",
+        || {
+            let got: std::collections::HashSet<String> =
+                sub.received("slow").iter().map(|r| r.id()).collect();
+            async move { (got.len() == 200).then_some(()) }
+        },
+    )
+    .await;
+}

@@ -3,8 +3,10 @@
 // Test harness code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod subscriber;
 mod support;
 
 mod cli;
 mod crash;
 mod ingress;
+mod triggers;

@@ -1,0 +1,94 @@
+//! Which offsets a trigger may commit: the low watermark of settled events, per partition.
+//! An event is settled when it is delivered, dead-lettered, filtered out, or handed to the
+//! durable retry queue; until then it holds the watermark back, so a crash redelivers it.
+
+use broker::Position;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Default, Debug)]
+pub struct Offsets {
+    partitions: BTreeMap<u32, Partition>,
+}
+
+#[derive(Default, Debug)]
+struct Partition {
+    /// One past the highest offset polled.
+    next: u64,
+    pending: BTreeSet<u64>,
+    /// The watermark last committed.
+    committed: Option<u64>,
+}
+
+impl Offsets {
+    /// An event was read and is now in flight.
+    pub fn polled(&mut self, pos: Position) {
+        let p = self.partitions.entry(pos.partition).or_default();
+        p.pending.insert(pos.offset);
+        p.next = p.next.max(pos.offset + 1);
+    }
+
+    /// An event is settled.
+    pub fn settled(&mut self, pos: Position) {
+        if let Some(p) = self.partitions.get_mut(&pos.partition) {
+            p.pending.remove(&pos.offset);
+        }
+    }
+
+    /// Events in flight.
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|p| p.pending.len()).sum()
+    }
+
+    /// Positions to commit (the next offset to read, per partition) that moved since the
+    /// last call, and marks them committed.
+    pub fn to_commit(&mut self) -> Vec<Position> {
+        let mut out = Vec::new();
+        for (&partition, p) in &mut self.partitions {
+            let mark = p.pending.first().copied().unwrap_or(p.next);
+            if p.committed != Some(mark) {
+                p.committed = Some(mark);
+                out.push(Position {
+                    partition,
+                    offset: mark,
+                });
+            }
+        }
+        out
+    }
+
+    /// The watermark per partition (for lag).
+    pub fn watermarks(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.partitions
+            .iter()
+            .map(|(&k, p)| (k, p.pending.first().copied().unwrap_or(p.next)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(partition: u32, offset: u64) -> Position {
+        Position { partition, offset }
+    }
+
+    #[test]
+    fn the_watermark_waits_for_the_oldest_unsettled_event() {
+        let mut o = Offsets::default();
+        for off in 0..5 {
+            o.polled(pos(0, off));
+        }
+        o.polled(pos(1, 7));
+        o.settled(pos(0, 0));
+        o.settled(pos(0, 2));
+        o.settled(pos(0, 3));
+        assert_eq!(o.to_commit(), vec![pos(0, 1), pos(1, 7)]);
+        assert_eq!(o.to_commit(), vec![], "nothing moved");
+        o.settled(pos(0, 1));
+        o.settled(pos(1, 7));
+        assert_eq!(o.to_commit(), vec![pos(0, 4), pos(1, 8)]);
+        o.settled(pos(0, 4));
+        assert_eq!(o.to_commit(), vec![pos(0, 5)]);
+        assert_eq!(o.in_flight(), 0);
+    }
+}

@@ -1,0 +1,562 @@
+//! One trigger at work: read the broker, filter, deliver, settle, commit.
+//!
+//! - Unordered (default): up to `max_in_flight` deliveries at once; a failed attempt that may
+//!   be retried goes to the durable retry queue and is settled, so it holds back neither the
+//!   other events nor the committed offset. A scheduler re-attempts due retries.
+//! - Ordered: one worker per partition; an event finishes (success, retries, dead letter)
+//!   before the next of its partition starts. Retries wait in place; the offset stays
+//!   unsettled meanwhile, so a crash redelivers the event.
+//!
+//! Stopping: polling and scheduling stop at once; in-flight deliveries get the grace period
+//! to finish, then are abandoned (their events stay unsettled and come again); the settled
+//! watermark is committed last.
+
+use crate::filter::Filter;
+use crate::metrics::DispatchMetrics;
+use crate::offsets::Offsets;
+use crate::policy::DeliveryPolicy;
+use crate::store::{DeadLetter, DeliveryStore, ErrorInfo, Retry};
+use crate::subscriber::{Failure, Outcome, Subscriber};
+use base64::Engine as _;
+use broker::{AttrValue, Event, EventLog, StartAt, Stored, Topic};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Loop guard (I-11): replies carry `knativebrokerttl`, one less each time round.
+pub const TTL: &str = "knativebrokerttl";
+pub const MAX_TTL: i64 = 255;
+const POLL_MAX: usize = 256;
+const POLL_WAIT: Duration = Duration::from_millis(200);
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+const ORDERED_QUEUE: usize = 256;
+
+/// Everything a trigger needs to run, compiled from its resource.
+pub struct TriggerSpec {
+    pub namespace: String,
+    pub name: String,
+    pub topic: Topic,
+    pub filter: Filter,
+    pub subscriber: Arc<dyn Subscriber>,
+    pub dead_letter: Option<Arc<dyn Subscriber>>,
+    pub policy: DeliveryPolicy,
+    pub ordered: bool,
+    pub max_in_flight: usize,
+}
+
+impl TriggerSpec {
+    /// `namespace/name`, the trigger's key in the delivery store.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The consumer group (K-05).
+    pub fn group(&self) -> String {
+        group(&self.namespace, &self.name)
+    }
+}
+
+pub fn group(namespace: &str, name: &str) -> String {
+    format!("knative-trigger-{namespace}-{name}")
+}
+
+/// A delivery's id: the event's log position, so a redelivery after a crash is recognised.
+fn delivery_id(stored: &Stored) -> String {
+    format!("{}-{}", stored.position.partition, stored.position.offset)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub(crate) struct Runner {
+    spec: Arc<TriggerSpec>,
+    key: String,
+    log: Arc<dyn EventLog>,
+    store: Arc<DeliveryStore>,
+    metrics: DispatchMetrics,
+    offsets: Mutex<Offsets>,
+    /// Woken when a retry is stored, so the scheduler looks again.
+    retry_wake: Notify,
+    /// Retries being attempted now (their records stay in the store until settled).
+    retrying: Mutex<HashSet<String>>,
+    permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    /// Stop reading and scheduling.
+    stop: CancellationToken,
+    /// Abandon in-flight attempts (after the grace period).
+    abort: CancellationToken,
+}
+
+/// What one attempt came to, after the reply (if any) was stored.
+enum Attempt {
+    Done,
+    Retry(Failure),
+    Fail(Failure),
+    Abandoned,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        spec: TriggerSpec,
+        log: Arc<dyn EventLog>,
+        store: Arc<DeliveryStore>,
+        metrics: DispatchMetrics,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let permits = Arc::new(Semaphore::new(spec.max_in_flight.max(1)));
+        Arc::new(Self {
+            key: spec.key(),
+            spec: Arc::new(spec),
+            log,
+            store,
+            metrics,
+            offsets: Mutex::new(Offsets::default()),
+            retry_wake: Notify::new(),
+            retrying: Mutex::new(HashSet::new()),
+            permits,
+            tasks: TaskTracker::new(),
+            stop,
+            abort: CancellationToken::new(),
+        })
+    }
+
+    fn labels(&self) -> [&str; 2] {
+        [&self.spec.namespace, &self.spec.name]
+    }
+
+    fn offsets(&self) -> std::sync::MutexGuard<'_, Offsets> {
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until `stop`, then drains (up to `grace`) and commits.
+    pub(crate) async fn run(self: Arc<Self>, grace: Duration) {
+        let group = self.spec.group();
+        let mut consumer = loop {
+            match self
+                .log
+                .consumer(&self.spec.topic, Some(&group), StartAt::Latest)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(trigger = %self.key, error = %e, "cannot read the broker; trying again");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        if !self.spec.ordered {
+            let me = self.clone();
+            self.tasks.spawn(async move { me.schedule_retries().await });
+        }
+        let mut ordered: HashMap<u32, mpsc::Sender<Stored>> = HashMap::new();
+        let mut last_commit = Instant::now();
+        'poll: while !self.stop.is_cancelled() {
+            // `poll` is not cancelled mid-way (it is not cancel-safe); it returns within POLL_WAIT.
+            let batch = match consumer.poll(POLL_MAX, POLL_WAIT).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(trigger = %self.key, error = %e, "reading the broker failed");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break 'poll,
+                        _ = tokio::time::sleep(POLL_WAIT) => continue 'poll,
+                    }
+                }
+            };
+            for stored in batch {
+                self.offsets().polled(stored.position);
+                if !self.spec.filter.matches(&stored.event) {
+                    self.offsets().settled(stored.position);
+                    continue;
+                }
+                if self.spec.ordered {
+                    let tx = ordered.entry(stored.position.partition).or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(ORDERED_QUEUE);
+                        let me = self.clone();
+                        self.tasks.spawn(async move { me.ordered_worker(rx).await });
+                        tx
+                    });
+                    tokio::select! {
+                        r = tx.send(stored) => if r.is_err() { break 'poll },
+                        _ = self.stop.cancelled() => break 'poll,
+                    }
+                } else {
+                    let permit = tokio::select! {
+                        p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'poll },
+                        // The event stays unsettled and is read again after a restart.
+                        _ = self.stop.cancelled() => break 'poll,
+                    };
+                    let me = self.clone();
+                    self.tasks.spawn(async move {
+                        me.first_attempt(stored).await;
+                        drop(permit);
+                    });
+                }
+            }
+            if last_commit.elapsed() >= COMMIT_INTERVAL {
+                self.commit(consumer.as_mut()).await;
+                last_commit = Instant::now();
+            }
+        }
+        drop(ordered);
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(trigger = %self.key, "in-flight deliveries did not finish in the grace period; abandoning them");
+            self.abort.cancel();
+            self.tasks.wait().await;
+        }
+        self.commit(consumer.as_mut()).await;
+    }
+
+    async fn commit(&self, consumer: &mut dyn broker::Consumer) {
+        let positions = self.offsets().to_commit();
+        if !positions.is_empty() {
+            if let Err(e) = consumer.commit(&positions).await {
+                tracing::warn!(trigger = %self.key, error = %e, "committing offsets failed");
+            }
+        }
+        if let Ok(ends) = self.log.watermarks(&self.spec.topic).await {
+            let marks: HashMap<u32, u64> = self.offsets().watermarks().collect();
+            let committed = self
+                .log
+                .committed(&self.spec.topic, &self.spec.group())
+                .await
+                .unwrap_or_default();
+            let lag: u64 = ends
+                .iter()
+                .enumerate()
+                .map(|(p, w)| {
+                    let mark = marks
+                        .get(&(p as u32))
+                        .copied()
+                        .or(committed.get(p).copied().flatten())
+                        .unwrap_or(w.end);
+                    w.end.saturating_sub(mark)
+                })
+                .sum();
+            self.metrics
+                .lag
+                .with_label_values(&self.labels())
+                .set(lag as i64);
+        }
+    }
+
+    /// One delivery attempt, reply included.
+    async fn attempt(&self, event: &Event) -> Attempt {
+        let mut outgoing = event.clone();
+        outgoing.remove_attr(TTL);
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            o = self.spec.subscriber.deliver(&outgoing) => o,
+            _ = self.abort.cancelled() => return Attempt::Abandoned,
+        };
+        let labels = self.labels();
+        self.metrics
+            .latency
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .deliveries
+            .with_label_values(&[labels[0], labels[1], outcome.class()])
+            .inc();
+        match outcome {
+            Outcome::Delivered { reply: None } => Attempt::Done,
+            Outcome::Delivered { reply: Some(reply) } => match self.store_reply(event, reply).await
+            {
+                Ok(()) => Attempt::Done,
+                // RP-02: if the reply cannot be stored, the delivery failed.
+                Err(e) => Attempt::Retry(Failure::new(
+                    None,
+                    bytes::Bytes::new(),
+                    format!("storing the reply failed: {e}"),
+                )),
+            },
+            Outcome::Retry(f) => Attempt::Retry(f),
+            Outcome::Fail(f) => Attempt::Fail(f),
+        }
+    }
+
+    /// Appends a reply to the broker, one step further along the loop guard.
+    async fn store_reply(&self, event: &Event, mut reply: Event) -> Result<(), broker::LogError> {
+        let ttl = event
+            .attr(TTL)
+            .and_then(|v| match v {
+                AttrValue::Integer(i) => Some(*i),
+                other => other.to_text().parse().ok(),
+            })
+            .unwrap_or(MAX_TTL)
+            - 1;
+        let labels = self.labels();
+        if ttl <= 0 {
+            tracing::warn!(trigger = %self.key, "reply dropped: {TTL} reached 0 (an event loop?)");
+            self.metrics
+                .replies
+                .with_label_values(&[labels[0], labels[1], "dropped"])
+                .inc();
+            return Ok(());
+        }
+        reply.set_attr(TTL, AttrValue::String(ttl.to_string()));
+        reply.set_attr(
+            ingress::service::ARRIVAL_TIME,
+            AttrValue::String(
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ),
+        );
+        self.log.append(&self.spec.topic, vec![reply]).await?;
+        self.metrics
+            .replies
+            .with_label_values(&[labels[0], labels[1], "stored"])
+            .inc();
+        Ok(())
+    }
+
+    /// The first attempt of an event read from the broker (unordered mode).
+    async fn first_attempt(self: Arc<Self>, stored: Stored) {
+        let id = delivery_id(&stored);
+        let settled = match self.attempt(&stored.event).await {
+            Attempt::Done => true,
+            Attempt::Abandoned => false,
+            Attempt::Retry(f) if self.spec.policy.retry >= 1 => {
+                self.queue_retry(id, stored.event, 1, f)
+            }
+            Attempt::Retry(f) | Attempt::Fail(f) => {
+                self.dead_letter(&id, &stored.event, f, 1).await
+            }
+        };
+        if settled {
+            self.offsets().settled(stored.position);
+        }
+    }
+
+    /// Stores a retry due after the backoff for retry number `attempts`. True once durable.
+    fn queue_retry(&self, id: String, event: Event, attempts: u32, failure: Failure) -> bool {
+        let wait = self.spec.policy.wait_before(attempts, failure.retry_after);
+        let retry = Retry {
+            id,
+            due_ms: now_ms() + wait.as_millis() as u64,
+            attempts,
+            last_error: Some(self.error_info(&failure, attempts)),
+            event,
+        };
+        match self.store.put_retry(&self.key, &retry) {
+            Ok(()) => {
+                self.metrics.retries.with_label_values(&self.labels()).inc();
+                self.retry_wake.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::error!(trigger = %self.key, error = %e, "cannot store a retry; the event will be read again after a restart");
+                false
+            }
+        }
+    }
+
+    fn error_info(&self, f: &Failure, attempts: u32) -> ErrorInfo {
+        ErrorInfo {
+            code: f.code,
+            body: base64::engine::general_purpose::STANDARD.encode(&f.body),
+            message: f.message.clone(),
+            attempts,
+            time: now_rfc3339(),
+            destination: self.spec.subscriber.destination(),
+        }
+    }
+
+    /// Re-attempts due retries, earliest first, within the in-flight limit.
+    async fn schedule_retries(self: Arc<Self>) {
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let due = match self.store.retries(&self.key, POLL_MAX) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(trigger = %self.key, error = %e, "cannot read the retry queue");
+                    Vec::new()
+                }
+            };
+            let now = now_ms();
+            let mut next_due: Option<u64> = None;
+            for r in due {
+                if r.due_ms > now {
+                    next_due = Some(r.due_ms);
+                    break;
+                }
+                if !self
+                    .retrying
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(r.id.clone())
+                {
+                    continue;
+                }
+                let permit = tokio::select! {
+                    p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = self.stop.cancelled() => return,
+                };
+                let me = self.clone();
+                self.tasks.spawn(async move {
+                    let id = r.id.clone();
+                    me.retry_attempt(r).await;
+                    me.retrying
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    me.retry_wake.notify_one();
+                    drop(permit);
+                });
+            }
+            let wait = next_due.map_or(Duration::from_secs(1), |d| {
+                Duration::from_millis(d.saturating_sub(now_ms())).min(Duration::from_secs(1))
+            });
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = self.retry_wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn retry_attempt(&self, r: Retry) {
+        let attempts = r.attempts + 1;
+        match self.attempt(&r.event).await {
+            Attempt::Done => {
+                if let Err(e) = self.store.remove_retry(&self.key, &r.id) {
+                    tracing::error!(trigger = %self.key, error = %e, "cannot remove a finished retry; it may be delivered again");
+                }
+            }
+            Attempt::Abandoned => {}
+            Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
+                self.queue_retry(r.id, r.event, attempts, f);
+            }
+            Attempt::Retry(f) | Attempt::Fail(f) => {
+                self.dead_letter(&r.id, &r.event, f, attempts).await;
+            }
+        }
+    }
+
+    /// Ordered mode: one partition's events, one at a time.
+    async fn ordered_worker(self: Arc<Self>, mut rx: mpsc::Receiver<Stored>) {
+        while let Some(stored) = rx.recv().await {
+            let mut attempts = 0;
+            let settled = loop {
+                attempts += 1;
+                match self.attempt(&stored.event).await {
+                    Attempt::Done => break true,
+                    Attempt::Abandoned => break false,
+                    Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
+                        self.metrics.retries.with_label_values(&self.labels()).inc();
+                        let wait = self.spec.policy.wait_before(attempts, f.retry_after);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.stop.cancelled() => break false,
+                        }
+                    }
+                    Attempt::Retry(f) | Attempt::Fail(f) => {
+                        break self
+                            .dead_letter(&delivery_id(&stored), &stored.event, f, attempts)
+                            .await
+                    }
+                }
+            };
+            if !settled {
+                return;
+            }
+            self.offsets().settled(stored.position);
+        }
+    }
+
+    /// Gives up on an event: the dead-letter sink (with the same retry policy), else, or if
+    /// that fails too, Ferry's dead-letter store. True once the event is safely somewhere.
+    async fn dead_letter(&self, id: &str, event: &Event, failure: Failure, attempts: u32) -> bool {
+        let mut info = self.error_info(&failure, attempts);
+        let labels = self.labels();
+        if let Some(sink) = &self.spec.dead_letter {
+            let mut dl = event.clone();
+            dl.remove_attr(TTL);
+            dl.set_attr(
+                "knativeerrordest",
+                AttrValue::String(self.spec.subscriber.destination()),
+            );
+            if let Some(code) = failure.code {
+                dl.set_attr("knativeerrorcode", AttrValue::String(code.to_string()));
+            }
+            if !failure.body.is_empty() {
+                dl.set_attr("knativeerrordata", AttrValue::String(info.body.clone()));
+            }
+            let mut n = 0;
+            let last = loop {
+                let outcome = tokio::select! {
+                    o = sink.deliver(&dl) => o,
+                    _ = self.abort.cancelled() => return false,
+                };
+                self.metrics
+                    .deliveries
+                    .with_label_values(&[labels[0], labels[1], outcome.class()])
+                    .inc();
+                match outcome {
+                    Outcome::Delivered { .. } => {
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&[labels[0], labels[1], "sink"])
+                            .inc();
+                        if let Err(e) = self.store.remove_retry(&self.key, id) {
+                            tracing::error!(trigger = %self.key, error = %e, "cannot remove a dead-lettered retry");
+                        }
+                        return true;
+                    }
+                    Outcome::Retry(f) if n < self.spec.policy.retry => {
+                        n += 1;
+                        let wait = self.spec.policy.wait_before(n, f.retry_after);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.stop.cancelled() => return false,
+                        }
+                    }
+                    Outcome::Retry(f) | Outcome::Fail(f) => break f,
+                }
+            };
+            info.message = format!(
+                "{}; then the dead-letter sink {} failed too: {}",
+                info.message,
+                sink.destination(),
+                last.message
+            );
+        }
+        let dl = DeadLetter {
+            id: id.to_string(),
+            time_ms: now_ms(),
+            event: event.clone(),
+            error: info,
+        };
+        match self.store.put_dead_letter(&self.key, &dl) {
+            Ok(()) => {
+                tracing::info!(trigger = %self.key, id = %dl.id, error = %dl.error.message, "event kept in the dead-letter store");
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[labels[0], labels[1], "store"])
+                    .inc();
+                true
+            }
+            Err(e) => {
+                tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; the event will be read again after a restart");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The dispatcher: one [`Runner`](crate::runner) per trigger, started, replaced and stopped as
+//! triggers change, and the dead-letter store behind `ferry dlq`.
+
+use crate::metrics::DispatchMetrics;
+use crate::policy::DeliveryPolicy;
+use crate::runner::{self, Runner, TriggerSpec};
+use crate::store::{DeadLetter, DeliveryStore, StoreError};
+use crate::subscriber::{HttpSubscriber, Subscriber};
+use broker::{EventLog, LogError, Position, Topic};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+struct Running {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+pub struct Dispatcher {
+    log: Arc<dyn EventLog>,
+    store: Arc<DeliveryStore>,
+    metrics: DispatchMetrics,
+    client: reqwest::Client,
+    runners: tokio::sync::Mutex<HashMap<String, Running>>,
+    /// How long a stopping trigger waits for its in-flight deliveries.
+    grace: Duration,
+}
+
+impl Dispatcher {
+    pub fn open(
+        log: Arc<dyn EventLog>,
+        store_path: &Path,
+        registry: &prometheus::Registry,
+        grace: Duration,
+    ) -> Result<Arc<Self>, DispatchError> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| DispatchError::Client(e.to_string()))?;
+        Ok(Arc::new(Self {
+            log,
+            store: Arc::new(DeliveryStore::open(store_path)?),
+            metrics: DispatchMetrics::new(registry)?,
+            client,
+            runners: tokio::sync::Mutex::new(HashMap::new()),
+            grace,
+        }))
+    }
+
+    /// An HTTP subscriber using the dispatcher's connection pool.
+    pub fn http_subscriber(&self, url: &str, policy: &DeliveryPolicy) -> Arc<dyn Subscriber> {
+        Arc::new(HttpSubscriber::new(
+            self.client.clone(),
+            url,
+            policy.format,
+            policy.timeout,
+        ))
+    }
+
+    /// Commits `namespace/name`'s consumer group at the log end, so a new trigger gets every
+    /// event after it is Ready and none before (K-06).
+    pub async fn start_at_end(
+        &self,
+        topic: &Topic,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), DispatchError> {
+        let ends: Vec<Position> = self
+            .log
+            .watermarks(topic)
+            .await?
+            .iter()
+            .enumerate()
+            .map(|(p, w)| Position {
+                partition: p as u32,
+                offset: w.end,
+            })
+            .collect();
+        self.log
+            .commit(topic, &runner::group(namespace, name), &ends)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `spec`, replacing the trigger's previous runner (which drains and commits first).
+    pub async fn run(&self, spec: TriggerSpec) {
+        let key = spec.key();
+        let mut runners = self.runners.lock().await;
+        if let Some(old) = runners.remove(&key) {
+            stop(old).await;
+        }
+        let stop_token = CancellationToken::new();
+        let runner = Runner::new(
+            spec,
+            self.log.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+            stop_token.clone(),
+        );
+        let grace = self.grace;
+        let handle = tokio::spawn(runner.run(grace));
+        runners.insert(
+            key,
+            Running {
+                stop: stop_token,
+                handle,
+            },
+        );
+    }
+
+    /// Stops a trigger's runner, if it runs.
+    pub async fn stop(&self, namespace: &str, name: &str) {
+        let old = self
+            .runners
+            .lock()
+            .await
+            .remove(&format!("{namespace}/{name}"));
+        if let Some(old) = old {
+            stop(old).await;
+        }
+    }
+
+    /// Stops a deleted trigger and forgets its pending retries and dead letters.
+    pub async fn forget(&self, namespace: &str, name: &str) -> Result<(), DispatchError> {
+        self.stop(namespace, name).await;
+        self.store.purge(&format!("{namespace}/{name}"), true)?;
+        Ok(())
+    }
+
+    pub async fn is_running(&self, namespace: &str, name: &str) -> bool {
+        self.runners
+            .lock()
+            .await
+            .contains_key(&format!("{namespace}/{name}"))
+    }
+
+    /// Stops every trigger (each drains its in-flight deliveries and commits).
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self.runners.lock().await.drain().map(|(_, r)| r).collect();
+        for r in &all {
+            r.stop.cancel();
+        }
+        for r in all {
+            stop(r).await;
+        }
+    }
+
+    pub fn dead_letters(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<DeadLetter>, DispatchError> {
+        Ok(self.store.dead_letters(&format!("{namespace}/{name}"))?)
+    }
+
+    /// Sends dead letters (one by id, or all) back for delivery. Returns how many.
+    pub fn replay(
+        &self,
+        namespace: &str,
+        name: &str,
+        id: Option<&str>,
+    ) -> Result<usize, DispatchError> {
+        Ok(self
+            .store
+            .replay(&format!("{namespace}/{name}"), id, runner::now_ms())?)
+    }
+
+    pub fn purge(&self, namespace: &str, name: &str) -> Result<usize, DispatchError> {
+        Ok(self.store.purge(&format!("{namespace}/{name}"), false)?)
+    }
+}
+
+async fn stop(r: Running) {
+    r.stop.cancel();
+    if let Err(e) = r.handle.await {
+        tracing::error!(error = %e, "a trigger runner failed");
+    }
+}

@@ -1,0 +1,456 @@
+//! Durable delivery state: pending retries and Ferry's own dead-letter store, in a RocksDB
+//! database of their own (`<data-dir>/dispatch`), every write synced.
+//!
+//! Keys: `r` + trigger + `0x00` + due time (ms, BE) + id for a retry, so a trigger's retries
+//! read in due order, with `i` + trigger + `0x00` + id → due time as its index; `d` + trigger +
+//! `0x00` + id for a dead letter. Ids are the event's log position (`partition-offset`), so an
+//! event redelivered after a crash replaces its own retry or dead letter instead of adding a
+//! second one. A value is a JSON header (length-prefixed) followed by the event in the log's
+//! record encoding, so the event keeps every attribute and data byte.
+
+use broker::{codec, Event};
+use bytes::Bytes;
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("delivery store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("delivery store: corrupt entry: {0}")]
+    Corrupt(String),
+}
+
+/// Why an event ended in the dead-letter store (or awaits a retry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// HTTP status of the last attempt, if there was an answer.
+    pub code: Option<u16>,
+    /// Body of the last answer, base64 (at most 1024 bytes before encoding).
+    pub body: String,
+    pub message: String,
+    /// Attempts made (first try included).
+    pub attempts: u32,
+    /// RFC 3339 time of the last attempt.
+    pub time: String,
+    /// Where the last attempt went.
+    pub destination: String,
+}
+
+/// A delivery waiting for its next attempt.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub id: String,
+    pub due_ms: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub event: Event,
+    pub last_error: Option<ErrorInfo>,
+}
+
+/// An event the dispatcher gave up on.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub id: String,
+    pub time_ms: u64,
+    pub event: Event,
+    pub error: ErrorInfo,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    id: String,
+    attempts: u32,
+    error: Option<ErrorInfo>,
+    #[serde(default)]
+    time_ms: u64,
+}
+
+pub struct DeliveryStore {
+    db: DB,
+}
+
+fn prefix(tag: u8, trigger: &str) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(trigger.as_bytes());
+    k.push(0);
+    k
+}
+
+fn key(tag: u8, trigger: &str, time_ms: u64, id: &str) -> Vec<u8> {
+    let mut k = prefix(tag, trigger);
+    k.extend_from_slice(&time_ms.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn id_key(tag: u8, trigger: &str, id: &str) -> Vec<u8> {
+    let mut k = prefix(tag, trigger);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn encode(
+    id: &str,
+    attempts: u32,
+    error: Option<&ErrorInfo>,
+    time_ms: u64,
+    event: &Event,
+) -> Result<Vec<u8>, StoreError> {
+    let header = serde_json::to_vec(&Header {
+        id: id.to_string(),
+        attempts,
+        error: error.cloned(),
+        time_ms,
+    })
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let record = codec::encode(event, 0);
+    let mut v = Vec::with_capacity(4 + header.len() + record.len());
+    v.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    v.extend_from_slice(&header);
+    v.extend_from_slice(&record);
+    Ok(v)
+}
+
+fn decode(v: &[u8]) -> Result<(Header, Event), StoreError> {
+    let len = v
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| StoreError::Corrupt("short value".into()))? as usize;
+    let header_bytes = v
+        .get(4..4 + len)
+        .ok_or_else(|| StoreError::Corrupt("short header".into()))?;
+    let header: Header =
+        serde_json::from_slice(header_bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (event, _) = codec::decode(Bytes::copy_from_slice(&v[4 + len..]))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((header, event))
+}
+
+fn time_of(key: &[u8], prefix_len: usize) -> u64 {
+    key.get(prefix_len..prefix_len + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+impl DeliveryStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        Ok(Self {
+            db: DB::open(&opts, path)?,
+        })
+    }
+
+    fn synced() -> WriteOptions {
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        o
+    }
+
+    /// The due time of the retry with this id, if one is queued.
+    fn retry_due(&self, trigger: &str, id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned(id_key(b'i', trigger, id))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Deletes the retry with this id (and its index entry) in `batch`, if there is one.
+    fn unqueue(&self, batch: &mut WriteBatch, trigger: &str, id: &str) -> Result<(), StoreError> {
+        if let Some(due) = self.retry_due(trigger, id)? {
+            batch.delete(key(b'r', trigger, due, id));
+            batch.delete(id_key(b'i', trigger, id));
+        }
+        Ok(())
+    }
+
+    /// Stores a retry, replacing any queued under the same id.
+    pub fn put_retry(&self, trigger: &str, retry: &Retry) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.unqueue(&mut batch, trigger, &retry.id)?;
+        batch.put(
+            key(b'r', trigger, retry.due_ms, &retry.id),
+            encode(
+                &retry.id,
+                retry.attempts,
+                retry.last_error.as_ref(),
+                0,
+                &retry.event,
+            )?,
+        );
+        batch.put(id_key(b'i', trigger, &retry.id), retry.due_ms.to_be_bytes());
+        self.db.write_opt(batch, &Self::synced())?;
+        Ok(())
+    }
+
+    pub fn remove_retry(&self, trigger: &str, id: &str) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.unqueue(&mut batch, trigger, id)?;
+        self.db.write_opt(batch, &Self::synced())?;
+        Ok(())
+    }
+
+    /// Retries of `trigger`, earliest due first, at most `limit`.
+    pub fn retries(&self, trigger: &str, limit: usize) -> Result<Vec<Retry>, StoreError> {
+        let p = prefix(b'r', trigger);
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&p) || out.len() >= limit {
+                break;
+            }
+            let (h, event) = decode(&v)?;
+            out.push(Retry {
+                id: h.id,
+                due_ms: time_of(&k, p.len()),
+                attempts: h.attempts,
+                event,
+                last_error: h.error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Keeps an event in the dead-letter store (replacing one with the same id) and drops its
+    /// queued retry, if any, in the same write.
+    pub fn put_dead_letter(&self, trigger: &str, dl: &DeadLetter) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.unqueue(&mut batch, trigger, &dl.id)?;
+        batch.put(
+            id_key(b'd', trigger, &dl.id),
+            encode(
+                &dl.id,
+                dl.error.attempts,
+                Some(&dl.error),
+                dl.time_ms,
+                &dl.event,
+            )?,
+        );
+        self.db.write_opt(batch, &Self::synced())?;
+        Ok(())
+    }
+
+    /// A trigger's dead letters, oldest first.
+    pub fn dead_letters(&self, trigger: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        let p = prefix(b'd', trigger);
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let (h, event) = decode(&v)?;
+            let Some(error) = h.error else { continue };
+            out.push(DeadLetter {
+                id: h.id,
+                time_ms: h.time_ms,
+                event,
+                error,
+            });
+        }
+        out.sort_by_key(|d| d.time_ms);
+        Ok(out)
+    }
+
+    /// Moves dead letters (all, or the one with `id`) back to the retry queue, due now with a
+    /// fresh attempt count. Returns how many.
+    pub fn replay(
+        &self,
+        trigger: &str,
+        id: Option<&str>,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for dl in self.dead_letters(trigger)? {
+            if id.is_some_and(|id| id != dl.id) {
+                continue;
+            }
+            batch.delete(id_key(b'd', trigger, &dl.id));
+            self.unqueue(&mut batch, trigger, &dl.id)?;
+            batch.put(
+                key(b'r', trigger, now_ms, &dl.id),
+                encode(&dl.id, 0, None, 0, &dl.event)?,
+            );
+            batch.put(id_key(b'i', trigger, &dl.id), now_ms.to_be_bytes());
+            n += 1;
+        }
+        self.db.write_opt(batch, &Self::synced())?;
+        Ok(n)
+    }
+
+    /// Deletes a trigger's dead letters (and, with `retries`, its pending retries).
+    pub fn purge(&self, trigger: &str, retries: bool) -> Result<usize, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        let tags: &[u8] = if retries { b"dri" } else { b"d" };
+        for tag in tags {
+            let p = prefix(*tag, trigger);
+            for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
+                let (k, _) = item?;
+                if !k.starts_with(&p) {
+                    break;
+                }
+                batch.delete(k);
+                if *tag == b'd' {
+                    n += 1;
+                }
+            }
+        }
+        self.db.write_opt(batch, &Self::synced())?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::AttrValue;
+
+    fn event(id: &str) -> Event {
+        Event {
+            attributes: vec![
+                ("id".into(), AttrValue::String(id.into())),
+                ("n".into(), AttrValue::Integer(3)),
+            ],
+            data: Some(Bytes::from_static(&[0, 1, 2, 255])),
+        }
+    }
+
+    fn info() -> ErrorInfo {
+        ErrorInfo {
+            code: Some(500),
+            body: "b29wcw==".into(),
+            message: "boom".into(),
+            attempts: 3,
+            time: "t".into(),
+            destination: "http://x".into(),
+        }
+    }
+
+    #[test]
+    fn retries_in_due_order_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DeliveryStore::open(dir.path()).unwrap();
+            for (id, due) in [("late", 300), ("early", 100), ("mid", 200)] {
+                s.put_retry(
+                    "ns/t",
+                    &Retry {
+                        id: id.into(),
+                        due_ms: due,
+                        attempts: 2,
+                        event: event(id),
+                        last_error: None,
+                    },
+                )
+                .unwrap();
+            }
+            s.put_retry(
+                "ns/other",
+                &Retry {
+                    id: "x".into(),
+                    due_ms: 1,
+                    attempts: 1,
+                    event: event("x"),
+                    last_error: None,
+                },
+            )
+            .unwrap();
+        }
+        let s = DeliveryStore::open(dir.path()).unwrap();
+        let r = s.retries("ns/t", 10).unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["early", "mid", "late"]
+        );
+        assert_eq!(r[0].event, event("early"));
+        assert_eq!(r[0].attempts, 2);
+        s.remove_retry("ns/t", "early").unwrap();
+        assert_eq!(s.retries("ns/t", 10).unwrap().len(), 2);
+        // The same id again moves the retry instead of adding one.
+        s.put_retry(
+            "ns/t",
+            &Retry {
+                id: "mid".into(),
+                due_ms: 50,
+                attempts: 3,
+                event: event("mid"),
+                last_error: None,
+            },
+        )
+        .unwrap();
+        let r = s.retries("ns/t", 10).unwrap();
+        assert_eq!(
+            r.iter()
+                .map(|r| (r.id.as_str(), r.due_ms))
+                .collect::<Vec<_>>(),
+            [("mid", 50), ("late", 300)]
+        );
+    }
+
+    #[test]
+    fn dead_letters_list_replay_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DeliveryStore::open(dir.path()).unwrap();
+        s.put_retry(
+            "ns/t",
+            &Retry {
+                id: "a".into(),
+                due_ms: 5,
+                attempts: 3,
+                event: event("a"),
+                last_error: None,
+            },
+        )
+        .unwrap();
+        s.put_dead_letter(
+            "ns/t",
+            &DeadLetter {
+                id: "a".into(),
+                time_ms: 10,
+                event: event("a"),
+                error: info(),
+            },
+        )
+        .unwrap();
+        s.put_dead_letter(
+            "ns/t",
+            &DeadLetter {
+                id: "b".into(),
+                time_ms: 11,
+                event: event("b"),
+                error: info(),
+            },
+        )
+        .unwrap();
+        // The same event dead-lettered again (redelivered after a crash) stays one dead letter.
+        s.put_dead_letter(
+            "ns/t",
+            &DeadLetter {
+                id: "b".into(),
+                time_ms: 12,
+                event: event("b"),
+                error: info(),
+            },
+        )
+        .unwrap();
+        assert!(
+            s.retries("ns/t", 10).unwrap().is_empty(),
+            "dead-lettering removes the retry"
+        );
+        let dls = s.dead_letters("ns/t").unwrap();
+        assert_eq!(dls.len(), 2);
+        assert_eq!(dls[0].error, info());
+        assert_eq!(s.replay("ns/t", Some("b"), 50).unwrap(), 1);
+        assert_eq!(s.dead_letters("ns/t").unwrap().len(), 1);
+        let r = s.retries("ns/t", 10).unwrap();
+        assert_eq!((r[0].id.as_str(), r[0].attempts, r[0].due_ms), ("b", 0, 50));
+        assert_eq!(s.purge("ns/t", true).unwrap(), 1);
+        assert!(s.dead_letters("ns/t").unwrap().is_empty());
+        assert!(s.retries("ns/t", 10).unwrap().is_empty());
+    }
+}

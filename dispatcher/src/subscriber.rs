@@ -1,0 +1,371 @@
+//! The one delivery interface: HTTP subscribers and in-process handlers (Ferry's own
+//! controllers) both implement [`Subscriber`], so filters, retries, dead letters and offsets
+//! are the same for both.
+
+use crate::policy::Format;
+use async_trait::async_trait;
+use broker::Event;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest subscriber answer read (a reply event, or an error body).
+pub const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// Why an attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// HTTP status, if there was an answer.
+    pub code: Option<u16>,
+    /// The answer's body (at most 1024 bytes kept).
+    pub body: Bytes,
+    pub message: String,
+    /// `Retry-After` of a 429 or 503.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn new(code: Option<u16>, body: Bytes, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            body: body.slice(..body.len().min(1024)),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// What one attempt came to (D-03).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Accepted; `reply` when the answer was a 200 carrying a CloudEvent.
+    Delivered { reply: Option<Event> },
+    /// Failed, worth retrying (404, 408, 409, 429, 5xx, timeout, connection error).
+    Retry(Failure),
+    /// Failed for good (other 4xx, 1xx, 3xx, a malformed reply): straight to the dead letter.
+    Fail(Failure),
+}
+
+impl Outcome {
+    /// The metric class of this outcome.
+    pub fn class(&self) -> &'static str {
+        let code = match self {
+            Outcome::Delivered { .. } => return "2xx",
+            Outcome::Retry(f) | Outcome::Fail(f) => f.code,
+        };
+        match code {
+            None => "error",
+            Some(c) if c < 200 => "1xx",
+            Some(c) if c < 300 => "2xx",
+            Some(c) if c < 400 => "3xx",
+            Some(c) if c < 500 => "4xx",
+            Some(_) => "5xx",
+        }
+    }
+}
+
+/// Classifies a subscriber's answer (pure).
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Outcome {
+    let code = status.as_u16();
+    if status.is_success() {
+        if code != 200 || !looks_like_event(headers) {
+            // A 202 is never a reply (D-03); a body that is not an event is ignored.
+            return Outcome::Delivered { reply: None };
+        }
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let parsed = match ingress::parse::mode(ct) {
+            Ok(ingress::parse::Mode::Binary) => ingress::parse::binary(headers, body.clone()),
+            Ok(ingress::parse::Mode::Structured) => ingress::parse::structured(&body),
+            Ok(ingress::parse::Mode::Batch) => Err(ingress::parse::InvalidEvent::Format(
+                "application/cloudevents-batch+json".into(),
+            )),
+            Err(e) => Err(e),
+        };
+        return match parsed {
+            Ok(reply) => Outcome::Delivered { reply: Some(reply) },
+            Err(e) => Outcome::Fail(Failure::new(
+                Some(code),
+                body,
+                format!("the reply is not a valid CloudEvent: {e}"),
+            )),
+        };
+    }
+    let mut failure = Failure::new(Some(code), body, format!("subscriber answered {status}"));
+    match code {
+        404 | 408 | 409 | 429 | 500..=599 => {
+            if code == 429 || code == 503 {
+                failure.retry_after = headers
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+            }
+            Outcome::Retry(failure)
+        }
+        _ => Outcome::Fail(failure),
+    }
+}
+
+fn looks_like_event(headers: &HeaderMap) -> bool {
+    headers.contains_key("ce-specversion")
+        || headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.to_ascii_lowercase()
+                    .starts_with("application/cloudevents")
+            })
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Where a trigger's events go.
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    /// One attempt to deliver `event`.
+    async fn deliver(&self, event: &Event) -> Outcome;
+    /// The destination, as `knativeerrordest` names it.
+    fn destination(&self) -> String;
+}
+
+/// An HTTP subscriber: POST in binary mode (or structured), with `Prefer: reply`.
+pub struct HttpSubscriber {
+    client: reqwest::Client,
+    url: String,
+    format: Format,
+    timeout: Duration,
+}
+
+impl HttpSubscriber {
+    pub fn new(
+        client: reqwest::Client,
+        url: impl Into<String>,
+        format: Format,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            url: url.into(),
+            format,
+            timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for HttpSubscriber {
+    async fn deliver(&self, event: &Event) -> Outcome {
+        let request = self
+            .client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .header("prefer", "reply");
+        let request = match self.format {
+            Format::Binary => request
+                .headers(ingress::format::binary_headers(event))
+                .body(event.data.clone().unwrap_or_default()),
+            Format::Structured => request
+                .header(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/cloudevents+json"),
+                )
+                .body(ingress::format::structured_json(event)),
+        };
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                };
+                return Outcome::Retry(Failure::new(
+                    None,
+                    Bytes::new(),
+                    format!("request to {} {what}: {e}", self.url),
+                ));
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) if body.len() + c.len() <= MAX_RESPONSE => body.extend_from_slice(&c),
+                Ok(_) => {
+                    return Outcome::Fail(Failure::new(
+                        Some(status.as_u16()),
+                        Bytes::from(body),
+                        "the answer is larger than 1 MiB",
+                    ))
+                }
+                Err(e) => {
+                    return Outcome::Retry(Failure::new(
+                        Some(status.as_u16()),
+                        Bytes::from(body),
+                        format!("reading the answer failed: {e}"),
+                    ))
+                }
+            }
+        }
+        classify(status, &headers, Bytes::from(body))
+    }
+
+    fn destination(&self) -> String {
+        self.url.clone()
+    }
+}
+
+/// What an in-process handler answers: a reply or none, or a failure (retryable or not).
+pub type HandlerResult = Result<Option<Event>, HandlerError>;
+
+#[derive(Clone, Debug)]
+pub struct HandlerError {
+    pub retryable: bool,
+    pub message: String,
+}
+
+type HandlerFn = dyn Fn(Event) -> BoxFuture<'static, HandlerResult> + Send + Sync;
+
+/// An in-process subscriber: one of Ferry's own controllers.
+#[derive(Clone)]
+pub struct Handler {
+    name: String,
+    f: Arc<HandlerFn>,
+}
+
+impl Handler {
+    pub fn new(
+        name: impl Into<String>,
+        f: impl Fn(Event) -> BoxFuture<'static, HandlerResult> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            f: Arc::new(f),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for Handler {
+    async fn deliver(&self, event: &Event) -> Outcome {
+        match (self.f)(event.clone()).await {
+            Ok(reply) => Outcome::Delivered { reply },
+            Err(e) => {
+                let failure = Failure::new(None, Bytes::from(e.message.clone()), e.message);
+                if e.retryable {
+                    Outcome::Retry(failure)
+                } else {
+                    Outcome::Fail(failure)
+                }
+            }
+        }
+    }
+
+    fn destination(&self) -> String {
+        format!("handler:{}", self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn status_codes() {
+        let ok = |c: u16| {
+            classify(
+                StatusCode::from_u16(c).unwrap(),
+                &HeaderMap::new(),
+                Bytes::new(),
+            )
+        };
+        assert_eq!(ok(200), Outcome::Delivered { reply: None });
+        assert_eq!(ok(204), Outcome::Delivered { reply: None });
+        for c in [404, 408, 409, 429, 500, 502, 503, 504] {
+            assert!(matches!(ok(c), Outcome::Retry(_)), "{c} retries");
+        }
+        for c in [400, 401, 403, 405, 410, 413, 301, 100] {
+            assert!(matches!(ok(c), Outcome::Fail(_)), "{c} does not retry");
+        }
+    }
+
+    #[test]
+    fn replies() {
+        let headers = h(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "r"),
+            ("ce-source", "/s"),
+            ("ce-type", "reply"),
+        ]);
+        match classify(StatusCode::OK, &headers, Bytes::from_static(b"{}")) {
+            Outcome::Delivered { reply: Some(e) } => {
+                assert_eq!(e.attr_text("type").as_deref(), Some("reply"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // 202 with an event is not a reply.
+        assert_eq!(
+            classify(StatusCode::ACCEPTED, &headers, Bytes::new()),
+            Outcome::Delivered { reply: None }
+        );
+        // A body that is not an event is ignored; one that claims to be an event but is not fails.
+        assert_eq!(
+            classify(
+                StatusCode::OK,
+                &h(&[("content-type", "text/plain")]),
+                Bytes::from_static(b"garbage")
+            ),
+            Outcome::Delivered { reply: None }
+        );
+        let broken = classify(
+            StatusCode::OK,
+            &h(&[("content-type", "application/cloudevents+json")]),
+            Bytes::from_static(b"{garbage"),
+        );
+        assert!(
+            matches!(broken, Outcome::Fail(ref f) if f.message.contains("not a valid CloudEvent")),
+            "{broken:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_only_on_429_and_503() {
+        let headers = h(&[("retry-after", "7")]);
+        match classify(StatusCode::TOO_MANY_REQUESTS, &headers, Bytes::new()) {
+            Outcome::Retry(f) => assert_eq!(f.retry_after, Some(Duration::from_secs(7))),
+            other => panic!("{other:?}"),
+        }
+        match classify(StatusCode::INTERNAL_SERVER_ERROR, &headers, Bytes::new()) {
+            Outcome::Retry(f) => assert_eq!(f.retry_after, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn failure_bodies_are_truncated() {
+        let f = Failure::new(Some(500), Bytes::from(vec![b'x'; 5000]), "boom");
+        assert_eq!(f.body.len(), 1024);
+    }
+}

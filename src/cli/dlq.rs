@@ -1,0 +1,119 @@
+//! `ferry dlq`: a trigger's dead letters, kept by Ferry when no dead-letter sink took them.
+
+use super::client::{Client, ServerArg};
+use super::get::Output;
+use anyhow::bail;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List the dead letters with their error.
+    List {
+        trigger: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Deliver dead letters again (fresh attempt count).
+    Replay {
+        trigger: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// One dead letter.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// All of them.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete every dead letter of the trigger.
+    Purge {
+        trigger: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
+    match cmd {
+        DlqCommand::List {
+            trigger,
+            namespace,
+            output,
+            server,
+        } => {
+            let client = Client::new(&server)?;
+            let path = format!("/api/v1/namespaces/{namespace}/triggers/{trigger}/deadletters");
+            let answer = client.request(Method::GET, &path, None).await?;
+            let items = answer["items"].as_array().cloned().unwrap_or_default();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&answer)?),
+                Output::Table => {
+                    if items.is_empty() {
+                        eprintln!("No dead letters for trigger {namespace}/{trigger}.");
+                    }
+                    for dl in &items {
+                        let e = &dl["error"];
+                        println!(
+                            "{}  {}  event {} ({})  attempts {}  status {}  to {}\n    {}",
+                            dl["id"].as_str().unwrap_or(""),
+                            e["time"].as_str().unwrap_or(""),
+                            dl["event"]["id"].as_str().unwrap_or(""),
+                            dl["event"]["type"].as_str().unwrap_or(""),
+                            e["attempts"],
+                            e["code"]
+                                .as_u64()
+                                .map_or("-".to_string(), |c| c.to_string()),
+                            e["destination"].as_str().unwrap_or(""),
+                            e["message"].as_str().unwrap_or(""),
+                        );
+                    }
+                }
+            }
+        }
+        DlqCommand::Replay {
+            trigger,
+            namespace,
+            id,
+            all,
+            server,
+        } => {
+            let client = Client::new(&server)?;
+            let path =
+                format!("/api/v1/namespaces/{namespace}/triggers/{trigger}/deadletters/replay");
+            let body = match (id, all) {
+                (Some(id), _) => json!({ "id": id }),
+                (None, true) => json!({ "all": true }),
+                (None, false) => bail!("give --id ID or --all"),
+            };
+            let answer: Value = client.request(Method::POST, &path, Some(&body)).await?;
+            println!(
+                "{} dead letter(s) of {namespace}/{trigger} sent for delivery again",
+                answer["replayed"]
+            );
+        }
+        DlqCommand::Purge {
+            trigger,
+            namespace,
+            server,
+        } => {
+            let client = Client::new(&server)?;
+            let path = format!("/api/v1/namespaces/{namespace}/triggers/{trigger}/deadletters");
+            let answer = client.request(Method::DELETE, &path, None).await?;
+            println!(
+                "{} dead letter(s) of {namespace}/{trigger} purged",
+                answer["purged"]
+            );
+        }
+    }
+    Ok(())
+}
