@@ -27,6 +27,12 @@ impl Offsets {
         p.next = p.next.max(pos.offset + 1);
     }
 
+    /// An event was read and needs nothing (filtered out): only the read position moves.
+    pub fn skipped(&mut self, pos: Position) {
+        let p = self.partitions.entry(pos.partition).or_default();
+        p.next = p.next.max(pos.offset + 1);
+    }
+
     /// An event is settled.
     pub fn settled(&mut self, pos: Position) {
         if let Some(p) = self.partitions.get_mut(&pos.partition) {
@@ -39,14 +45,13 @@ impl Offsets {
         self.partitions.values().map(|p| p.pending.len()).sum()
     }
 
-    /// Positions to commit (the next offset to read, per partition) that moved since the
-    /// last call, and marks them committed.
-    pub fn to_commit(&mut self) -> Vec<Position> {
+    /// Positions to commit (the next offset to read, per partition) that moved since the last
+    /// successful commit.
+    pub fn to_commit(&self) -> Vec<Position> {
         let mut out = Vec::new();
-        for (&partition, p) in &mut self.partitions {
+        for (&partition, p) in &self.partitions {
             let mark = p.pending.first().copied().unwrap_or(p.next);
             if p.committed != Some(mark) {
-                p.committed = Some(mark);
                 out.push(Position {
                     partition,
                     offset: mark,
@@ -54,6 +59,15 @@ impl Offsets {
             }
         }
         out
+    }
+
+    /// Records that `positions` were committed.
+    pub fn committed(&mut self, positions: &[Position]) {
+        for pos in positions {
+            if let Some(p) = self.partitions.get_mut(&pos.partition) {
+                p.committed = Some(pos.offset);
+            }
+        }
     }
 
     /// The watermark per partition (for lag).
@@ -83,12 +97,24 @@ mod tests {
         o.settled(pos(0, 2));
         o.settled(pos(0, 3));
         assert_eq!(o.to_commit(), vec![pos(0, 1), pos(1, 7)]);
+        assert_eq!(
+            o.to_commit(),
+            vec![pos(0, 1), pos(1, 7)],
+            "a commit that did not happen is offered again"
+        );
+        o.committed(&[pos(0, 1), pos(1, 7)]);
         assert_eq!(o.to_commit(), vec![], "nothing moved");
         o.settled(pos(0, 1));
         o.settled(pos(1, 7));
         assert_eq!(o.to_commit(), vec![pos(0, 4), pos(1, 8)]);
+        o.committed(&[pos(0, 4), pos(1, 8)]);
         o.settled(pos(0, 4));
-        assert_eq!(o.to_commit(), vec![pos(0, 5)]);
+        o.skipped(pos(0, 5));
+        assert_eq!(
+            o.to_commit(),
+            vec![pos(0, 6)],
+            "filtered-out events move the watermark too"
+        );
         assert_eq!(o.in_flight(), 0);
     }
 }

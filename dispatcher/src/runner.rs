@@ -63,9 +63,27 @@ pub fn group(namespace: &str, name: &str) -> String {
     format!("knative-trigger-{namespace}-{name}")
 }
 
-/// A delivery's id: the event's log position, so a redelivery after a crash is recognised.
+/// A delivery's id: the event's log position and a hash of its `source` and `id`, so a
+/// redelivery after a crash is recognised, and a re-created broker's events (offsets start
+/// again at 0) are not mistaken for old ones.
 fn delivery_id(stored: &Stored) -> String {
-    format!("{}-{}", stored.position.partition, stored.position.offset)
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in ["source", "id"] {
+        for b in stored
+            .event
+            .attr_text(part)
+            .unwrap_or_default()
+            .bytes()
+            .chain([0])
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!(
+        "{}-{}-{h:016x}",
+        stored.position.partition, stored.position.offset
+    )
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -157,10 +175,10 @@ impl Runner {
                 }
             }
         };
-        if !self.spec.ordered {
-            let me = self.clone();
-            self.tasks.spawn(async move { me.schedule_retries().await });
-        }
+        // Ordered triggers have no retries of their own in the queue, but replayed dead
+        // letters and retries left by an earlier unordered version of the trigger go there.
+        let me = self.clone();
+        self.tasks.spawn(async move { me.schedule_retries().await });
         let mut ordered: HashMap<u32, mpsc::Sender<Stored>> = HashMap::new();
         let mut last_commit = Instant::now();
         'poll: while !self.stop.is_cancelled() {
@@ -175,12 +193,24 @@ impl Runner {
                     }
                 }
             };
+            // Filter the whole batch first, with one lock of the offsets: a trigger that matches
+            // nothing costs a filter evaluation per event and no bookkeeping.
+            let batch: Vec<Stored> = {
+                let mut offsets = self.offsets();
+                batch
+                    .into_iter()
+                    .filter(|stored| {
+                        let matches = self.spec.filter.matches(&stored.event);
+                        if matches {
+                            offsets.polled(stored.position);
+                        } else {
+                            offsets.skipped(stored.position);
+                        }
+                        matches
+                    })
+                    .collect()
+            };
             for stored in batch {
-                self.offsets().polled(stored.position);
-                if !self.spec.filter.matches(&stored.event) {
-                    self.offsets().settled(stored.position);
-                    continue;
-                }
                 if self.spec.ordered {
                     let tx = ordered.entry(stored.position.partition).or_insert_with(|| {
                         let (tx, rx) = mpsc::channel(ORDERED_QUEUE);
@@ -226,8 +256,11 @@ impl Runner {
     async fn commit(&self, consumer: &mut dyn broker::Consumer) {
         let positions = self.offsets().to_commit();
         if !positions.is_empty() {
-            if let Err(e) = consumer.commit(&positions).await {
-                tracing::warn!(trigger = %self.key, error = %e, "committing offsets failed");
+            match consumer.commit(&positions).await {
+                Ok(()) => self.offsets().committed(&positions),
+                Err(e) => {
+                    tracing::warn!(trigger = %self.key, error = %e, "committing offsets failed; will try again")
+                }
             }
         }
         if let Ok(ends) = self.log.watermarks(&self.spec.topic).await {
@@ -300,6 +333,7 @@ impl Runner {
                 other => other.to_text().parse().ok(),
             })
             .unwrap_or(MAX_TTL)
+            .clamp(0, MAX_TTL)
             - 1;
         let labels = self.labels();
         if ttl <= 0 {
@@ -328,6 +362,18 @@ impl Runner {
     /// The first attempt of an event read from the broker (unordered mode).
     async fn first_attempt(self: Arc<Self>, stored: Stored) {
         let id = delivery_id(&stored);
+        // Read again after a crash, but already handed to the retry queue or the dead-letter
+        // store: that copy goes on from where it was.
+        match self.store.known(&self.key, &id) {
+            Ok(true) => {
+                self.offsets().settled(stored.position);
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(trigger = %self.key, error = %e, "cannot look up the retry queue")
+            }
+        }
         let settled = match self.attempt(&stored.event).await {
             Attempt::Done => true,
             Attempt::Abandoned => false,
@@ -409,6 +455,14 @@ impl Runner {
                     p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                     _ = self.stop.cancelled() => return,
                 };
+                // The record may have moved on (re-queued or finished) since it was listed.
+                if self.store.retry_due(&self.key, &r.id).ok().flatten() != Some(r.due_ms) {
+                    self.retrying
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&r.id);
+                    continue;
+                }
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     let id = r.id.clone();
@@ -442,11 +496,22 @@ impl Runner {
             }
             Attempt::Abandoned => {}
             Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
-                self.queue_retry(r.id, r.event, attempts, f);
+                if !self.queue_retry(r.id, r.event, attempts, f) {
+                    // The old record stays due: do not hammer the subscriber meanwhile.
+                    self.pause().await;
+                }
             }
             Attempt::Retry(f) | Attempt::Fail(f) => {
                 self.dead_letter(&r.id, &r.event, f, attempts).await;
             }
+        }
+    }
+
+    /// Waits a second (less if stopping): after a store failure, before trying again.
+    async fn pause(&self) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = self.stop.cancelled() => {}
         }
     }
 
@@ -544,7 +609,19 @@ impl Runner {
             event: event.clone(),
             error: info,
         };
-        match self.store.put_dead_letter(&self.key, &dl) {
+        // The event is in nobody's hands but ours: keep trying the store until it takes it
+        // (or the trigger stops, leaving the event unsettled, to come again).
+        let stored = loop {
+            match self.store.put_dead_letter(&self.key, &dl) {
+                Ok(()) => break Ok(()),
+                Err(e) if !self.stop.is_cancelled() => {
+                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; trying again");
+                    self.pause().await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match stored {
             Ok(()) => {
                 tracing::info!(trigger = %self.key, id = %dl.id, error = %dl.error.message, "event kept in the dead-letter store");
                 self.metrics

@@ -69,6 +69,9 @@ struct Header {
 
 pub struct DeliveryStore {
     db: DB,
+    /// Writes read an id's index and then change it: one at a time, so two writers on one id
+    /// can never leave a record the index does not know.
+    writes: std::sync::Mutex<()>,
 }
 
 fn prefix(tag: u8, trigger: &str) -> Vec<u8> {
@@ -141,6 +144,7 @@ impl DeliveryStore {
         opts.create_if_missing(true);
         Ok(Self {
             db: DB::open(&opts, path)?,
+            writes: std::sync::Mutex::new(()),
         })
     }
 
@@ -150,8 +154,15 @@ impl DeliveryStore {
         o
     }
 
+    /// Whether an event with this id already waits in the retry queue or the dead-letter store
+    /// (it was read before a crash, and handed over before its offset was committed).
+    pub fn known(&self, trigger: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.retry_due(trigger, id)?.is_some()
+            || self.db.get_pinned(id_key(b'd', trigger, id))?.is_some())
+    }
+
     /// The due time of the retry with this id, if one is queued.
-    fn retry_due(&self, trigger: &str, id: &str) -> Result<Option<u64>, StoreError> {
+    pub fn retry_due(&self, trigger: &str, id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
             .db
             .get_pinned(id_key(b'i', trigger, id))?
@@ -169,6 +180,7 @@ impl DeliveryStore {
 
     /// Stores a retry, replacing any queued under the same id.
     pub fn put_retry(&self, trigger: &str, retry: &Retry) -> Result<(), StoreError> {
+        let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         self.unqueue(&mut batch, trigger, &retry.id)?;
         batch.put(
@@ -187,6 +199,7 @@ impl DeliveryStore {
     }
 
     pub fn remove_retry(&self, trigger: &str, id: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         self.unqueue(&mut batch, trigger, id)?;
         self.db.write_opt(batch, &Self::synced())?;
@@ -202,7 +215,13 @@ impl DeliveryStore {
             if !k.starts_with(&p) || out.len() >= limit {
                 break;
             }
-            let (h, event) = decode(&v)?;
+            let (h, event) = match decode(&v) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(trigger, error = %e, "skipping a corrupt retry record");
+                    continue;
+                }
+            };
             out.push(Retry {
                 id: h.id,
                 due_ms: time_of(&k, p.len()),
@@ -217,6 +236,7 @@ impl DeliveryStore {
     /// Keeps an event in the dead-letter store (replacing one with the same id) and drops its
     /// queued retry, if any, in the same write.
     pub fn put_dead_letter(&self, trigger: &str, dl: &DeadLetter) -> Result<(), StoreError> {
+        let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         self.unqueue(&mut batch, trigger, &dl.id)?;
         batch.put(
@@ -263,6 +283,7 @@ impl DeliveryStore {
         id: Option<&str>,
         now_ms: u64,
     ) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for dl in self.dead_letters(trigger)? {
@@ -284,6 +305,7 @@ impl DeliveryStore {
 
     /// Deletes a trigger's dead letters (and, with `retries`, its pending retries).
     pub fn purge(&self, trigger: &str, retries: bool) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut n = 0;
         let tags: &[u8] = if retries { b"dri" } else { b"d" };

@@ -202,15 +202,14 @@ impl Subscriber for HttpSubscriber {
         let headers = response.headers().clone();
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
+        let mut truncated = false;
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(c) if body.len() + c.len() <= MAX_RESPONSE => body.extend_from_slice(&c),
+                // Past the limit the body is not kept; the status still decides.
                 Ok(_) => {
-                    return Outcome::Fail(Failure::new(
-                        Some(status.as_u16()),
-                        Bytes::from(body),
-                        "the answer is larger than 1 MiB",
-                    ))
+                    truncated = true;
+                    break;
                 }
                 Err(e) => {
                     return Outcome::Retry(Failure::new(
@@ -220,6 +219,13 @@ impl Subscriber for HttpSubscriber {
                     ))
                 }
             }
+        }
+        if truncated && status == StatusCode::OK && looks_like_event(&headers) {
+            return Outcome::Fail(Failure::new(
+                Some(status.as_u16()),
+                Bytes::from(body),
+                "the reply event is larger than 1 MiB",
+            ));
         }
         classify(status, &headers, Bytes::from(body))
     }

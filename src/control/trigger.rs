@@ -144,9 +144,11 @@ async fn start(
         .committed(&topic, &group)
         .await
         .map(|c| c.iter().all(Option::is_none))
-        .unwrap_or(true);
-    // K-06: a new trigger receives every event after it is Ready, none from before.
+        .map_err(|e| not_ready("Ready", "OffsetsUnavailable", e.to_string()))?;
+    // K-06: a new trigger receives every event after it is Ready, none from before. A runner
+    // of an earlier trigger of that name is stopped first, so its last commit comes before.
     if created || never_started {
+        cp.dispatcher.stop(ns, name).await;
         cp.dispatcher
             .start_at_end(&topic, ns, name)
             .await

@@ -489,3 +489,88 @@ async fn a_slow_subscriber_does_not_slow_the_others() {
         "the fast trigger finished before the slow subscriber answered once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_delivery_keeps_partition_order_through_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let sub = TestSubscriber::start().await;
+    sub.set(
+        "ordered",
+        Behaviour::FailTimes {
+            times: 2,
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: ordered\n  annotations:\n    kafka.eventing.knative.dev/delivery.order: ordered\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n  delivery:\n    retry: 3\n    backoffPolicy: linear\n    backoffDelay: PT0.1S\n",
+        sub.at("ordered")
+    );
+    apply(&server, &yaml);
+    for i in 0..5 {
+        post(
+            &server,
+            &format!("o{i}"),
+            "t",
+            &[("ce-partitionkey", "same")],
+        )
+        .await;
+    }
+    let got = sub.wait_for("ordered", 7, WAIT).await;
+    let seq: Vec<String> = got.iter().map(|r| r.id()).collect();
+    assert_eq!(
+        seq,
+        ["o0", "o0", "o0", "o1", "o2", "o3", "o4"],
+        "o0 is retried before o1 starts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_retry_survives_a_crash_with_its_attempt_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let sub = TestSubscriber::start().await;
+    sub.set("down", Behaviour::Status(500));
+    apply(
+        &server,
+        &trigger(
+            "down",
+            "default",
+            &sub.at("down"),
+            "  delivery:\n    retry: 2\n    backoffPolicy: linear\n    backoffDelay: PT1S\n",
+        ),
+    );
+    post(&server, "d1", "t", &[]).await;
+    sub.wait_for("down", 1, WAIT).await;
+    // The retry is stored and the event settled (lag 0, committed): now crash.
+    settled(&server, "down").await;
+    server.kill9();
+    let server = Server::start(&data, &[]);
+    // The retry goes on where it was: 1 + 2 attempts in all, then the dead-letter store.
+    let items = eventually(WAIT, "the dead letter", || {
+        let out = server.cli(&["dlq", "list", "down", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        async move { (!items.is_empty()).then_some(items) }
+    })
+    .await;
+    assert_eq!(items[0]["error"]["attempts"], 3);
+    assert_eq!(
+        sub.received("down").len(),
+        3,
+        "the crash neither lost the retry nor restarted its count"
+    );
+    // Metrics count what happened.
+    let metrics = reqwest::get(format!("{}/metrics", server.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ferry_dispatch_dead_letters_total{destination=\"store\",namespace=\"default\",trigger=\"down\"} 1"), "{metrics}");
+    assert!(metrics.contains(
+        "ferry_dispatch_deliveries_total{class=\"5xx\",namespace=\"default\",trigger=\"down\"}"
+    ));
+}
