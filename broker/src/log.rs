@@ -52,13 +52,14 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// An event read back from the log.
+/// An event read back from the log. Cheap to clone: readers of the same event (every trigger
+/// of a broker) share one copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     pub position: Position,
     /// When the log accepted it (Unix milliseconds).
     pub appended_ms: u64,
-    pub event: Event,
+    pub event: std::sync::Arc<Event>,
 }
 
 /// The offsets of one partition: events live in `start..end`.

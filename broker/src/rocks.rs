@@ -5,9 +5,12 @@
 //!   sync is under way are written together in the next `WriteBatch`, with one fsync for all.
 //! - `consumer.rs`: a consumer over all partitions of a topic.
 //!
-//! Reads go straight to RocksDB (on the blocking pool); all writes go through the writer, so
-//! offsets, byte counts and start offsets have one owner and need no locks beyond atomics.
+//! Reads of recent events are served from a per-partition tail cache (`cache.rs`) that the
+//! writer fills in offset order, so the triggers of a broker, which all read the same fresh
+//! events, share one decoded copy; older events come from RocksDB (on the blocking pool). All
+//! writes go through the writer, so offsets, byte counts and start offsets have one owner.
 
+mod cache;
 mod consumer;
 mod keys;
 mod writer;
@@ -52,6 +55,8 @@ pub struct RocksOptions {
     pub max_batch_events: usize,
     /// Appends waiting for the writer before `append` itself waits (backpressure).
     pub queue_depth: usize,
+    /// Bytes of recent events kept decoded in memory per partition, for readers.
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for RocksOptions {
@@ -60,6 +65,7 @@ impl Default for RocksOptions {
             fsync: FsyncMode::Always,
             max_batch_events: 2048,
             queue_depth: 4096,
+            tail_cache_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -69,6 +75,22 @@ struct PartitionState {
     start: AtomicU64,
     end: AtomicU64,
     bytes: AtomicU64,
+    cache: std::sync::Mutex<cache::TailCache>,
+}
+
+impl PartitionState {
+    fn new(start: u64, end: u64, bytes: u64, cache_bytes: usize) -> Self {
+        Self {
+            start: AtomicU64::new(start),
+            end: AtomicU64::new(end),
+            bytes: AtomicU64::new(bytes),
+            cache: std::sync::Mutex::new(cache::TailCache::new(cache_bytes)),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, cache::TailCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One topic's live state.
@@ -100,6 +122,7 @@ struct Shared {
     db: DB,
     topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
     metrics: LogMetrics,
+    tail_cache_bytes: usize,
 }
 
 /// The RocksDB event log. Cheap to clone.
@@ -142,7 +165,7 @@ impl RocksLog {
             ColumnFamilyDescriptor::new(keys::META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(storage)?;
-        let topics = load_topics(&db)?;
+        let topics = load_topics(&db, options.tail_cache_bytes)?;
         let total: u64 = topics
             .values()
             .flat_map(|t| t.partitions.iter())
@@ -153,6 +176,7 @@ impl RocksLog {
             db,
             topics: RwLock::new(topics),
             metrics,
+            tail_cache_bytes: options.tail_cache_bytes,
         });
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let writer = writer::spawn(shared.clone(), rx, options)?;
@@ -194,7 +218,7 @@ impl RocksLog {
     }
 }
 
-fn load_topics(db: &DB) -> Result<HashMap<Topic, Arc<TopicState>>, LogError> {
+fn load_topics(db: &DB, cache_bytes: usize) -> Result<HashMap<Topic, Arc<TopicState>>, LogError> {
     let meta = cf(db, keys::META)?;
     let events = cf(db, keys::EVENTS)?;
     let mut topics = HashMap::new();
@@ -222,11 +246,7 @@ fn load_topics(db: &DB) -> Result<HashMap<Topic, Arc<TopicState>>, LogError> {
             };
             it.status().map_err(storage)?;
             let end = last.unwrap_or(start).max(start);
-            partitions.push(PartitionState {
-                start: AtomicU64::new(start),
-                end: AtomicU64::new(end),
-                bytes: AtomicU64::new(bytes),
-            });
+            partitions.push(PartitionState::new(start, end, bytes, cache_bytes));
         }
         let config = TopicConfig {
             partitions: m.partitions,
@@ -288,7 +308,7 @@ fn read_partition(
         out.push(Stored {
             position: Position { partition, offset },
             appended_ms,
-            event,
+            event: Arc::new(event),
         });
         it.next();
     }
@@ -340,13 +360,19 @@ impl EventLog for RocksLog {
         let n = state.config.partitions.max(1);
         let appended_ms = now_ms();
         let records = events
-            .iter()
+            .into_iter()
             .map(|e| {
                 let partition = match e.partition_key() {
                     Some(k) => partition_for_key(&k, n),
                     None => state.next_partition.fetch_add(1, Ordering::Relaxed) % n,
                 };
-                (partition, codec::encode(e, appended_ms))
+                let encoded = codec::encode(&e, appended_ms);
+                writer::Record {
+                    partition,
+                    encoded,
+                    event: Arc::new(e),
+                    appended_ms,
+                }
             })
             .collect();
         let (reply, rx) = oneshot::channel();
@@ -376,9 +402,33 @@ impl EventLog for RocksLog {
         if offset >= p.end.load(Ordering::Acquire) || max == 0 {
             return Ok(Vec::new());
         }
+        let offset = offset.max(p.start.load(Ordering::Acquire));
+        // Recent events come from memory; older ones, up to where the cache starts, from disk.
+        let cached_from = {
+            let cache = p.cache();
+            match cache.read(offset, max) {
+                Some(hit) => return Ok(hit),
+                None => cache.first_offset(),
+            }
+        };
+        let disk_max = match cached_from {
+            Some(first) if first > offset => max.min((first - offset) as usize),
+            _ => max,
+        };
         let id = state.id;
-        self.blocking(move |s| read_partition(s, id, partition, offset, max))
-            .await
+        let mut got = self
+            .blocking(move |s| read_partition(s, id, partition, offset, disk_max))
+            .await?;
+        // The disk part ends where the cache begins: continue from memory.
+        if let (Some(first), true) = (cached_from, got.len() < max) {
+            let next = got.last().map_or(offset, |s| s.position.offset + 1);
+            if next == first {
+                if let Some(more) = p.cache().read(first, max - got.len()) {
+                    got.extend(more);
+                }
+            }
+        }
+        Ok(got)
     }
 
     async fn watermarks(&self, topic: &Topic) -> Result<Vec<Watermarks>, LogError> {

@@ -116,7 +116,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let want = &part[lo..hi];
                 prop_assert_eq!(got.len(), want.len());
                 for (i, (s, w)) in got.iter().zip(want).enumerate() {
-                    prop_assert_eq!(&s.event, w);
+                    prop_assert_eq!(&*s.event, w);
                     prop_assert_eq!(
                         s.position,
                         Position {

@@ -99,13 +99,13 @@ async fn faithful_round_trip(engine: &dyn Engine) {
         .read(&topic, pos[0].partition, pos[0].offset, 1)
         .await
         .unwrap();
-    assert_eq!(got[0].event, full);
+    assert_eq!(*got[0].event, full);
     assert_eq!(got[0].position, pos[0]);
     let got = log
         .read(&topic, pos[1].partition, pos[1].offset, 1)
         .await
         .unwrap();
-    assert_eq!(got[0].event, no_data);
+    assert_eq!(*got[0].event, no_data);
 }
 
 async fn partition_key_keeps_order(engine: &dyn Engine) {

@@ -378,7 +378,7 @@ impl Runner {
             Attempt::Done => true,
             Attempt::Abandoned => false,
             Attempt::Retry(f) if self.spec.policy.retry >= 1 => {
-                self.queue_retry(id, stored.event, 1, f)
+                self.queue_retry(id, Event::clone(&stored.event), 1, f)
             }
             Attempt::Retry(f) | Attempt::Fail(f) => {
                 self.dead_letter(&id, &stored.event, f, 1).await

@@ -54,10 +54,16 @@ impl RocksConsumer {
             if self.positions[p] >= ps.end.load(Ordering::Acquire) {
                 continue;
             }
-            let got = self
-                .log
-                .read(&self.topic, p as u32, self.positions[p], max - out.len())
-                .await?;
+            // Fresh events straight from the tail cache (no topic lookup, no blocking pool).
+            let cached = ps.cache().read(self.positions[p], max - out.len());
+            let got = match cached {
+                Some(got) => got,
+                None => {
+                    self.log
+                        .read(&self.topic, p as u32, self.positions[p], max - out.len())
+                        .await?
+                }
+            };
             if let Some(last) = got.last() {
                 self.positions[p] = last.position.offset + 1;
             }

@@ -9,21 +9,30 @@
 use super::keys::{self, TopicMeta};
 use super::{cf, storage, FsyncMode, PartitionState, RocksOptions, Shared, TopicState};
 use crate::codec;
-use crate::log::{LogError, Position, Topic, TopicConfig};
+use crate::event::Event;
+use crate::log::{LogError, Position, Stored, Topic, TopicConfig};
 use bytes::Bytes;
 use rocksdb::{WriteBatch, WriteOptions};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
+/// One event to append: its partition, its encoded record, and the event itself (for the
+/// tail cache).
+pub(super) struct Record {
+    pub partition: u32,
+    pub encoded: Bytes,
+    pub event: Arc<Event>,
+    pub appended_ms: u64,
+}
+
 pub(super) enum Command {
     Append {
         topic: Arc<TopicState>,
-        /// (partition, encoded record)
-        records: Vec<(u32, Bytes)>,
+        records: Vec<Record>,
         reply: Reply<Vec<Position>>,
     },
     CreateTopic {
@@ -140,6 +149,8 @@ impl Writer {
         // Per (topic id, partition) touched by this batch: its state, next offset, bytes added.
         let mut touched: HashMap<(u64, u32), (Arc<TopicState>, u64, u64)> = HashMap::new();
         let mut pending = Vec::with_capacity(appends.len());
+        // What the tail caches get once the batch is durable, in offset order.
+        let mut fresh: Vec<(Arc<TopicState>, Stored)> = Vec::new();
         let mut count = 0u64;
         for c in appends {
             let Command::Append {
@@ -155,7 +166,8 @@ impl Writer {
                 continue;
             }
             let mut positions = Vec::with_capacity(records.len());
-            for (partition, record) in records {
+            for record in records {
+                let partition = record.partition;
                 let Some(ps) = topic.partitions.get(partition as usize) else {
                     continue;
                 };
@@ -164,9 +176,22 @@ impl Writer {
                     .or_insert_with(|| (topic.clone(), ps.end.load(Ordering::Acquire), 0));
                 let offset = slot.1;
                 slot.1 += 1;
-                slot.2 += record.len() as u64;
-                batch.put_cf(events_cf, keys::event(topic.id, partition, offset), &record);
-                positions.push(Position { partition, offset });
+                slot.2 += record.encoded.len() as u64;
+                batch.put_cf(
+                    events_cf,
+                    keys::event(topic.id, partition, offset),
+                    &record.encoded,
+                );
+                let position = Position { partition, offset };
+                positions.push(position);
+                fresh.push((
+                    topic.clone(),
+                    Stored {
+                        position,
+                        appended_ms: record.appended_ms,
+                        event: record.event,
+                    },
+                ));
                 count += 1;
             }
             pending.push((topic, positions, reply));
@@ -186,6 +211,12 @@ impl Writer {
                 }
                 metrics.batch_events.observe(count as f64);
                 metrics.appended_events.inc_by(count);
+                for (topic, stored) in fresh {
+                    let size = stored.event.size();
+                    topic.partitions[stored.position.partition as usize]
+                        .cache()
+                        .push(stored, size);
+                }
                 let mut added_total = 0u64;
                 for ((_, partition), (topic, end, added)) in touched {
                     let ps = &topic.partitions[partition as usize];
@@ -284,11 +315,7 @@ impl Writer {
         batch.put_cf(meta, keys::topic(&topic.to_string()), json);
         db.write_opt(batch, &self.write_opts()).map_err(storage)?;
         let partitions = (0..m.partitions)
-            .map(|_| PartitionState {
-                start: AtomicU64::new(0),
-                end: AtomicU64::new(0),
-                bytes: AtomicU64::new(0),
-            })
+            .map(|_| PartitionState::new(0, 0, 0, self.shared.tail_cache_bytes))
             .collect();
         let config = TopicConfig {
             partitions: m.partitions,
@@ -375,6 +402,7 @@ impl Writer {
         batch.put_cf(meta, keys::bytes(topic.id, partition), bytes.to_le_bytes());
         db.write_opt(batch, &self.write_opts()).map_err(storage)?;
         ps.start.store(trim.new_start, Ordering::Release);
+        ps.cache().trim_below(trim.new_start);
         ps.bytes.store(bytes, Ordering::Release);
         self.shared
             .metrics
