@@ -1,0 +1,165 @@
+//! In-process handlers (Ferry's own controllers) go through the same runner as HTTP
+//! subscribers: filters, retries, the dead-letter store, replies and committed offsets.
+
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use broker::metrics::LogMetrics;
+use broker::{AttrValue, Event, EventLog, Retention, RocksLog, RocksOptions, Topic, TopicConfig};
+use dispatcher::filter::Filter;
+use dispatcher::policy::DeliveryPolicy;
+use dispatcher::subscriber::{Handler, HandlerError};
+use dispatcher::{Dispatcher, TriggerSpec};
+use futures::FutureExt;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn event(id: &str, ty: &str) -> Event {
+    let s = |v: &str| AttrValue::String(v.to_string());
+    Event {
+        attributes: vec![
+            ("specversion".into(), s("1.0")),
+            ("id".into(), s(id)),
+            ("source".into(), s("/t")),
+            ("type".into(), s(ty)),
+        ],
+        data: None,
+    }
+}
+
+/// How often a wait re-checks its condition.
+const POLL: Duration = Duration::from_millis(10);
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let log: Arc<dyn EventLog> = Arc::new(
+        RocksLog::open(
+            dir.path().join("log"),
+            RocksOptions::default(),
+            LogMetrics::new(&registry).unwrap(),
+        )
+        .unwrap(),
+    );
+    let topic = Topic::new("ferry-system", "work");
+    log.create_topic(
+        &topic,
+        TopicConfig {
+            partitions: 2,
+            retention: Retention::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        &dir.path().join("dispatch"),
+        &registry,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+
+    // The handler: "flaky" fails twice (retryable) then works; "fatal" fails for good;
+    // "ask" answers with a reply; everything it sees is recorded.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let calls: Arc<Mutex<u32>> = Arc::default();
+    let handler = {
+        let (seen, calls) = (seen.clone(), calls.clone());
+        Handler::new("controller", move |e: Event| {
+            let (seen, calls) = (seen.clone(), calls.clone());
+            async move {
+                let id = e.attr_text("id").unwrap().into_owned();
+                seen.lock().unwrap().push(id.clone());
+                match id.as_str() {
+                    "flaky" => {
+                        let mut n = calls.lock().unwrap();
+                        *n += 1;
+                        if *n <= 2 {
+                            return Err(HandlerError {
+                                retryable: true,
+                                message: "not yet".into(),
+                            });
+                        }
+                        Ok(None)
+                    }
+                    "fatal" => Err(HandlerError {
+                        retryable: false,
+                        message: "cannot do that".into(),
+                    }),
+                    "ask" => Ok(Some(event("answer", "work.done"))),
+                    _ => Ok(None),
+                }
+            }
+            .boxed()
+        })
+    };
+    dispatcher
+        .start_at_end(&topic, "ferry-system", "controller")
+        .await
+        .unwrap();
+    let policy = DeliveryPolicy::from_spec(
+        &json!({"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}),
+    );
+    dispatcher
+        .run(TriggerSpec {
+            namespace: "ferry-system".into(),
+            name: "controller".into(),
+            topic: topic.clone(),
+            filter: Filter::compile(None, Some(&json!([{"prefix": {"type": "work."}}]))).unwrap(),
+            subscriber: Arc::new(handler),
+            dead_letter: None,
+            policy,
+            ordered: false,
+            max_in_flight: 10,
+        })
+        .await;
+
+    log.append(
+        &topic,
+        vec![
+            event("flaky", "work.item"),
+            event("fatal", "work.item"),
+            event("ask", "work.item"),
+            event("skip", "other"),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let count = |id: &str| seen.lock().unwrap().iter().filter(|s| *s == id).count();
+    eventually("three attempts of flaky", || count("flaky") == 3).await;
+    eventually("the reply to reach the handler", || count("answer") == 1).await;
+    assert_eq!(count("skip"), 0, "filtered out");
+    assert_eq!(count("fatal"), 1, "not retried");
+    let dls = dispatcher
+        .dead_letters("ferry-system", "controller")
+        .unwrap();
+    assert_eq!(dls.len(), 1);
+    assert_eq!(dls[0].event.attr_text("id").as_deref(), Some("fatal"));
+    assert_eq!(dls[0].error.message, "cannot do that");
+    assert_eq!(dls[0].error.destination, "handler:controller");
+
+    // Stopping drains and commits: every event (the reply too) is settled.
+    dispatcher.shutdown().await;
+    let ends = log.watermarks(&topic).await.unwrap();
+    let committed = log
+        .committed(&topic, &dispatcher::group("ferry-system", "controller"))
+        .await
+        .unwrap();
+    for (w, c) in ends.iter().zip(committed) {
+        assert_eq!(c, Some(w.end), "committed up to the end");
+    }
+}
