@@ -378,10 +378,19 @@ impl Runner {
             Attempt::Done => true,
             Attempt::Abandoned => false,
             Attempt::Retry(f) if self.spec.policy.retry >= 1 => {
-                self.queue_retry(id, Event::clone(&stored.event), 1, f)
+                let info = self.error_info(&f, 1);
+                self.queue_retry(
+                    id,
+                    Event::clone(&stored.event),
+                    1,
+                    f.retry_after,
+                    info,
+                    false,
+                )
             }
             Attempt::Retry(f) | Attempt::Fail(f) => {
-                self.dead_letter(&id, &stored.event, f, 1).await
+                self.dead_letter(&id, &stored.event, f, 1, SinkRetries::Queued)
+                    .await
             }
         };
         if settled {
@@ -389,15 +398,25 @@ impl Runner {
         }
     }
 
-    /// Stores a retry due after the backoff for retry number `attempts`. True once durable.
-    fn queue_retry(&self, id: String, event: Event, attempts: u32, failure: Failure) -> bool {
-        let wait = self.spec.policy.wait_before(attempts, failure.retry_after);
+    /// Stores a retry (of the subscriber, or of the dead-letter sink) due after the backoff for
+    /// retry number `attempts`. True once durable.
+    fn queue_retry(
+        &self,
+        id: String,
+        event: Event,
+        attempts: u32,
+        retry_after: Option<Duration>,
+        last_error: ErrorInfo,
+        to_sink: bool,
+    ) -> bool {
+        let wait = self.spec.policy.wait_before(attempts, retry_after);
         let retry = Retry {
             id,
             due_ms: now_ms() + wait.as_millis() as u64,
             attempts,
-            last_error: Some(self.error_info(&failure, attempts)),
+            last_error: Some(last_error),
             event,
+            to_sink,
         };
         match self.store.put_retry(&self.key, &retry) {
             Ok(()) => {
@@ -486,7 +505,11 @@ impl Runner {
         }
     }
 
+    /// One due retry: of the subscriber, or of the dead-letter sink.
     async fn retry_attempt(&self, r: Retry) {
+        if r.to_sink {
+            return self.sink_retry(r).await;
+        }
         let attempts = r.attempts + 1;
         match self.attempt(&r.event).await {
             Attempt::Done => {
@@ -496,13 +519,15 @@ impl Runner {
             }
             Attempt::Abandoned => {}
             Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
-                if !self.queue_retry(r.id, r.event, attempts, f) {
+                let info = self.error_info(&f, attempts);
+                if !self.queue_retry(r.id, r.event, attempts, f.retry_after, info, false) {
                     // The old record stays due: do not hammer the subscriber meanwhile.
                     self.pause().await;
                 }
             }
             Attempt::Retry(f) | Attempt::Fail(f) => {
-                self.dead_letter(&r.id, &r.event, f, attempts).await;
+                self.dead_letter(&r.id, &r.event, f, attempts, SinkRetries::Queued)
+                    .await;
             }
         }
     }
@@ -515,10 +540,12 @@ impl Runner {
         }
     }
 
-    /// Ordered mode: one partition's events, one at a time.
+    /// Ordered mode: one partition's events, one at a time. The attempts made at the event in
+    /// hand are on disk, so a crash does not restart its count.
     async fn ordered_worker(self: Arc<Self>, mut rx: mpsc::Receiver<Stored>) {
         while let Some(stored) = rx.recv().await {
-            let mut attempts = 0;
+            let id = delivery_id(&stored);
+            let mut attempts = self.store.attempts(&self.key, &id).unwrap_or(0);
             let settled = loop {
                 attempts += 1;
                 match self.attempt(&stored.event).await {
@@ -526,6 +553,9 @@ impl Runner {
                     Attempt::Abandoned => break false,
                     Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
                         self.metrics.retries.with_label_values(&self.labels()).inc();
+                        if let Err(e) = self.store.set_attempts(&self.key, &id, Some(attempts)) {
+                            tracing::warn!(trigger = %self.key, error = %e, "cannot record the attempt count");
+                        }
                         let wait = self.spec.policy.wait_before(attempts, f.retry_after);
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
@@ -534,7 +564,7 @@ impl Runner {
                     }
                     Attempt::Retry(f) | Attempt::Fail(f) => {
                         break self
-                            .dead_letter(&delivery_id(&stored), &stored.event, f, attempts)
+                            .dead_letter(&id, &stored.event, f, attempts, SinkRetries::InPlace)
                             .await
                     }
                 }
@@ -542,51 +572,79 @@ impl Runner {
             if !settled {
                 return;
             }
+            if attempts > 1 {
+                if let Err(e) = self.store.set_attempts(&self.key, &id, None) {
+                    tracing::warn!(trigger = %self.key, error = %e, "cannot forget the attempt count");
+                }
+            }
             self.offsets().settled(stored.position);
         }
     }
 
-    /// Gives up on an event: the dead-letter sink (with the same retry policy), else, or if
-    /// that fails too, Ferry's dead-letter store. True once the event is safely somewhere.
-    async fn dead_letter(&self, id: &str, event: &Event, failure: Failure, attempts: u32) -> bool {
-        let mut info = self.error_info(&failure, attempts);
+    /// The event as the dead-letter sink gets it: the `knativeerror*` extensions added.
+    fn for_sink(&self, event: &Event, failure: &Failure, info: &ErrorInfo) -> Event {
+        let mut dl = event.clone();
+        dl.remove_attr(TTL);
+        dl.set_attr(
+            "knativeerrordest",
+            AttrValue::String(self.spec.subscriber.destination()),
+        );
+        if let Some(code) = failure.code {
+            dl.set_attr("knativeerrorcode", AttrValue::String(code.to_string()));
+        }
+        if !failure.body.is_empty() {
+            dl.set_attr("knativeerrordata", AttrValue::String(info.body.clone()));
+        }
+        dl
+    }
+
+    /// One attempt at the dead-letter sink.
+    async fn sink_attempt(&self, sink: &dyn Subscriber, event: &Event) -> Option<Outcome> {
+        let outcome = tokio::select! {
+            o = sink.deliver(event) => o,
+            _ = self.abort.cancelled() => return None,
+        };
         let labels = self.labels();
+        self.metrics
+            .deliveries
+            .with_label_values(&[labels[0], labels[1], outcome.class()])
+            .inc();
+        Some(outcome)
+    }
+
+    /// Gives up on an event: the dead-letter sink (with the same retry policy: queued, so a
+    /// failing sink holds up nothing, or in place for an ordered trigger), else, or if that
+    /// fails too, Ferry's dead-letter store. True once the event is safely somewhere.
+    async fn dead_letter(
+        &self,
+        id: &str,
+        event: &Event,
+        failure: Failure,
+        attempts: u32,
+        sink_retries: SinkRetries,
+    ) -> bool {
+        let mut info = self.error_info(&failure, attempts);
         if let Some(sink) = &self.spec.dead_letter {
-            let mut dl = event.clone();
-            dl.remove_attr(TTL);
-            dl.set_attr(
-                "knativeerrordest",
-                AttrValue::String(self.spec.subscriber.destination()),
-            );
-            if let Some(code) = failure.code {
-                dl.set_attr("knativeerrorcode", AttrValue::String(code.to_string()));
-            }
-            if !failure.body.is_empty() {
-                dl.set_attr("knativeerrordata", AttrValue::String(info.body.clone()));
-            }
+            let dl = self.for_sink(event, &failure, &info);
             let mut n = 0;
             let last = loop {
-                let outcome = tokio::select! {
-                    o = sink.deliver(&dl) => o,
-                    _ = self.abort.cancelled() => return false,
+                let Some(outcome) = self.sink_attempt(sink.as_ref(), &dl).await else {
+                    return false;
                 };
-                self.metrics
-                    .deliveries
-                    .with_label_values(&[labels[0], labels[1], outcome.class()])
-                    .inc();
                 match outcome {
-                    Outcome::Delivered { .. } => {
-                        self.metrics
-                            .dead_letters
-                            .with_label_values(&[labels[0], labels[1], "sink"])
-                            .inc();
-                        if let Err(e) = self.store.remove_retry(&self.key, id) {
-                            tracing::error!(trigger = %self.key, error = %e, "cannot remove a dead-lettered retry");
-                        }
-                        return true;
-                    }
+                    Outcome::Delivered { .. } => return self.sink_took(id),
                     Outcome::Retry(f) if n < self.spec.policy.retry => {
                         n += 1;
+                        if sink_retries == SinkRetries::Queued {
+                            return self.queue_retry(
+                                id.to_string(),
+                                dl,
+                                n,
+                                f.retry_after,
+                                info,
+                                true,
+                            );
+                        }
                         let wait = self.spec.policy.wait_before(n, f.retry_after);
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
@@ -603,37 +661,116 @@ impl Runner {
                 last.message
             );
         }
+        self.keep(id, event.clone(), info).await
+    }
+
+    /// A queued retry of the dead-letter sink.
+    async fn sink_retry(&self, r: Retry) {
+        let Some(sink) = &self.spec.dead_letter else {
+            // The trigger lost its sink meanwhile: keep the event ourselves.
+            let info = r.last_error.clone().unwrap_or_else(|| {
+                self.error_info(
+                    &Failure::new(None, Default::default(), "no dead-letter sink"),
+                    r.attempts,
+                )
+            });
+            self.keep(&r.id, without_error_extensions(r.event), info)
+                .await;
+            return;
+        };
+        let Some(outcome) = self.sink_attempt(sink.as_ref(), &r.event).await else {
+            return;
+        };
+        let n = r.attempts + 1;
+        match outcome {
+            Outcome::Delivered { .. } => {
+                self.sink_took(&r.id);
+            }
+            Outcome::Retry(f) if n <= self.spec.policy.retry => {
+                let info = r
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| self.error_info(&f, n));
+                if !self.queue_retry(r.id, r.event, n, f.retry_after, info, true) {
+                    self.pause().await;
+                }
+            }
+            Outcome::Retry(f) | Outcome::Fail(f) => {
+                let mut info = r
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| self.error_info(&f, n));
+                info.message = format!(
+                    "{}; then the dead-letter sink {} failed too: {}",
+                    info.message,
+                    sink.destination(),
+                    f.message
+                );
+                self.keep(&r.id, without_error_extensions(r.event), info)
+                    .await;
+            }
+        }
+    }
+
+    /// The dead-letter sink took the event.
+    fn sink_took(&self, id: &str) -> bool {
+        let labels = self.labels();
+        self.metrics
+            .dead_letters
+            .with_label_values(&[labels[0], labels[1], "sink"])
+            .inc();
+        if let Err(e) = self.store.remove_retry(&self.key, id) {
+            tracing::error!(trigger = %self.key, error = %e, "cannot remove a dead-lettered retry");
+        }
+        true
+    }
+
+    /// Keeps an event in Ferry's dead-letter store. The event is in nobody's hands but ours:
+    /// keep trying the store until it takes it (or the trigger stops, leaving the event
+    /// unsettled, to come again).
+    async fn keep(&self, id: &str, event: Event, error: ErrorInfo) -> bool {
         let dl = DeadLetter {
             id: id.to_string(),
             time_ms: now_ms(),
-            event: event.clone(),
-            error: info,
+            event,
+            error,
         };
-        // The event is in nobody's hands but ours: keep trying the store until it takes it
-        // (or the trigger stops, leaving the event unsettled, to come again).
-        let stored = loop {
+        loop {
             match self.store.put_dead_letter(&self.key, &dl) {
-                Ok(()) => break Ok(()),
+                Ok(()) => break,
                 Err(e) if !self.stop.is_cancelled() => {
                     tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; trying again");
                     self.pause().await;
                 }
-                Err(e) => break Err(e),
-            }
-        };
-        match stored {
-            Ok(()) => {
-                tracing::info!(trigger = %self.key, id = %dl.id, error = %dl.error.message, "event kept in the dead-letter store");
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[labels[0], labels[1], "store"])
-                    .inc();
-                true
-            }
-            Err(e) => {
-                tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; the event will be read again after a restart");
-                false
+                Err(e) => {
+                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; the event will be read again after a restart");
+                    return false;
+                }
             }
         }
+        tracing::info!(trigger = %self.key, id = %dl.id, error = %dl.error.message, "event kept in the dead-letter store");
+        let labels = self.labels();
+        self.metrics
+            .dead_letters
+            .with_label_values(&[labels[0], labels[1], "store"])
+            .inc();
+        true
     }
+}
+
+/// How retries of the dead-letter sink wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SinkRetries {
+    /// In the durable retry queue (unordered: a failing sink holds up nothing).
+    Queued,
+    /// In place (ordered: nothing else of the partition may go first anyway).
+    InPlace,
+}
+
+/// The event as it was before the `knativeerror*` extensions were added for the sink.
+fn without_error_extensions(mut event: Event) -> Event {
+    for ext in ["knativeerrordest", "knativeerrorcode", "knativeerrordata"] {
+        event.remove_attr(ext);
+    }
+    event
 }

@@ -47,6 +47,8 @@ pub struct Retry {
     pub attempts: u32,
     pub event: Event,
     pub last_error: Option<ErrorInfo>,
+    /// The subscriber gave up on it: this is a retry of the delivery to the dead-letter sink.
+    pub to_sink: bool,
 }
 
 /// An event the dispatcher gave up on.
@@ -65,6 +67,8 @@ struct Header {
     error: Option<ErrorInfo>,
     #[serde(default)]
     time_ms: u64,
+    #[serde(default)]
+    to_sink: bool,
 }
 
 pub struct DeliveryStore {
@@ -94,26 +98,30 @@ fn id_key(tag: u8, trigger: &str, id: &str) -> Vec<u8> {
     k
 }
 
-fn encode(
-    id: &str,
-    attempts: u32,
-    error: Option<&ErrorInfo>,
-    time_ms: u64,
-    event: &Event,
-) -> Result<Vec<u8>, StoreError> {
-    let header = serde_json::to_vec(&Header {
-        id: id.to_string(),
-        attempts,
-        error: error.cloned(),
-        time_ms,
-    })
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+fn encode(header: &Header, event: &Event) -> Result<Vec<u8>, StoreError> {
+    let header = serde_json::to_vec(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let record = codec::encode(event, 0);
     let mut v = Vec::with_capacity(4 + header.len() + record.len());
     v.extend_from_slice(&(header.len() as u32).to_le_bytes());
     v.extend_from_slice(&header);
     v.extend_from_slice(&record);
     Ok(v)
+}
+
+fn header(
+    id: &str,
+    attempts: u32,
+    error: Option<&ErrorInfo>,
+    time_ms: u64,
+    to_sink: bool,
+) -> Header {
+    Header {
+        id: id.to_string(),
+        attempts,
+        error: error.cloned(),
+        time_ms,
+        to_sink,
+    }
 }
 
 fn decode(v: &[u8]) -> Result<(Header, Event), StoreError> {
@@ -161,6 +169,35 @@ impl DeliveryStore {
             || self.db.get_pinned(id_key(b'd', trigger, id))?.is_some())
     }
 
+    /// Attempts already made at an event an ordered trigger is working on (it waits in place,
+    /// not in the queue): kept so a crash does not restart the count.
+    pub fn attempts(&self, trigger: &str, id: &str) -> Result<u32, StoreError> {
+        Ok(self
+            .db
+            .get_pinned(id_key(b'a', trigger, id))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Records (`Some`) or forgets (`None`) an ordered trigger's attempts at an event.
+    pub fn set_attempts(
+        &self,
+        trigger: &str,
+        id: &str,
+        attempts: Option<u32>,
+    ) -> Result<(), StoreError> {
+        match attempts {
+            Some(n) => {
+                self.db
+                    .put_opt(id_key(b'a', trigger, id), n.to_be_bytes(), &Self::synced())?
+            }
+            None => self
+                .db
+                .delete_opt(id_key(b'a', trigger, id), &Self::synced())?,
+        }
+        Ok(())
+    }
+
     /// The due time of the retry with this id, if one is queued.
     pub fn retry_due(&self, trigger: &str, id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
@@ -186,10 +223,13 @@ impl DeliveryStore {
         batch.put(
             key(b'r', trigger, retry.due_ms, &retry.id),
             encode(
-                &retry.id,
-                retry.attempts,
-                retry.last_error.as_ref(),
-                0,
+                &header(
+                    &retry.id,
+                    retry.attempts,
+                    retry.last_error.as_ref(),
+                    0,
+                    retry.to_sink,
+                ),
                 &retry.event,
             )?,
         );
@@ -228,6 +268,7 @@ impl DeliveryStore {
                 attempts: h.attempts,
                 event,
                 last_error: h.error,
+                to_sink: h.to_sink,
             });
         }
         Ok(out)
@@ -242,10 +283,13 @@ impl DeliveryStore {
         batch.put(
             id_key(b'd', trigger, &dl.id),
             encode(
-                &dl.id,
-                dl.error.attempts,
-                Some(&dl.error),
-                dl.time_ms,
+                &header(
+                    &dl.id,
+                    dl.error.attempts,
+                    Some(&dl.error),
+                    dl.time_ms,
+                    false,
+                ),
                 &dl.event,
             )?,
         );
@@ -294,7 +338,7 @@ impl DeliveryStore {
             self.unqueue(&mut batch, trigger, &dl.id)?;
             batch.put(
                 key(b'r', trigger, now_ms, &dl.id),
-                encode(&dl.id, 0, None, 0, &dl.event)?,
+                encode(&header(&dl.id, 0, None, 0, false), &dl.event)?,
             );
             batch.put(id_key(b'i', trigger, &dl.id), now_ms.to_be_bytes());
             n += 1;
@@ -308,7 +352,7 @@ impl DeliveryStore {
         let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut n = 0;
-        let tags: &[u8] = if retries { b"dri" } else { b"d" };
+        let tags: &[u8] = if retries { b"dria" } else { b"d" };
         for tag in tags {
             let p = prefix(*tag, trigger);
             for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
@@ -367,6 +411,7 @@ mod tests {
                         attempts: 2,
                         event: event(id),
                         last_error: None,
+                        to_sink: false,
                     },
                 )
                 .unwrap();
@@ -379,6 +424,7 @@ mod tests {
                     attempts: 1,
                     event: event("x"),
                     last_error: None,
+                    to_sink: false,
                 },
             )
             .unwrap();
@@ -402,6 +448,7 @@ mod tests {
                 attempts: 3,
                 event: event("mid"),
                 last_error: None,
+                to_sink: false,
             },
         )
         .unwrap();
@@ -426,6 +473,7 @@ mod tests {
                 attempts: 3,
                 event: event("a"),
                 last_error: None,
+                to_sink: false,
             },
         )
         .unwrap();

@@ -574,3 +574,33 @@ async fn a_pending_retry_survives_a_crash_with_its_attempt_count() {
         "ferry_dispatch_deliveries_total{class=\"5xx\",namespace=\"default\",trigger=\"down\"}"
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_dead_letter_sink_fails_too_ferry_keeps_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let sub = TestSubscriber::start().await;
+    sub.set("down", Behaviour::Status(503));
+    sub.set("sink", Behaviour::Status(500));
+    let delivery = format!(
+        "  delivery:\n    retry: 1\n    backoffDelay: PT0.1S\n    deadLetterSink:\n      uri: {}\n",
+        sub.at("sink")
+    );
+    apply(&server, &trigger("down", "default", &sub.at("down"), &delivery));
+    post(&server, "s1", "t", &[]).await;
+    let items = eventually(WAIT, "the dead letter", || {
+        let out = server.cli(&["dlq", "list", "down", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        async move { (!items.is_empty()).then_some(items) }
+    })
+    .await;
+    assert_eq!(sub.received("down").len(), 2, "1 attempt + 1 retry");
+    assert_eq!(sub.received("sink").len(), 2, "the sink gets the same retry policy");
+    let sink_copy = &sub.received("sink")[0];
+    assert_eq!(sink_copy.header("ce-knativeerrorcode").as_deref(), Some("503"));
+    let message = items[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("dead-letter sink") && message.contains("500"), "{message}");
+    assert_eq!(items[0]["event"]["id"], "s1");
+    assert!(items[0]["event"].get("knativeerrordest").is_none(), "kept as it was sent, for replay");
+}
