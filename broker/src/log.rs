@@ -160,4 +160,10 @@ pub trait Consumer: Send {
 
     /// Commits, for the consumer's group, that every event before each position is settled.
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
+
+    /// Stops returning events of `partition` (its reader is busy) until [`Consumer::resume`];
+    /// the other partitions go on.
+    fn pause(&mut self, partition: u32);
+
+    fn resume(&mut self, partition: u32);
 }

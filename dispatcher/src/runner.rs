@@ -180,8 +180,26 @@ impl Runner {
         let me = self.clone();
         self.tasks.spawn(async move { me.schedule_retries().await });
         let mut ordered: HashMap<u32, mpsc::Sender<Stored>> = HashMap::new();
+        // Ordered: events of a partition whose worker's queue is full wait here, and the
+        // partition is paused meanwhile, so a partition stuck in retries holds up no other.
+        let mut held: HashMap<u32, std::collections::VecDeque<Stored>> = HashMap::new();
         let mut last_commit = Instant::now();
         'poll: while !self.stop.is_cancelled() {
+            held.retain(|&partition, queue| {
+                let Some(tx) = ordered.get(&partition) else {
+                    return false;
+                };
+                while let Some(stored) = queue.pop_front() {
+                    if let Err(e) = tx.try_send(stored) {
+                        if let mpsc::error::TrySendError::Full(stored) = e {
+                            queue.push_front(stored);
+                        }
+                        return true;
+                    }
+                }
+                consumer.resume(partition);
+                false
+            });
             // `poll` is not cancelled mid-way (it is not cancel-safe); it returns within POLL_WAIT.
             let batch = match consumer.poll(POLL_MAX, POLL_WAIT).await {
                 Ok(b) => b,
@@ -212,15 +230,25 @@ impl Runner {
             };
             for stored in batch {
                 if self.spec.ordered {
-                    let tx = ordered.entry(stored.position.partition).or_insert_with(|| {
+                    let partition = stored.position.partition;
+                    if let Some(queue) = held.get_mut(&partition) {
+                        queue.push_back(stored);
+                        continue;
+                    }
+                    let tx = ordered.entry(partition).or_insert_with(|| {
                         let (tx, rx) = mpsc::channel(ORDERED_QUEUE);
                         let me = self.clone();
                         self.tasks.spawn(async move { me.ordered_worker(rx).await });
                         tx
                     });
-                    tokio::select! {
-                        r = tx.send(stored) => if r.is_err() { break 'poll },
-                        _ = self.stop.cancelled() => break 'poll,
+                    match tx.try_send(stored) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(stored)) => {
+                            held.entry(partition).or_default().push_back(stored);
+                            consumer.pause(partition);
+                        }
+                        // The worker stopped (the trigger is stopping).
+                        Err(mpsc::error::TrySendError::Closed(_)) => break 'poll,
                     }
                 } else {
                     let permit = tokio::select! {

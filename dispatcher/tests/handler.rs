@@ -163,3 +163,111 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
         assert_eq!(c, Some(w.end), "committed up to the end");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_partition_stuck_on_one_event_holds_up_no_other_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let log: Arc<dyn EventLog> = Arc::new(
+        RocksLog::open(
+            dir.path().join("log"),
+            RocksOptions::default(),
+            LogMetrics::new(&registry).unwrap(),
+        )
+        .unwrap(),
+    );
+    let topic = Topic::new("default", "ordered");
+    log.create_topic(
+        &topic,
+        TopicConfig {
+            partitions: 4,
+            retention: Retention::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        &dir.path().join("dispatch"),
+        &registry,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    // Two keys on different partitions.
+    let stuck_key = "stuck".to_string();
+    let free_key = (0..100)
+        .map(|i| format!("free-{i}"))
+        .find(|k| {
+            broker::event::partition_for_key(k, 4)
+                != broker::event::partition_for_key(&stuck_key, 4)
+        })
+        .unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let free_seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let handler = {
+        let (release, free_seen) = (release.clone(), free_seen.clone());
+        Handler::new("ordered", move |e: Event| {
+            let (release, free_seen) = (release.clone(), free_seen.clone());
+            async move {
+                let id = e.attr_text("id").unwrap().into_owned();
+                if let Some(n) = id.strip_prefix("free-") {
+                    free_seen.lock().unwrap().push(n.parse().unwrap());
+                } else {
+                    release.notified().await;
+                }
+                Ok(None)
+            }
+            .boxed()
+        })
+    };
+    dispatcher
+        .start_at_end(&topic, "default", "ordered")
+        .await
+        .unwrap();
+    dispatcher
+        .run(TriggerSpec {
+            namespace: "default".into(),
+            name: "ordered".into(),
+            topic: topic.clone(),
+            filter: Filter::Everything,
+            subscriber: Arc::new(handler),
+            dead_letter: None,
+            policy: DeliveryPolicy::default(),
+            ordered: true,
+            max_in_flight: 1,
+        })
+        .await;
+    let keyed = |id: String, key: &str| {
+        let mut e = event(&id, "t");
+        e.set_attr("partitionkey", AttrValue::String(key.to_string()));
+        e
+    };
+    // More stuck events than an ordered worker's queue holds, then the free ones.
+    log.append(
+        &topic,
+        (0..600)
+            .map(|i| keyed(format!("stuck-{i}"), &stuck_key))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    log.append(
+        &topic,
+        (0..50)
+            .map(|i| keyed(format!("free-{i}"), &free_key))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    eventually("the free partition's events", || {
+        free_seen.lock().unwrap().len() == 50
+    })
+    .await;
+    assert_eq!(
+        *free_seen.lock().unwrap(),
+        (0..50).collect::<Vec<u32>>(),
+        "in order"
+    );
+    release.notify_waiters();
+    dispatcher.shutdown().await;
+}

@@ -586,7 +586,10 @@ async fn when_the_dead_letter_sink_fails_too_ferry_keeps_the_event() {
         "  delivery:\n    retry: 1\n    backoffDelay: PT0.1S\n    deadLetterSink:\n      uri: {}\n",
         sub.at("sink")
     );
-    apply(&server, &trigger("down", "default", &sub.at("down"), &delivery));
+    apply(
+        &server,
+        &trigger("down", "default", &sub.at("down"), &delivery),
+    );
     post(&server, "s1", "t", &[]).await;
     let items = eventually(WAIT, "the dead letter", || {
         let out = server.cli(&["dlq", "list", "down", "-o", "json"]);
@@ -596,11 +599,24 @@ async fn when_the_dead_letter_sink_fails_too_ferry_keeps_the_event() {
     })
     .await;
     assert_eq!(sub.received("down").len(), 2, "1 attempt + 1 retry");
-    assert_eq!(sub.received("sink").len(), 2, "the sink gets the same retry policy");
+    assert_eq!(
+        sub.received("sink").len(),
+        2,
+        "the sink gets the same retry policy"
+    );
     let sink_copy = &sub.received("sink")[0];
-    assert_eq!(sink_copy.header("ce-knativeerrorcode").as_deref(), Some("503"));
+    assert_eq!(
+        sink_copy.header("ce-knativeerrorcode").as_deref(),
+        Some("503")
+    );
     let message = items[0]["error"]["message"].as_str().unwrap();
-    assert!(message.contains("dead-letter sink") && message.contains("500"), "{message}");
+    assert!(
+        message.contains("dead-letter sink") && message.contains("500"),
+        "{message}"
+    );
     assert_eq!(items[0]["event"]["id"], "s1");
-    assert!(items[0]["event"].get("knativeerrordest").is_none(), "kept as it was sent, for replay");
+    assert!(
+        items[0]["event"].get("knativeerrordest").is_none(),
+        "kept as it was sent, for replay"
+    );
 }

@@ -17,6 +17,7 @@ pub(super) struct RocksConsumer {
     positions: Vec<u64>,
     /// Partition to read first on the next poll, so no partition starves the others.
     cursor: usize,
+    paused: Vec<bool>,
 }
 
 impl RocksConsumer {
@@ -32,8 +33,9 @@ impl RocksConsumer {
             topic,
             state,
             group,
-            positions,
             cursor: 0,
+            paused: vec![false; positions.len()],
+            positions,
         }
     }
 
@@ -45,6 +47,9 @@ impl RocksConsumer {
                 break;
             }
             let p = (self.cursor + i) % n;
+            if self.paused[p] {
+                continue;
+            }
             let ps = &self.state.partitions[p];
             // Retention may have removed what this consumer had not read yet.
             let start = ps.start.load(Ordering::Acquire);
@@ -102,6 +107,18 @@ impl Consumer for RocksConsumer {
         match &self.group {
             Some(group) => self.log.commit(&self.topic, group, positions).await,
             None => Ok(()),
+        }
+    }
+
+    fn pause(&mut self, partition: u32) {
+        if let Some(p) = self.paused.get_mut(partition as usize) {
+            *p = true;
+        }
+    }
+
+    fn resume(&mut self, partition: u32) {
+        if let Some(p) = self.paused.get_mut(partition as usize) {
+            *p = false;
         }
     }
 }
