@@ -22,7 +22,7 @@ pub mod rocks;
 
 pub use event::{AttrValue, Event};
 pub use log::{
-    Consumer, EventLog, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
+    Consumer, EventLog, Keep, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
     Watermarks,
 };
 pub use rocks::{FsyncMode, RocksLog, RocksOptions};

@@ -151,12 +151,32 @@ pub trait EventLog: Send + Sync + 'static {
     async fn close(&self) -> Result<(), LogError>;
 }
 
+/// A predicate on events (a trigger's filter), for [`Consumer::poll_where`]. An alias, so that
+/// its higher-ranked `&Event` survives `async_trait`.
+pub type Keep<'a> = dyn Fn(&Event) -> bool + Send + Sync + 'a;
+
 /// Reads a topic's assigned partitions in order.
 #[async_trait]
 pub trait Consumer: Send {
     /// The next events (at most `max`), waiting up to `wait` for at least one. An empty vector
     /// means nothing arrived in time.
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Stored>, LogError>;
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Stored>, LogError> {
+        self.poll_where(max, wait, &|_| true).await
+    }
+
+    /// Like `poll`, but returns only the events `keep` accepts; the others are read and passed
+    /// over (they count against `max`; [`Consumer::positions`] tells how far reading got). It
+    /// may return an empty vector before `wait` when every event read was passed over. An
+    /// engine evaluates `keep` where the events are, so passing over one copies nothing.
+    async fn poll_where(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        keep: &Keep<'_>,
+    ) -> Result<Vec<Stored>, LogError>;
+
+    /// The next offset this consumer reads, per partition it is assigned.
+    fn positions(&self) -> Vec<Position>;
 
     /// Commits, for the consumer's group, that every event before each position is settled.
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;

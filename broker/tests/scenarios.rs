@@ -284,6 +284,40 @@ async fn consumer_resumes_from_commit_and_waits(engine: &dyn Engine) {
         .is_empty());
 }
 
+async fn poll_where_passes_over_what_is_not_kept(engine: &dyn Engine) {
+    let log = engine.open().await;
+    let topic = Topic::new("ns", "where");
+    log.create_topic(&topic, config(1)).await.unwrap();
+    log.append(&topic, (0..10).map(|i| event(&i.to_string())).collect())
+        .await
+        .unwrap();
+    let mut c = log.consumer(&topic, None, StartAt::Earliest).await.unwrap();
+    let keep = |e: &Event| {
+        e.attr_text("id")
+            .is_some_and(|id| id.parse::<u32>().unwrap() % 3 == 0)
+    };
+    let got = c
+        .poll_where(100, Duration::from_secs(5), &keep)
+        .await
+        .unwrap();
+    let ids: Vec<String> = got.iter().map(|s| id_of(&s.event)).collect();
+    assert_eq!(ids, ["0", "3", "6", "9"]);
+    assert_eq!(
+        c.positions(),
+        vec![Position {
+            partition: 0,
+            offset: 10
+        }],
+        "read past the others"
+    );
+    // Nothing new: an empty answer after the wait.
+    assert!(c
+        .poll_where(100, Duration::from_millis(20), &keep)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn concurrent_appends_all_land_once(engine: &dyn Engine) {
     let log = engine.open().await;
     let topic = Topic::new("ns", "concurrent");
@@ -458,6 +492,7 @@ on_every_engine!(
     commits_per_group_survive_restart,
     restart_keeps_events_and_continues_offsets,
     consumer_resumes_from_commit_and_waits,
+    poll_where_passes_over_what_is_not_kept,
     concurrent_appends_all_land_once,
     retention_by_bytes_removes_oldest,
     retention_by_age_keeps_offsets_across_restart,

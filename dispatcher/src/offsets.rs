@@ -27,10 +27,11 @@ impl Offsets {
         p.next = p.next.max(pos.offset + 1);
     }
 
-    /// An event was read and needs nothing (filtered out): only the read position moves.
-    pub fn skipped(&mut self, pos: Position) {
+    /// Reading got to `pos` (the next offset to read): every event before it was either
+    /// polled (and is tracked) or needs nothing (filtered out).
+    pub fn read_up_to(&mut self, pos: Position) {
         let p = self.partitions.entry(pos.partition).or_default();
-        p.next = p.next.max(pos.offset + 1);
+        p.next = p.next.max(pos.offset);
     }
 
     /// An event is settled.
@@ -109,7 +110,7 @@ mod tests {
         assert_eq!(o.to_commit(), vec![pos(0, 4), pos(1, 8)]);
         o.committed(&[pos(0, 4), pos(1, 8)]);
         o.settled(pos(0, 4));
-        o.skipped(pos(0, 5));
+        o.read_up_to(pos(0, 6));
         assert_eq!(
             o.to_commit(),
             vec![pos(0, 6)],

@@ -201,7 +201,12 @@ impl Runner {
                 false
             });
             // `poll` is not cancelled mid-way (it is not cancel-safe); it returns within POLL_WAIT.
-            let batch = match consumer.poll(POLL_MAX, POLL_WAIT).await {
+            // The filter runs where the events are: an event it passes over is not copied.
+            let filter = &self.spec.filter;
+            let polled = consumer
+                .poll_where(POLL_MAX, POLL_WAIT, &|e| filter.matches(e))
+                .await;
+            let batch = match polled {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(trigger = %self.key, error = %e, "reading the broker failed");
@@ -211,23 +216,16 @@ impl Runner {
                     }
                 }
             };
-            // Filter the whole batch first, with one lock of the offsets: a trigger that matches
-            // nothing costs a filter evaluation per event and no bookkeeping.
-            let batch: Vec<Stored> = {
+            // What matched is in flight; everything else read is settled (filtered out).
+            {
                 let mut offsets = self.offsets();
-                batch
-                    .into_iter()
-                    .filter(|stored| {
-                        let matches = self.spec.filter.matches(&stored.event);
-                        if matches {
-                            offsets.polled(stored.position);
-                        } else {
-                            offsets.skipped(stored.position);
-                        }
-                        matches
-                    })
-                    .collect()
-            };
+                for stored in &batch {
+                    offsets.polled(stored.position);
+                }
+                for position in consumer.positions() {
+                    offsets.read_up_to(position);
+                }
+            }
             for stored in batch {
                 if self.spec.ordered {
                     let partition = stored.position.partition;

@@ -47,19 +47,31 @@ impl TailCache {
 
     /// Up to `max` events from `offset`, if the cache holds `offset`.
     pub(super) fn read(&self, offset: u64, max: usize) -> Option<Vec<Stored>> {
+        self.read_where(offset, max, &|_| true).map(|(got, _)| got)
+    }
+
+    /// Scans up to `max` events from `offset` (if the cache holds `offset`) and returns those
+    /// `keep` accepts, with the offset after the last one scanned.
+    pub(super) fn read_where(
+        &self,
+        offset: u64,
+        max: usize,
+        keep: &crate::log::Keep<'_>,
+    ) -> Option<(Vec<Stored>, u64)> {
         let first = self.first_offset()?;
         let index = usize::try_from(offset.checked_sub(first)?).ok()?;
         if index >= self.events.len() {
             return None;
         }
-        Some(
-            self.events
-                .iter()
-                .skip(index)
-                .take(max)
-                .map(|(s, _)| s.clone())
-                .collect(),
-        )
+        let mut next = offset;
+        let mut got = Vec::new();
+        for (s, _) in self.events.iter().skip(index).take(max) {
+            next = s.position.offset + 1;
+            if keep(&s.event) {
+                got.push(s.clone());
+            }
+        }
+        Some((got, next))
     }
 
     /// Forgets events retention removed.

@@ -2,7 +2,7 @@
 //! assigned all of them).
 
 use super::{RocksLog, TopicState};
-use crate::log::{Consumer, EventLog, LogError, Position, Stored, Topic};
+use crate::log::{Consumer, EventLog, Keep, LogError, Position, Stored, Topic};
 use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,11 +39,18 @@ impl RocksConsumer {
         }
     }
 
-    async fn read_available(&mut self, max: usize) -> Result<Vec<Stored>, LogError> {
+    /// Reads up to `max` events across the partitions; returns those `keep` accepts and how
+    /// many were read.
+    async fn read_available(
+        &mut self,
+        max: usize,
+        keep: &Keep<'_>,
+    ) -> Result<(Vec<Stored>, usize), LogError> {
         let n = self.positions.len();
         let mut out = Vec::new();
+        let mut scanned = 0;
         for i in 0..n {
-            if out.len() >= max {
+            if scanned >= max {
                 break;
             }
             let p = (self.cursor + i) % n;
@@ -56,32 +63,42 @@ impl RocksConsumer {
             if self.positions[p] < start {
                 self.positions[p] = start;
             }
-            if self.positions[p] >= ps.end.load(Ordering::Acquire) {
+            let from = self.positions[p];
+            if from >= ps.end.load(Ordering::Acquire) {
                 continue;
             }
-            // Fresh events straight from the tail cache (no topic lookup, no blocking pool).
-            let cached = ps.cache().read(self.positions[p], max - out.len());
-            let got = match cached {
-                Some(got) => got,
+            // Fresh events straight from the tail cache (no topic lookup, no blocking pool,
+            // no copy of what `keep` passes over).
+            let cached = ps.cache().read_where(from, max - scanned, keep);
+            let (got, next) = match cached {
+                Some(hit) => hit,
                 None => {
-                    self.log
-                        .read(&self.topic, p as u32, self.positions[p], max - out.len())
-                        .await?
+                    let mut got = self
+                        .log
+                        .read(&self.topic, p as u32, from, max - scanned)
+                        .await?;
+                    let next = got.last().map_or(from, |s| s.position.offset + 1);
+                    got.retain(|s| keep(&s.event));
+                    (got, next)
                 }
             };
-            if let Some(last) = got.last() {
-                self.positions[p] = last.position.offset + 1;
-            }
+            scanned += usize::try_from(next - from).unwrap_or(usize::MAX);
+            self.positions[p] = next;
             out.extend(got);
         }
         self.cursor = (self.cursor + 1) % n.max(1);
-        Ok(out)
+        Ok((out, scanned))
     }
 }
 
 #[async_trait]
 impl Consumer for RocksConsumer {
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Stored>, LogError> {
+    async fn poll_where(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        keep: &Keep<'_>,
+    ) -> Result<Vec<Stored>, LogError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self.state.deleted.load(Ordering::Acquire) {
@@ -93,8 +110,8 @@ impl Consumer for RocksConsumer {
             let appended = state.appended.notified();
             tokio::pin!(appended);
             appended.as_mut().enable();
-            let got = self.read_available(max).await?;
-            if !got.is_empty() {
+            let (got, scanned) = self.read_available(max, keep).await?;
+            if scanned > 0 {
                 return Ok(got);
             }
             if tokio::time::timeout_at(deadline, appended).await.is_err() {
@@ -108,6 +125,17 @@ impl Consumer for RocksConsumer {
             Some(group) => self.log.commit(&self.topic, group, positions).await,
             None => Ok(()),
         }
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        self.positions
+            .iter()
+            .enumerate()
+            .map(|(p, &offset)| Position {
+                partition: p as u32,
+                offset,
+            })
+            .collect()
     }
 
     fn pause(&mut self, partition: u32) {
