@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Loop guard (I-11): replies carry `knativebrokerttl`, one less each time round.
-pub const TTL: &str = "knativebrokerttl";
+pub const TTL: &str = ingress::parse::BROKER_TTL;
 pub const MAX_TTL: i64 = 255;
 const POLL_MAX: usize = 256;
 const POLL_WAIT: Duration = Duration::from_millis(200);

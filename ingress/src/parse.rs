@@ -248,6 +248,10 @@ pub fn is_json(content_type: &str) -> bool {
     media == "application/json" || media == "text/json" || media.ends_with("+json")
 }
 
+/// Knative's loop guard (I-11): replies carry one less each time they re-enter a broker; an
+/// event that arrives with it at 0 went round a loop of triggers and is refused.
+pub const BROKER_TTL: &str = "knativebrokerttl";
+
 /// Checks the attributes of a CloudEvents 1.0 event (spec "Context Attributes").
 pub fn validate(event: &Event) -> Result<(), InvalidEvent> {
     match event.attr("specversion") {
@@ -297,6 +301,23 @@ pub fn validate(event: &Event) -> Result<(), InvalidEvent> {
                 let s = text()?;
                 chrono::DateTime::parse_from_rfc3339(s)
                     .map_err(|_| attr_err(name, format!("'{s}' is not an RFC 3339 timestamp")))?;
+            }
+            BROKER_TTL => {
+                let ttl = match value {
+                    AttrValue::Integer(i) => Some(*i),
+                    AttrValue::String(s) => s.parse::<i64>().ok(),
+                    AttrValue::Boolean(_) => None,
+                };
+                match ttl {
+                    Some(t) if t > 0 => {}
+                    Some(_) => {
+                        return Err(attr_err(
+                            name,
+                            "reached 0: the event went round a loop of triggers",
+                        ))
+                    }
+                    None => return Err(attr_err(name, "must be an integer")),
+                }
             }
             "subject" | "datacontenttype" if text()?.is_empty() => {
                 return Err(attr_err(name, "must be a non-empty string"));

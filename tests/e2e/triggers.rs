@@ -620,3 +620,69 @@ async fn when_the_dead_letter_sink_fails_too_ferry_keeps_the_event() {
         "kept as it was sent, for replay"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_without_delivery_uses_its_brokers_and_json_format_is_structured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let sub = TestSubscriber::start().await;
+    sub.set("fails", Behaviour::Status(500));
+    apply(
+        &server,
+        &format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\nspec:\n  delivery:\n    retry: 0\n    deadLetterSink:\n      uri: {}\n",
+            sub.at("broker-dls")
+        ),
+    );
+    apply(
+        &server,
+        &[
+            trigger("inherits", "b", &sub.at("fails"), ""),
+            // Its own delivery replaces the broker's whole: no sink, so Ferry keeps the event.
+            trigger("own", "b", &sub.at("fails"), "  delivery:\n    retry: 0\n"),
+            trigger(
+                "json",
+                "b",
+                &sub.at("json"),
+                "  delivery:\n    format: json\n",
+            ),
+        ]
+        .join("---\n"),
+    );
+    let t = get_trigger(&server, "inherits");
+    assert_eq!(t["status"]["deadLetterSinkUri"], sub.at("broker-dls"));
+    let resp = binary_post(
+        &reqwest::Client::new(),
+        &format!("{}/default/b", server.ingress),
+        "j1",
+        &[("ce-ext", "v")],
+        b"{\"a\":1}",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202);
+    let dls = sub.wait_for("broker-dls", 1, WAIT).await;
+    assert_eq!(
+        dls.len(),
+        1,
+        "only the trigger without its own delivery used the broker's sink"
+    );
+    assert_eq!(dls[0].id(), "j1");
+    eventually(WAIT, "the other trigger's dead letter", || {
+        let out = server.cli(&["dlq", "list", "own", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let n = v["items"].as_array().map_or(0, Vec::len);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let json = sub.wait_for("json", 1, WAIT).await;
+    assert_eq!(
+        json[0].header("content-type").as_deref(),
+        Some("application/cloudevents+json")
+    );
+    let body: Value = serde_json::from_slice(&json[0].body).unwrap();
+    assert_eq!(body["id"], "j1");
+    assert_eq!(body["ext"], "v");
+    assert_eq!(body["data"], serde_json::json!({"a": 1}));
+}

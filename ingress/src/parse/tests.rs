@@ -91,6 +91,8 @@ fn bad_values_are_rejected() {
         ("ce-dataschema", "not a uri", "dataschema"),
         ("ce-source", "has space", "source"),
         ("ce-id", "", "id"),
+        ("ce-knativebrokerttl", "0", "loop"),
+        ("ce-knativebrokerttl", "x", "knativebrokerttl"),
     ];
     for (header, value, named) in cases {
         let mut pairs: Vec<_> = minimal()
