@@ -42,23 +42,20 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
-    let dir = tempfile::tempdir().unwrap();
+/// A RocksDB log with `topic` of `partitions`, and a dispatcher on it, in `dir`.
+async fn setup(
+    dir: &tempfile::TempDir,
+    topic: &Topic,
+    partitions: u32,
+) -> (Arc<dyn EventLog>, Arc<Dispatcher>) {
     let registry = prometheus::Registry::new();
-    let log: Arc<dyn EventLog> = Arc::new(
-        RocksLog::open(
-            dir.path().join("log"),
-            RocksOptions::default(),
-            LogMetrics::new(&registry).unwrap(),
-        )
-        .unwrap(),
-    );
-    let topic = Topic::new("ferry-system", "work");
+    let metrics = LogMetrics::new(&registry).unwrap();
+    let log: Arc<dyn EventLog> =
+        Arc::new(RocksLog::open(dir.path().join("log"), RocksOptions::default(), metrics).unwrap());
     log.create_topic(
-        &topic,
+        topic,
         TopicConfig {
-            partitions: 2,
+            partitions,
             retention: Retention::default(),
         },
     )
@@ -68,9 +65,17 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
         log.clone(),
         &dir.path().join("dispatch"),
         &registry,
-        Duration::from_secs(5),
+        Duration::from_secs(1),
     )
     .unwrap();
+    (log, dispatcher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::new("ferry-system", "work");
+    let (log, dispatcher) = setup(&dir, &topic, 2).await;
 
     // The handler: "flaky" fails twice (retryable) then works; "fatal" fails for good;
     // "ask" answers with a reply; everything it sees is recorded.
@@ -167,32 +172,8 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordered_partition_stuck_on_one_event_holds_up_no_other_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = prometheus::Registry::new();
-    let log: Arc<dyn EventLog> = Arc::new(
-        RocksLog::open(
-            dir.path().join("log"),
-            RocksOptions::default(),
-            LogMetrics::new(&registry).unwrap(),
-        )
-        .unwrap(),
-    );
     let topic = Topic::new("default", "ordered");
-    log.create_topic(
-        &topic,
-        TopicConfig {
-            partitions: 4,
-            retention: Retention::default(),
-        },
-    )
-    .await
-    .unwrap();
-    let dispatcher = Dispatcher::open(
-        log.clone(),
-        &dir.path().join("dispatch"),
-        &registry,
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let (log, dispatcher) = setup(&dir, &topic, 4).await;
     // Two keys on different partitions.
     let stuck_key = "stuck".to_string();
     let free_key = (0..100)

@@ -45,6 +45,23 @@ async fn settled(server: &Server, name: &str) {
     .await;
 }
 
+/// A trigger's dead letters (`ferry dlq list -o json`).
+fn dead_letters(server: &Server, trigger: &str) -> Vec<Value> {
+    let out = server.cli(&["dlq", "list", trigger, "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["items"].as_array().unwrap().clone()
+}
+
+/// Waits until a trigger has dead letters; returns them.
+async fn wait_dead_letters(server: &Server, trigger: &str) -> Vec<Value> {
+    eventually(WAIT, &format!("dead letters of {trigger}"), || {
+        let items = dead_letters(server, trigger);
+        async move { (!items.is_empty()).then_some(items) }
+    })
+    .await
+}
+
 async fn post(server: &Server, id: &str, ty: &str, extra: &[(&str, &str)]) {
     let http = reqwest::Client::new();
     let mut req = http
@@ -311,26 +328,12 @@ async fn dead_letters_without_a_sink_are_kept_listed_and_replayed() {
     post(&server, "x1", "x", &[]).await;
     post(&server, "g1", "g", &[]).await;
 
-    let list = |server: &Server, t: &str| -> Vec<Value> {
-        let out = server.cli(&["dlq", "list", t, "-o", "json"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["items"].as_array().unwrap().clone()
-    };
-    let items = eventually(WAIT, "a dead letter", || {
-        let items = list(&server, "fails");
-        async move { (!items.is_empty()).then_some(items) }
-    })
-    .await;
+    let items = wait_dead_letters(&server, "fails").await;
     assert_eq!(items[0]["event"]["id"], "x1");
     assert_eq!(items[0]["error"]["code"], 422);
     assert_eq!(items[0]["error"]["attempts"], 1, "422 is not retried");
     assert_eq!(items[0]["error"]["destination"], sub.at("fails"));
-    let g = eventually(WAIT, "garbage dead letter", || {
-        let items = list(&server, "garbage");
-        async move { (!items.is_empty()).then_some(items) }
-    })
-    .await;
+    let g = wait_dead_letters(&server, "garbage").await;
     assert!(
         g[0]["error"]["message"]
             .as_str()
@@ -345,7 +348,7 @@ async fn dead_letters_without_a_sink_are_kept_listed_and_replayed() {
     // Dead letters survive a restart.
     server.kill9();
     let server = Server::start(&dir.path().join("data"), &[]);
-    assert_eq!(list(&server, "fails").len(), 1);
+    assert_eq!(dead_letters(&server, "fails").len(), 1);
 
     // The subscriber is fixed: replay delivers it, and the dead letter is gone.
     sub.set("fails", Behaviour::Status(200));
@@ -367,10 +370,10 @@ async fn dead_letters_without_a_sink_are_kept_listed_and_replayed() {
         async move { ok.then_some(()) }
     })
     .await;
-    assert!(list(&server, "fails").is_empty());
+    assert!(dead_letters(&server, "fails").is_empty());
     let out = server.cli(&["dlq", "purge", "garbage"]);
     assert!(stdout(&out).contains("1 dead letter"), "{}", stdout(&out));
-    assert!(list(&server, "garbage").is_empty());
+    assert!(dead_letters(&server, "garbage").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,13 +552,7 @@ async fn a_pending_retry_survives_a_crash_with_its_attempt_count() {
     server.kill9();
     let server = Server::start(&data, &[]);
     // The retry goes on where it was: 1 + 2 attempts in all, then the dead-letter store.
-    let items = eventually(WAIT, "the dead letter", || {
-        let out = server.cli(&["dlq", "list", "down", "-o", "json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        async move { (!items.is_empty()).then_some(items) }
-    })
-    .await;
+    let items = wait_dead_letters(&server, "down").await;
     assert_eq!(items[0]["error"]["attempts"], 3);
     assert_eq!(
         sub.received("down").len(),
@@ -591,13 +588,7 @@ async fn when_the_dead_letter_sink_fails_too_ferry_keeps_the_event() {
         &trigger("down", "default", &sub.at("down"), &delivery),
     );
     post(&server, "s1", "t", &[]).await;
-    let items = eventually(WAIT, "the dead letter", || {
-        let out = server.cli(&["dlq", "list", "down", "-o", "json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        async move { (!items.is_empty()).then_some(items) }
-    })
-    .await;
+    let items = wait_dead_letters(&server, "down").await;
     assert_eq!(sub.received("down").len(), 2, "1 attempt + 1 retry");
     assert_eq!(
         sub.received("sink").len(),
@@ -669,13 +660,7 @@ async fn a_trigger_without_delivery_uses_its_brokers_and_json_format_is_structur
         "only the trigger without its own delivery used the broker's sink"
     );
     assert_eq!(dls[0].id(), "j1");
-    eventually(WAIT, "the other trigger's dead letter", || {
-        let out = server.cli(&["dlq", "list", "own", "-o", "json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let n = v["items"].as_array().map_or(0, Vec::len);
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    assert_eq!(wait_dead_letters(&server, "own").await.len(), 1);
     let json = sub.wait_for("json", 1, WAIT).await;
     assert_eq!(
         json[0].header("content-type").as_deref(),
