@@ -60,16 +60,17 @@ fn kind(s: &str) -> anyhow::Result<Kind> {
     })
 }
 
+/// The API path of one resource.
+fn resource_path(namespace: &str, kind: Kind, name: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/{}/{name}", kind.plural())
+}
+
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let kind = kind(&args.kind)?;
     let client = Client::new(&args.server)?;
     let items: Vec<Value> = match &args.name {
         Some(name) => {
-            let path = format!(
-                "/api/v1/namespaces/{}/{}/{name}",
-                args.namespace,
-                kind.plural()
-            );
+            let path = resource_path(&args.namespace, kind, name);
             vec![client.request(Method::GET, &path, None).await?]
         }
         None => {
@@ -198,12 +199,7 @@ fn age(created: Option<&str>) -> String {
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let kind = kind(&args.kind)?;
     let client = Client::new(&args.server)?;
-    let path = format!(
-        "/api/v1/namespaces/{}/{}/{}",
-        args.namespace,
-        kind.plural(),
-        args.name
-    );
+    let path = resource_path(&args.namespace, kind, &args.name);
     let r = client.request(Method::GET, &path, None).await?;
     let m = &r["metadata"];
     let map = |v: &Value| -> String {
@@ -259,12 +255,7 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let kind = kind(&args.kind)?;
     let client = Client::new(&args.server)?;
-    let path = format!(
-        "/api/v1/namespaces/{}/{}/{}",
-        args.namespace,
-        kind.plural(),
-        args.name
-    );
+    let path = resource_path(&args.namespace, kind, &args.name);
     client.request(Method::DELETE, &path, None).await?;
     println!(
         "{}.eventing.knative.dev/{} deleted (namespace {})",

@@ -126,18 +126,7 @@ async fn quick_start_and_resource_lifecycle() {
     assert!(stdout(&again).contains("unchanged"), "{}", stdout(&again));
 
     // Events to the new broker are accepted.
-    let http = reqwest::Client::new();
-    let resp = binary_post(
-        &http,
-        &format!("{}/shop/orders", server.ingress),
-        "o-1",
-        &[],
-        b"{}",
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(server.post_event("shop", "orders", "o-1").await, 202);
 
     let out = server.cli(&["describe", "broker", "orders", "-n", "shop"]);
     let text = stdout(&out);
@@ -162,17 +151,7 @@ async fn quick_start_and_resource_lifecycle() {
     // Delete: the broker and its events are gone; its address answers 404.
     let out = server.cli(&["delete", "broker", "orders", "-n", "shop"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let resp = binary_post(
-        &http,
-        &format!("{}/shop/orders", server.ingress),
-        "o-2",
-        &[],
-        b"{}",
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(server.post_event("shop", "orders", "o-2").await, 404);
     let out = server.cli(&["get", "broker", "orders", "-n", "shop"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));

@@ -87,18 +87,7 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
         assert_eq!(seqs, &want, "producer {p}: no gaps, no duplicates");
     }
     // The log takes new events after the crash, at new offsets.
-    let http = reqwest::Client::new();
-    let resp = binary_post(
-        &http,
-        &format!("{}/default/default", server.ingress),
-        "after",
-        &[],
-        b"{}",
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(server.post_event("default", "default", "after").await, 202);
     assert_eq!(server.events("default", "default").len(), events.len() + 1);
 }
 

@@ -109,6 +109,16 @@ impl Server {
             .collect()
     }
 
+    /// POSTs a minimal binary-mode event `id` to `namespace/broker`; returns the status.
+    pub async fn post_event(&self, namespace: &str, broker: &str, id: &str) -> u16 {
+        let url = format!("{}/{namespace}/{broker}", self.ingress);
+        let resp = binary_post(&reqwest::Client::new(), &url, id, &[], b"{}")
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    }
+
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
