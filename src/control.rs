@@ -21,7 +21,7 @@ use std::sync::Arc;
 use store::{Store, StoreError};
 
 /// Namespace of Ferry's own brokers.
-pub const SYSTEM_NAMESPACE: &str = "ferry-system";
+pub const SYSTEM_NAMESPACE: &str = ingress::service::RESERVED_NAMESPACE;
 /// The system broker that receives every resource change.
 pub const RESOURCES_BROKER: &str = "resources";
 
@@ -106,6 +106,7 @@ impl ControlPlane {
                 cp.reconcile(&mut r, false).await;
                 if r.status != before {
                     cp.store.put(&r)?;
+                    cp.publish("updated", &r).await;
                 }
             }
         }
@@ -133,11 +134,27 @@ impl ControlPlane {
         let mut errors = Vec::new();
         for (i, doc) in documents.iter().enumerate() {
             match resource::validate(i + 1, doc) {
-                Ok(r) if r.metadata.namespace == SYSTEM_NAMESPACE => errors.push(FieldError {
-                    document: i + 1,
-                    field: "metadata.namespace".into(),
-                    message: ControlError::Reserved.to_string(),
-                }),
+                Ok(r) if r.metadata.namespace == SYSTEM_NAMESPACE => {
+                    // A system resource given back as it is (`ferry get -A -o yaml | ferry
+                    // apply -f -`) is fine: it is unchanged. Any change is refused.
+                    let same = self
+                        .store
+                        .get(r.kind, &r.metadata.namespace, &r.metadata.name)?
+                        .is_some_and(|old| {
+                            old.spec == r.spec
+                                && old.metadata.labels == r.metadata.labels
+                                && old.metadata.annotations == r.metadata.annotations
+                        });
+                    if same {
+                        resources.push(r);
+                    } else {
+                        errors.push(FieldError {
+                            document: i + 1,
+                            field: "metadata.namespace".into(),
+                            message: ControlError::Reserved.to_string(),
+                        });
+                    }
+                }
                 Ok(r) => {
                     // S-05: a trigger's broker is immutable.
                     if r.kind == Kind::Trigger {
@@ -235,15 +252,36 @@ impl ControlPlane {
     }
 
     /// Re-reconciles the triggers of a broker that appeared, changed or went away.
+    /// Re-reconciles the triggers that depend on a broker that appeared, changed or went away:
+    /// those on it, and those whose subscriber or dead-letter sink refers to it (in any
+    /// namespace). A status that changes is published like any other change.
     async fn reconcile_triggers_of(
         &self,
         namespace: &str,
         broker: &str,
     ) -> Result<(), ControlError> {
-        for mut t in self.store.list(Kind::Trigger, Some(namespace))? {
-            if t.spec.get("broker").and_then(Value::as_str) == Some(broker) {
+        let refers = |dest: Option<&Value>, trigger_ns: &str| {
+            dest.and_then(|d| d.get("ref")).is_some_and(|r| {
+                r.get("kind").and_then(Value::as_str).and_then(Kind::parse) == Some(Kind::Broker)
+                    && r.get("name").and_then(Value::as_str) == Some(broker)
+                    && r.get("namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or(trigger_ns)
+                        == namespace
+            })
+        };
+        for mut t in self.store.list(Kind::Trigger, None)? {
+            let ns = t.metadata.namespace.clone();
+            let on_it =
+                ns == namespace && t.spec.get("broker").and_then(Value::as_str) == Some(broker);
+            let dls = t.spec.pointer("/delivery/deadLetterSink");
+            if on_it || refers(t.spec.get("subscriber"), &ns) || refers(dls, &ns) {
+                let before = t.status.clone();
                 self.reconcile(&mut t, false).await;
-                self.store.put(&t)?;
+                if t.status != before {
+                    self.store.put(&t)?;
+                    self.publish("updated", &t).await;
+                }
             }
         }
         Ok(())

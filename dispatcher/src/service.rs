@@ -29,6 +29,8 @@ pub enum DispatchError {
 struct Running {
     stop: CancellationToken,
     handle: JoinHandle<()>,
+    /// What the runner was built from; the same again needs no restart.
+    fingerprint: String,
 }
 
 pub struct Dispatcher {
@@ -98,11 +100,23 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Runs `spec`, replacing the trigger's previous runner (which drains and commits first).
-    pub async fn run(&self, spec: TriggerSpec) {
+    /// Runs `spec`, replacing the trigger's previous runner (which drains and commits first),
+    /// unless that runner was built from the same `fingerprint` (everything the spec was
+    /// compiled from), in which case nothing changes.
+    pub async fn run(&self, spec: TriggerSpec, fingerprint: String) {
         let key = spec.key();
-        let mut runners = self.runners.lock().await;
-        if let Some(old) = runners.remove(&key) {
+        let old = {
+            let mut runners = self.runners.lock().await;
+            if runners
+                .get(&key)
+                .is_some_and(|r| r.fingerprint == fingerprint && !r.handle.is_finished())
+            {
+                return;
+            }
+            runners.remove(&key)
+        };
+        // Drain the old runner without holding the table: other triggers stay manageable.
+        if let Some(old) = old {
             stop(old).await;
         }
         let stop_token = CancellationToken::new();
@@ -113,13 +127,13 @@ impl Dispatcher {
             self.metrics.clone(),
             stop_token.clone(),
         );
-        let grace = self.grace;
-        let handle = tokio::spawn(runner.run(grace));
-        runners.insert(
+        let handle = tokio::spawn(runner.run(self.grace));
+        self.runners.lock().await.insert(
             key,
             Running {
                 stop: stop_token,
                 handle,
+                fingerprint,
             },
         );
     }

@@ -119,17 +119,21 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
         &json!({"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}),
     );
     dispatcher
-        .run(TriggerSpec {
-            namespace: "ferry-system".into(),
-            name: "controller".into(),
-            topic: topic.clone(),
-            filter: Filter::compile(None, Some(&json!([{"prefix": {"type": "work."}}]))).unwrap(),
-            subscriber: Arc::new(handler),
-            dead_letter: None,
-            policy,
-            ordered: false,
-            max_in_flight: 10,
-        })
+        .run(
+            TriggerSpec {
+                namespace: "ferry-system".into(),
+                name: "controller".into(),
+                topic: topic.clone(),
+                filter: Filter::compile(None, Some(&json!([{"prefix": {"type": "work."}}])))
+                    .unwrap(),
+                subscriber: Arc::new(handler),
+                dead_letter: None,
+                policy,
+                ordered: false,
+                max_in_flight: 10,
+            },
+            "v1".into(),
+        )
         .await;
 
     log.append(
@@ -206,17 +210,20 @@ async fn an_ordered_partition_stuck_on_one_event_holds_up_no_other_partition() {
         .await
         .unwrap();
     dispatcher
-        .run(TriggerSpec {
-            namespace: "default".into(),
-            name: "ordered".into(),
-            topic: topic.clone(),
-            filter: Filter::Everything,
-            subscriber: Arc::new(handler),
-            dead_letter: None,
-            policy: DeliveryPolicy::default(),
-            ordered: true,
-            max_in_flight: 1,
-        })
+        .run(
+            TriggerSpec {
+                namespace: "default".into(),
+                name: "ordered".into(),
+                topic: topic.clone(),
+                filter: Filter::Everything,
+                subscriber: Arc::new(handler),
+                dead_letter: None,
+                policy: DeliveryPolicy::default(),
+                ordered: true,
+                max_in_flight: 1,
+            },
+            "v1".into(),
+        )
         .await;
     let keyed = |id: String, key: &str| {
         let mut e = event(&id, "t");

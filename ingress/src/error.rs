@@ -12,6 +12,8 @@ pub enum IngressError {
     Invalid(#[from] InvalidEvent),
     #[error("broker {namespace}/{name} not found")]
     UnknownBroker { namespace: String, name: String },
+    #[error("namespace ferry-system holds Ferry's own brokers; producers cannot post to it")]
+    Reserved,
     #[error("no broker at this path; send events to /{{namespace}}/{{broker}}")]
     NoRoute,
     #[error("method {0} not allowed; use POST")]
@@ -32,6 +34,7 @@ impl IngressError {
             IngressError::Invalid(_) | IngressError::Body(_) => StatusCode::BAD_REQUEST,
             IngressError::UnknownBroker { .. } | IngressError::NoRoute => StatusCode::NOT_FOUND,
             IngressError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::Reserved => StatusCode::FORBIDDEN,
             IngressError::TooLarge { .. } | IngressError::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

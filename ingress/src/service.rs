@@ -13,6 +13,9 @@ use broker::{AttrValue, Event, EventLog, Topic};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Namespace of Ferry's own brokers: not open to producers.
+pub const RESERVED_NAMESPACE: &str = "ferry-system";
+
 /// Extension the ingress stamps on every event: when the broker received it.
 pub const ARRIVAL_TIME: &str = "knativearrivaltime";
 
@@ -57,6 +60,8 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let (count, result) = match *request.method() {
+        // Ferry's own brokers take events from Ferry only.
+        _ if namespace == RESERVED_NAMESPACE => (1, Err(IngressError::Reserved)),
         Method::POST => accept(&state, &namespace, &name, request).await,
         Method::OPTIONS => return options(),
         ref m => (1, Err(IngressError::Method(m.clone()))),
@@ -66,9 +71,21 @@ async fn handle(
         Err(e) => e.status(),
     };
     let code = status.as_str();
-    let (ns_label, name_label) = match &result {
-        Err(IngressError::UnknownBroker { .. }) => ("", ""),
-        _ => (namespace.as_str(), name.as_str()),
+    // Label values come from brokers that exist, so a scan of made-up paths cannot grow the
+    // metric without bound.
+    let known = match &result {
+        Ok(()) | Err(IngressError::Unavailable(_)) => true,
+        Err(IngressError::UnknownBroker { .. } | IngressError::Reserved) => false,
+        Err(_) => state
+            .log
+            .watermarks(&Topic::new(&namespace, &name))
+            .await
+            .is_ok(),
+    };
+    let (ns_label, name_label) = if known {
+        (namespace.as_str(), name.as_str())
+    } else {
+        ("", "")
     };
     state
         .metrics

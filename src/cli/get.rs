@@ -230,13 +230,32 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     for line in spec.lines() {
         println!("  {line}");
     }
-    println!(
-        "Address:      {}",
-        r["status"]["address"]["url"].as_str().unwrap_or("<none>")
-    );
+    let status = &r["status"];
+    for (label, value) in [
+        (
+            "Address:     ",
+            status["address"]["url"].as_str().map(str::to_string),
+        ),
+        (
+            "Subscriber:  ",
+            status["subscriberUri"].as_str().map(str::to_string),
+        ),
+        (
+            "Dead letters:",
+            status["deadLetterSinkUri"].as_str().map(str::to_string),
+        ),
+        (
+            "Lag:         ",
+            status["lag"].as_u64().map(|l| l.to_string()),
+        ),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            println!("{label} {v}");
+        }
+    }
     println!("Conditions:");
     println!(
-        "  {:<12} {:<8} {:<22} {:<20} MESSAGE",
+        "  {:<24} {:<8} {:<22} {:<20} MESSAGE",
         "TYPE", "STATUS", "LAST TRANSITION", "REASON"
     );
     for c in r["status"]["conditions"].as_array().into_iter().flatten() {

@@ -295,15 +295,16 @@ async fn events(
             }
         });
     } else {
-        // Everything up to now, oldest first across partitions.
-        let events = match snapshot(s.log.as_ref(), &topic, start).await {
-            Ok(e) => e,
+        // Everything up to now, oldest first across partitions, merged as it is read.
+        let ends = match s.log.watermarks(&topic).await {
+            Ok(w) => w,
             Err(e) => return not_found(e).into_response(),
         };
+        let log = s.log.clone();
         tokio::spawn(async move {
-            for e in events {
-                if tx.send(Ok(line(&e))).await.is_err() {
-                    return;
+            if start == StartAt::Earliest {
+                if let Err(e) = merge_partitions(log.as_ref(), &topic, &ends, &tx).await {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                 }
             }
         });
@@ -316,27 +317,42 @@ async fn events(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn snapshot(
+/// Sends every event below `ends`, oldest first across partitions: a k-way merge over
+/// per-partition reads of at most `CHUNK` events, so memory stays bounded however long the log.
+async fn merge_partitions(
     log: &dyn EventLog,
     topic: &Topic,
-    start: StartAt,
-) -> Result<Vec<Stored>, LogError> {
-    let mut all = Vec::new();
-    if start == StartAt::Latest {
-        log.watermarks(topic).await?;
-        return Ok(all);
-    }
-    for (p, w) in log.watermarks(topic).await?.into_iter().enumerate() {
-        let mut offset = w.start;
-        while offset < w.end {
-            let got = log.read(topic, p as u32, offset, 1024).await?;
-            let Some(last) = got.last() else { break };
-            offset = last.position.offset + 1;
-            all.extend(got.into_iter().filter(|s| s.position.offset < w.end));
+    ends: &[broker::Watermarks],
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), LogError> {
+    const CHUNK: usize = 1024;
+    let mut next: Vec<u64> = ends.iter().map(|w| w.start).collect();
+    let mut heads: Vec<std::collections::VecDeque<Stored>> = vec![Default::default(); ends.len()];
+    loop {
+        for (p, head) in heads.iter_mut().enumerate() {
+            if head.is_empty() && next[p] < ends[p].end {
+                let got = log.read(topic, p as u32, next[p], CHUNK).await?;
+                match got.last() {
+                    Some(last) => next[p] = last.position.offset + 1,
+                    None => next[p] = ends[p].end,
+                }
+                head.extend(got.into_iter().filter(|s| s.position.offset < ends[p].end));
+            }
+        }
+        let oldest = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(p, h)| h.front().map(|s| ((s.appended_ms, s.position), p)))
+            .min();
+        let Some((_, p)) = oldest else {
+            return Ok(());
+        };
+        if let Some(event) = heads[p].pop_front() {
+            if tx.send(Ok(line(&event))).await.is_err() {
+                return Ok(());
+            }
         }
     }
-    all.sort_by_key(|s| (s.appended_ms, s.position));
-    Ok(all)
 }
 
 fn line(s: &Stored) -> Bytes {

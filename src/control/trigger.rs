@@ -165,6 +165,16 @@ async fn start(
         ordered,
         max_in_flight,
     };
-    cp.dispatcher.run(trigger).await;
+    // Everything the runner is built from: the same again (a label-only change of the trigger
+    // or its broker) leaves the running trigger alone.
+    let fingerprint = json!({
+        "spec": spec,
+        "annotations": annotations,
+        "delivery": delivery,
+        "subscriber": subscriber,
+        "deadLetterSink": resolved.get("deadLetterSink"),
+    })
+    .to_string();
+    cp.dispatcher.run(trigger, fingerprint).await;
     Ok(())
 }

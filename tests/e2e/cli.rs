@@ -120,6 +120,15 @@ async fn quick_start_and_resource_lifecycle() {
         "{}",
         stdout(&again)
     );
+    // Everything, system broker included, round-trips too.
+    let all = server.cli(&["get", "brokers", "-A", "-o", "yaml"]);
+    let again = server.cli_stdin(&["apply", "-f", "-"], &stdout(&all));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        !stdout(&again).contains("created") && !stdout(&again).contains("configured"),
+        "{}",
+        stdout(&again)
+    );
     // -o json of one resource too.
     let out = server.cli(&["get", "broker", "orders", "-n", "shop", "-o", "json"]);
     let again = server.cli_stdin(&["apply", "-f", "-"], &stdout(&out));

@@ -141,6 +141,7 @@ async fn bad_input_gets_its_status_and_changes_nothing() {
         ("unknown broker", binary_post(&http, &format!("{}/default/nope", server.ingress), "x", &[], b"{}"), 404, "nope"),
         ("no broker path", binary_post(&http, &format!("{}/just-one-segment", server.ingress), "x", &[], b"{}"), 404, "namespace"),
         ("GET", http.get(&url), 405, "POST"),
+        ("system broker", binary_post(&http, &format!("{}/ferry-system/resources", server.ingress), "x", &[], b"{}"), 403, "ferry-system"),
         ("PUT", http.put(&url).body("{}"), 405, "POST"),
     ];
     for (what, req, status, needle) in cases {
