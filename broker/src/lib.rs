@@ -9,18 +9,21 @@
 //! - [`codec`]: the compact binary encoding of a record (what the RocksDB engine writes).
 //! - [`log`]: the [`EventLog`] and [`Consumer`] traits, topic and position types, [`LogError`].
 //! - [`rocks`]: the embedded engine on RocksDB, with group commit (one fsync per batch of appends).
+//! - [`kafka`]: the distributed engine on Apache Kafka (a topic per broker).
 //! - [`metrics`]: the Prometheus metrics the engines record.
 //!
-//! The Kafka engine (a later issue) implements the same traits with a topic per broker and a
-//! consumer group per trigger; nothing above this crate changes.
+//! The Kafka engine implements the same traits with a topic per broker and a consumer group
+//! per trigger; nothing above this crate changes.
 
 pub mod codec;
 pub mod event;
+pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod rocks;
 
 pub use event::{AttrValue, Event};
+pub use kafka::{KafkaLog, KafkaOptions};
 pub use log::{
     Consumer, EventLog, Keep, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
     Watermarks,

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/engines.rs"]
+#[allow(dead_code)] // the Kafka engine is for the scenarios
 mod engines;
 
 use broker::{AttrValue, Event, Position, Retention, Topic, TopicConfig};

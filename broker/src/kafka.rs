@@ -1,0 +1,486 @@
+//! The distributed engine: every broker's log is a Kafka topic `knative-broker-{ns}-{name}`
+//! (K-02), events are records in the CloudEvents Kafka binding's binary mode (`record.rs`),
+//! appends are acknowledged by all in-sync replicas (idempotent producer, `acks=all`), and
+//! consumer groups keep the committed offsets.
+//!
+//! - `record.rs`: event ⇄ record.
+//! - `consumer.rs`: a consumer over a topic's partitions (assigned by this engine; the
+//!   group-rebalanced variant for several nodes is the next step).
+//!
+//! Retention is Kafka's (`retention.ms`, `retention.bytes` set on the topic when it is created);
+//! `enforce_retention` has nothing to do. A batch append is not atomic on Kafka: if one record
+//! of a batch fails, the append fails (the producer gets a 503 and retries), but records of
+//! the batch that were acknowledged stay: at-least-once, never lost.
+
+mod consumer;
+pub mod record;
+
+use crate::event::{partition_for_key, Event};
+use crate::log::{
+    Consumer, EventLog, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
+    Watermarks,
+};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a metadata, watermark or offset request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of the Kafka engine.
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// Replication factor of the topics Ferry creates.
+    pub replication_factor: i32,
+    /// Most records the producer puts in one batch (`batch.num.messages`); `None`: librdkafka's
+    /// default. The tests run against tansu 0.6, which numbers a multi-record batch as one
+    /// offset, so they set 1.
+    pub max_batch_records: Option<usize>,
+}
+
+struct TopicState {
+    config: TopicConfig,
+    next_partition: AtomicU32,
+}
+
+/// The Kafka event log. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: KafkaOptions,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
+    closed: AtomicBool,
+}
+
+/// The Kafka topic of a broker (K-02).
+pub fn topic_name(topic: &Topic) -> String {
+    format!("knative-broker-{}-{}", topic.namespace, topic.name)
+}
+
+fn kafka_err(e: rdkafka::error::KafkaError) -> LogError {
+    LogError::Storage(format!("kafka: {e}"))
+}
+
+pub(crate) fn client_config(options: &KafkaOptions) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &options.bootstrap);
+    c
+}
+
+impl KafkaLog {
+    pub fn open(options: KafkaOptions) -> Result<Self, LogError> {
+        let producer: FutureProducer = client_config(&options)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000")
+            .set(
+                "batch.num.messages",
+                options
+                    .max_batch_records
+                    .map_or_else(|| "10000".to_string(), |n| n.max(1).to_string()),
+            )
+            .create()
+            .map_err(kafka_err)?;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&options).create().map_err(kafka_err)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                options,
+                producer,
+                admin,
+                topics: RwLock::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// A plain consumer (no group membership) for metadata, watermarks, reads and offsets.
+    fn base_consumer(&self, group: Option<&str>) -> Result<BaseConsumer, LogError> {
+        let mut c = client_config(&self.inner.options);
+        c.set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        c.set("group.id", group.unwrap_or("ferry-reader"));
+        c.create().map_err(kafka_err)
+    }
+
+    /// The topic's state: known from this process, else looked up in the cluster.
+    async fn topic_state(&self, topic: &Topic) -> Result<Arc<TopicState>, LogError> {
+        if let Some(s) = self.known(topic) {
+            return Ok(s);
+        }
+        let name = topic_name(topic);
+        let me = self.clone();
+        let partitions = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
+            let c = me.base_consumer(None)?;
+            let md = c
+                .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+                .map_err(kafka_err)?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none())
+                .map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))??;
+        if partitions == 0 {
+            return Err(LogError::UnknownTopic(topic.clone()));
+        }
+        let state = Arc::new(TopicState {
+            config: TopicConfig {
+                partitions: partitions as u32,
+                retention: Retention::default(),
+            },
+            next_partition: AtomicU32::new(0),
+        });
+        if let Ok(mut t) = self.inner.topics.write() {
+            t.insert(topic.clone(), state.clone());
+        }
+        Ok(state)
+    }
+
+    fn known(&self, topic: &Topic) -> Option<Arc<TopicState>> {
+        self.inner
+            .topics
+            .read()
+            .ok()
+            .and_then(|t| t.get(topic).cloned())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KafkaLog) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| LogError::Storage(format!("blocking task failed: {e}")))?
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<(), LogError> {
+        if self.topic_state(topic).await.is_ok() {
+            return Ok(());
+        }
+        let name = topic_name(topic);
+        let age = config
+            .retention
+            .max_age
+            .map(|a| a.as_millis().to_string())
+            .unwrap_or_else(|| "-1".into());
+        let bytes = config
+            .retention
+            .max_bytes_per_partition
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "-1".into());
+        let new = NewTopic::new(
+            &name,
+            config.partitions.max(1) as i32,
+            TopicReplication::Fixed(self.inner.options.replication_factor),
+        )
+        .set("retention.ms", &age)
+        .set("retention.bytes", &bytes);
+        let results = self
+            .inner
+            .admin
+            .create_topics(
+                &[new],
+                &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await
+            .map_err(kafka_err)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(LogError::Storage(format!("creating topic {t}: {code}")))
+                }
+            }
+        }
+        if let Ok(mut t) = self.inner.topics.write() {
+            t.insert(
+                topic.clone(),
+                Arc::new(TopicState {
+                    config,
+                    next_partition: AtomicU32::new(0),
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    async fn delete_topic(&self, topic: &Topic) -> Result<(), LogError> {
+        self.topic_state(topic).await?;
+        let name = topic_name(topic);
+        let results = self
+            .inner
+            .admin
+            .delete_topics(
+                &[&name],
+                &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await
+            .map_err(kafka_err)?;
+        if let Ok(mut t) = self.inner.topics.write() {
+            t.remove(topic);
+        }
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((t, code)) => {
+                    return Err(LogError::Storage(format!("deleting topic {t}: {code}")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn topics(&self) -> Result<Vec<(Topic, TopicConfig)>, LogError> {
+        let t = self
+            .inner
+            .topics
+            .read()
+            .map_err(|_| LogError::Storage("topic table poisoned".into()))?;
+        let mut all: Vec<_> = t.iter().map(|(k, v)| (k.clone(), v.config)).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    async fn append(&self, topic: &Topic, events: Vec<Event>) -> Result<Vec<Position>, LogError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let state = self.topic_state(topic).await?;
+        let name = topic_name(topic);
+        let n = state.config.partitions.max(1);
+        let timestamp = now_ms();
+        let sends = events.iter().map(|e| {
+            let key = e.partition_key();
+            // The same partitioning as the embedded engine, so a key means the same partition
+            // on both.
+            let partition = match &key {
+                Some(k) => partition_for_key(k, n),
+                None => state.next_partition.fetch_add(1, Ordering::Relaxed) % n,
+            };
+            let headers = record::headers(e);
+            let payload = e.data.clone().unwrap_or_default();
+            let name = name.clone();
+            let key = key.map(|k| k.into_owned());
+            let producer = self.inner.producer.clone();
+            async move {
+                let mut rec = FutureRecord::to(&name)
+                    .partition(partition as i32)
+                    .payload(payload.as_ref())
+                    .headers(headers)
+                    .timestamp(timestamp);
+                if let Some(k) = &key {
+                    rec = rec.key(k.as_str());
+                }
+                producer.send(rec, Duration::from_secs(30)).await
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut positions = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(d) => positions.push(Position {
+                    partition: d.partition as u32,
+                    offset: d.offset as u64,
+                }),
+                Err((e, _)) => return Err(kafka_err(e)),
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn read(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<Stored>, LogError> {
+        let state = self.topic_state(topic).await?;
+        if partition >= state.config.partitions {
+            return Err(LogError::UnknownPartition {
+                topic: topic.clone(),
+                partition,
+            });
+        }
+        let name = topic_name(topic);
+        self.blocking(move |me| {
+            let c = me.base_consumer(None)?;
+            let (low, high) = c
+                .fetch_watermarks(&name, partition as i32, REQUEST_TIMEOUT)
+                .map_err(kafka_err)?;
+            let from = (offset as i64).max(low);
+            if from >= high || max == 0 {
+                return Ok(Vec::new());
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&name, partition as i32, Offset::Offset(from))
+                .map_err(kafka_err)?;
+            c.assign(&tpl).map_err(kafka_err)?;
+            let want = ((high - from) as usize).min(max);
+            let mut out = Vec::with_capacity(want);
+            let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+            while out.len() < want && std::time::Instant::now() < deadline {
+                let Some(m) = c.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let m = m.map_err(kafka_err)?;
+                if let Some(s) = consumer::stored(&m) {
+                    out.push(s);
+                } else if (m.offset() + 1) as usize >= high as usize {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn watermarks(&self, topic: &Topic) -> Result<Vec<Watermarks>, LogError> {
+        let state = self.topic_state(topic).await?;
+        let name = topic_name(topic);
+        self.blocking(move |me| {
+            let c = me.base_consumer(None)?;
+            (0..state.config.partitions)
+                .map(|p| {
+                    let (low, high) = c
+                        .fetch_watermarks(&name, p as i32, REQUEST_TIMEOUT)
+                        .map_err(kafka_err)?;
+                    Ok(Watermarks {
+                        start: low.max(0) as u64,
+                        end: high.max(0) as u64,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        topic: &Topic,
+        group: &str,
+        offsets: &[Position],
+    ) -> Result<(), LogError> {
+        self.topic_state(topic).await?;
+        let name = topic_name(topic);
+        let group = group.to_string();
+        let offsets = offsets.to_vec();
+        self.blocking(move |me| {
+            let c = me.base_consumer(Some(&group))?;
+            let mut tpl = TopicPartitionList::new();
+            for p in &offsets {
+                tpl.add_partition_offset(
+                    &name,
+                    p.partition as i32,
+                    Offset::Offset(p.offset as i64),
+                )
+                .map_err(kafka_err)?;
+            }
+            c.commit(&tpl, CommitMode::Sync).map_err(kafka_err)
+        })
+        .await
+    }
+
+    async fn committed(&self, topic: &Topic, group: &str) -> Result<Vec<Option<u64>>, LogError> {
+        let state = self.topic_state(topic).await?;
+        let name = topic_name(topic);
+        let group = group.to_string();
+        self.blocking(move |me| {
+            let c = me.base_consumer(Some(&group))?;
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..state.config.partitions {
+                tpl.add_partition(&name, p as i32);
+            }
+            let got = c
+                .committed_offsets(tpl, REQUEST_TIMEOUT)
+                .map_err(kafka_err)?;
+            let mut out = vec![None; state.config.partitions as usize];
+            for e in got.elements() {
+                if let (Offset::Offset(o), Some(slot)) =
+                    (e.offset(), out.get_mut(e.partition() as usize))
+                {
+                    *slot = Some(o as u64);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn consumer(
+        &self,
+        topic: &Topic,
+        group: Option<&str>,
+        start: StartAt,
+    ) -> Result<Box<dyn Consumer>, LogError> {
+        let state = self.topic_state(topic).await?;
+        let committed = match group {
+            Some(g) => self.committed(topic, g).await?,
+            None => vec![None; state.config.partitions as usize],
+        };
+        let marks = self.watermarks(topic).await?;
+        let positions: Vec<u64> = marks
+            .iter()
+            .zip(committed)
+            .map(|(w, c)| {
+                c.unwrap_or(match start {
+                    StartAt::Earliest => w.start,
+                    StartAt::Latest => w.end,
+                })
+            })
+            .collect();
+        Ok(Box::new(consumer::KafkaConsumer::new(
+            &self.inner.options,
+            topic_name(topic),
+            group.map(str::to_string),
+            positions,
+        )?))
+    }
+
+    async fn enforce_retention(&self) -> Result<u64, LogError> {
+        // Kafka applies the topics' retention.ms and retention.bytes itself.
+        Ok(0)
+    }
+
+    async fn close(&self) -> Result<(), LogError> {
+        self.inner.closed.store(true, Ordering::Release);
+        let producer = self.inner.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            rdkafka::producer::Producer::flush(&producer, REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))?
+        .map_err(kafka_err)
+    }
+}
