@@ -43,6 +43,7 @@ async fn temp_server(
     dir: &tempfile::TempDir,
     fsync: broker::FsyncMode,
     partitions: u32,
+    kafka: Option<broker::KafkaOptions>,
 ) -> anyhow::Result<serve::Running> {
     serve::start(ServeConfig {
         data_dir: dir.path().to_path_buf(),
@@ -55,8 +56,38 @@ async fn temp_server(
         retention_bytes: None,
         max_event_size: 1024 * 1024,
         shutdown_grace: Duration::from_secs(2),
+        kafka,
     })
     .await
+}
+
+/// Benchmark the Kafka engine instead of RocksDB.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers: benchmark the Kafka engine against them.
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// librdkafka's batch.num.messages (1 for tansu 0.6).
+    #[arg(long)]
+    pub kafka_max_batch_records: Option<usize>,
+}
+
+impl KafkaArgs {
+    /// The engine as the bench's header line names it.
+    fn describe(&self, fsync: &str) -> String {
+        match &self.kafka {
+            Some(b) => format!("engine=kafka at {b}"),
+            None => format!("engine=rocksdb fsync={fsync}"),
+        }
+    }
+
+    fn options(&self) -> Option<broker::KafkaOptions> {
+        self.kafka.clone().map(|bootstrap| broker::KafkaOptions {
+            bootstrap,
+            replication_factor: 1,
+            max_batch_records: self.kafka_max_batch_records,
+        })
+    }
 }
 
 fn cores() -> usize {

@@ -12,7 +12,7 @@ use crate::control::store::Store;
 use crate::control::ControlPlane;
 use anyhow::Context;
 use broker::metrics::LogMetrics;
-use broker::{EventLog, Retention, RocksLog, RocksOptions, TopicConfig};
+use broker::{EventLog, KafkaLog, Retention, RocksLog, RocksOptions, TopicConfig};
 pub use config::{ServeArgs, ServeConfig};
 use dispatcher::Dispatcher;
 use ingress::{IngressConfig, IngressMetrics, IngressState};
@@ -49,11 +49,20 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         fsync: config.fsync,
         ..RocksOptions::default()
     };
-    let log_dir = config.data_dir.join("log");
-    let log: Arc<dyn EventLog> = Arc::new(
-        RocksLog::open(&log_dir, options, log_metrics)
-            .with_context(|| format!("cannot open the event log in {}", log_dir.display()))?,
-    );
+    let log: Arc<dyn EventLog> = match &config.kafka {
+        Some(kafka) => Arc::new(
+            KafkaLog::open(kafka.clone())
+                .with_context(|| format!("cannot connect to Kafka at {}", kafka.bootstrap))?,
+        ),
+        None => {
+            let log_dir = config.data_dir.join("log");
+            Arc::new(
+                RocksLog::open(&log_dir, options, log_metrics).with_context(|| {
+                    format!("cannot open the event log in {}", log_dir.display())
+                })?,
+            )
+        }
+    };
     let control_dir = config.data_dir.join("control");
     let store = Store::open(&control_dir).with_context(|| {
         format!(

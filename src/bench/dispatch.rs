@@ -36,6 +36,8 @@ pub struct DispatchBench {
     /// Partitions of the broker.
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    #[command(flatten)]
+    pub kafka: super::KafkaArgs,
 }
 
 const MAX_TRIGGERS: usize = 128;
@@ -114,7 +116,13 @@ async fn phase_server(
     other: usize,
 ) -> anyhow::Result<(tempfile::TempDir, crate::serve::Running)> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let server = temp_server(&dir, parse_fsync(&b.fsync)?, b.partitions).await?;
+    let server = temp_server(
+        &dir,
+        parse_fsync(&b.fsync)?,
+        b.partitions,
+        b.kafka.options(),
+    )
+    .await?;
     let mut docs = Vec::new();
     for i in 0..matching + other {
         let ty = if i < matching {
@@ -167,8 +175,8 @@ async fn drive(
 
 pub async fn run(b: DispatchBench) -> anyhow::Result<()> {
     println!(
-        "ferry bench dispatch: {} producer connections, {:?} per phase, {}-byte events, fsync={}, {} partitions, {} cores",
-        b.connections, b.duration, b.size, b.fsync, b.partitions, cores()
+        "ferry bench dispatch: {} producer connections, {:?} per phase, {}-byte events, {}, {} partitions, {} cores",
+        b.connections, b.duration, b.size, b.kafka.describe(&b.fsync), b.partitions, cores()
     );
     let (sink, sink_addr) = start_sink().await?;
     let spec = |addr: SocketAddr, rate: Option<f64>| Load {

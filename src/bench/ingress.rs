@@ -28,16 +28,18 @@ pub struct IngressBench {
     /// Partitions of the benchmarked broker.
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    #[command(flatten)]
+    pub kafka: super::KafkaArgs,
 }
 
 pub async fn run(b: IngressBench) -> anyhow::Result<()> {
     let fsync = parse_fsync(&b.fsync)?;
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     println!(
-        "ferry bench ingress: {} connections, {:?} per phase, {}-byte binary-mode events, fsync={}, {} partitions, {} cores",
-        b.connections, b.duration, b.size, b.fsync, b.partitions, cores()
+        "ferry bench ingress: {} connections, {:?} per phase, {}-byte binary-mode events, {}, {} partitions, {} cores",
+        b.connections, b.duration, b.size, b.kafka.describe(&b.fsync), b.partitions, cores()
     );
-    let server = temp_server(&dir, fsync, b.partitions).await?;
+    let server = temp_server(&dir, fsync, b.partitions, b.kafka.options()).await?;
     let mut spec = Load {
         addr: server.ingress_addr,
         path: "/default/default".into(),

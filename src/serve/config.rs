@@ -47,6 +47,17 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests before it gives up [default: 30s].
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE", value_parser = parse_humantime)]
     pub shutdown_grace: Option<Duration>,
+    /// Keep brokers' events in Apache Kafka at these bootstrap servers (host:port,...) instead
+    /// of the embedded RocksDB log.
+    #[arg(long, env = "FERRY_KAFKA")]
+    pub kafka: Option<String>,
+    /// Replication factor of the Kafka topics Ferry creates [default: 1; use 3 on a real cluster].
+    #[arg(long, env = "FERRY_KAFKA_REPLICATION_FACTOR")]
+    pub kafka_replication_factor: Option<i32>,
+    /// Most records per producer batch (librdkafka's batch.num.messages) [default: librdkafka's].
+    /// Set 1 against tansu 0.6, which numbers a multi-record batch as one offset.
+    #[arg(long, env = "FERRY_KAFKA_MAX_BATCH_RECORDS")]
+    pub kafka_max_batch_records: Option<usize>,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
@@ -77,6 +88,9 @@ struct FileConfig {
     max_event_size: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
+    kafka: Option<String>,
+    kafka_replication_factor: Option<i32>,
+    kafka_max_batch_records: Option<usize>,
 }
 
 mod humantime_serde_opt {
@@ -106,6 +120,8 @@ pub struct ServeConfig {
     pub retention_bytes: Option<u64>,
     pub max_event_size: usize,
     pub shutdown_grace: Duration,
+    /// The Kafka engine's options, when events live in Kafka.
+    pub kafka: Option<broker::KafkaOptions>,
 }
 
 impl ServeArgs {
@@ -144,6 +160,19 @@ impl ServeArgs {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(30)),
+            kafka: self
+                .kafka
+                .or(file.kafka)
+                .map(|bootstrap| broker::KafkaOptions {
+                    bootstrap,
+                    replication_factor: self
+                        .kafka_replication_factor
+                        .or(file.kafka_replication_factor)
+                        .unwrap_or(1),
+                    max_batch_records: self
+                        .kafka_max_batch_records
+                        .or(file.kafka_max_batch_records),
+                }),
         };
         config.validate()?;
         Ok(config)
@@ -171,6 +200,17 @@ impl ServeConfig {
         }
         if self.retention.is_zero() {
             problems.push("retention: must be greater than 0".to_string());
+        }
+        if let Some(k) = &self.kafka {
+            if k.bootstrap.trim().is_empty() {
+                problems.push("kafka: the bootstrap servers are empty".to_string());
+            }
+            if k.replication_factor < 1 {
+                problems.push(format!(
+                    "kafka-replication-factor: {} must be at least 1",
+                    k.replication_factor
+                ));
+            }
         }
         if let Some(url) = &self.ingress_url {
             if url::Url::parse(url).is_err() {

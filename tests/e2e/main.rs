@@ -9,4 +9,5 @@ mod support;
 mod cli;
 mod crash;
 mod ingress;
+mod kafka;
 mod triggers;
