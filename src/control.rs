@@ -18,7 +18,7 @@ use resource::{FieldError, Kind, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use store::{Store, StoreError};
+use store::{ResourceStore, StoreError};
 
 /// Namespace of Ferry's own brokers.
 pub const SYSTEM_NAMESPACE: &str = ingress::service::RESERVED_NAMESPACE;
@@ -60,7 +60,7 @@ pub struct Applied {
 }
 
 pub struct ControlPlane {
-    store: Store,
+    store: Box<dyn ResourceStore>,
     log: Arc<dyn EventLog>,
     dispatcher: Arc<Dispatcher>,
     /// Layout of new brokers' logs.
@@ -79,7 +79,7 @@ impl ControlPlane {
     /// Opens the control plane and reconciles every stored resource. On the first start of a
     /// data directory it creates the broker `default/default`.
     pub async fn start(
-        store: Store,
+        store: Box<dyn ResourceStore>,
         log: Arc<dyn EventLog>,
         dispatcher: Arc<Dispatcher>,
         topic_defaults: TopicConfig,
@@ -93,7 +93,7 @@ impl ControlPlane {
             ingress_url: ingress_url.trim_end_matches('/').to_string(),
             writes: tokio::sync::Mutex::new(()),
         });
-        let first = cp.store.first_start()?;
+        let first = cp.store.first_start().await?;
         cp.ensure_broker(SYSTEM_NAMESPACE, RESOURCES_BROKER).await?;
         if first {
             cp.ensure_broker("default", "default").await?;
@@ -105,7 +105,7 @@ impl ControlPlane {
                 let before = r.status.clone();
                 cp.reconcile(&mut r, false).await;
                 if r.status != before {
-                    cp.store.put(&r)?;
+                    cp.store.put(&r).await?;
                     cp.publish("updated", &r).await;
                 }
             }
@@ -218,7 +218,7 @@ impl ControlPlane {
         if action != "unchanged" {
             // "unchanged" needs no converging: what runs already matches.
             self.reconcile(&mut r, action == "created").await;
-            self.store.put(&r)?;
+            self.store.put(&r).await?;
             let change = if action == "created" {
                 "created"
             } else {
@@ -279,7 +279,7 @@ impl ControlPlane {
                 let before = t.status.clone();
                 self.reconcile(&mut t, false).await;
                 if t.status != before {
-                    self.store.put(&t)?;
+                    self.store.put(&t).await?;
                     self.publish("updated", &t).await;
                 }
             }
@@ -359,7 +359,7 @@ impl ControlPlane {
             },
             Kind::Trigger => self.dispatcher.forget(namespace, name).await?,
         }
-        self.store.delete(kind, namespace, name)?;
+        self.store.delete(kind, namespace, name).await?;
         self.publish("deleted", &r).await;
         if kind == Kind::Broker {
             self.reconcile_triggers_of(namespace, name).await?;

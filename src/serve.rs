@@ -8,7 +8,7 @@
 pub mod config;
 
 use crate::control::api::{self, ApiState};
-use crate::control::store::Store;
+use crate::control::store::{KafkaStore, ResourceStore, RocksStore};
 use crate::control::ControlPlane;
 use anyhow::Context;
 use broker::metrics::LogMetrics;
@@ -63,13 +63,23 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             )
         }
     };
-    let control_dir = config.data_dir.join("control");
-    let store = Store::open(&control_dir).with_context(|| {
-        format!(
-            "cannot open the resource store in {}",
-            control_dir.display()
-        )
-    })?;
+    let store: Box<dyn ResourceStore> = match &config.kafka {
+        Some(kafka) => Box::new(KafkaStore::open(kafka).await.with_context(|| {
+            format!(
+                "cannot read the resources from Kafka at {}",
+                kafka.bootstrap
+            )
+        })?),
+        None => {
+            let control_dir = config.data_dir.join("control");
+            Box::new(RocksStore::open(&control_dir).with_context(|| {
+                format!(
+                    "cannot open the resource store in {}",
+                    control_dir.display()
+                )
+            })?)
+        }
+    };
 
     let ingress_listener = TcpListener::bind(config.ingress_listen)
         .await

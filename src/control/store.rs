@@ -1,14 +1,35 @@
-//! Where resources persist: a small RocksDB database of its own (`<data-dir>/control`), one
-//! key per resource (`Kind/namespace/name` → JSON), every write synced.
+//! Where resources persist, behind [`ResourceStore`]:
+//! - [`RocksStore`]: a small RocksDB database of its own (`<data-dir>/control`), one key per
+//!   resource (`Kind/namespace/name` → JSON), every write synced (embedded mode);
+//! - [`KafkaStore`] (`store/kafka.rs`): a compacted topic, so the resources live in Kafka,
+//!   not on a node (Kafka mode).
 
 use super::resource::{Kind, Resource};
 use rocksdb::{Direction, IteratorMode, Options, WriteOptions, DB};
 use std::path::Path;
 
+mod kafka;
+pub use kafka::KafkaStore;
+
+/// Resources, by kind, namespace and name.
+#[async_trait::async_trait]
+pub trait ResourceStore: Send + Sync {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError>;
+    /// Every resource of `kind`, in `namespace` if given, sorted by namespace and name.
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError>;
+    /// Stores `r`, durably, before returning.
+    async fn put(&self, r: &Resource) -> Result<(), StoreError>;
+    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError>;
+    /// True the first time it is called on a store.
+    async fn first_start(&self) -> Result<bool, StoreError>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("resource store: {0}")]
     Db(#[from] rocksdb::Error),
+    #[error("resource store: kafka: {0}")]
+    Kafka(String),
     #[error("resource store: corrupt entry {key}: {source}")]
     Corrupt {
         key: String,
@@ -16,18 +37,18 @@ pub enum StoreError {
     },
 }
 
-pub struct Store {
+pub struct RocksStore {
     db: DB,
 }
 
-fn key(kind: Kind, namespace: &str, name: &str) -> String {
+pub(super) fn key(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{}/{namespace}/{name}", kind.name())
 }
 
-/// Marks a data directory whose first start is done (the default broker was created once).
-const INITIALIZED: &[u8] = b"!initialized";
+/// Marks a store whose first start is done (the default broker was created once).
+pub(super) const INITIALIZED: &[u8] = b"!initialized";
 
-impl Store {
+impl RocksStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -41,13 +62,11 @@ impl Store {
         o.set_sync(true);
         o
     }
+}
 
-    pub fn get(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Resource>, StoreError> {
+#[async_trait::async_trait]
+impl ResourceStore for RocksStore {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError> {
         let k = key(kind, namespace, name);
         match self.db.get_pinned(k.as_bytes())? {
             None => Ok(None),
@@ -57,7 +76,7 @@ impl Store {
         }
     }
 
-    pub fn put(&self, r: &Resource) -> Result<(), StoreError> {
+    async fn put(&self, r: &Resource) -> Result<(), StoreError> {
         let k = key(r.kind, &r.metadata.namespace, &r.metadata.name);
         let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
             key: k.clone(),
@@ -67,14 +86,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
+    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
         self.db
             .delete_opt(key(kind, namespace, name).as_bytes(), &Self::synced())?;
         Ok(())
     }
 
-    /// Every resource of `kind`, in `namespace` if given, sorted by namespace and name.
-    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError> {
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError> {
         let prefix = match namespace {
             Some(ns) => format!("{}/{ns}/", kind.name()),
             None => format!("{}/", kind.name()),
@@ -97,8 +115,7 @@ impl Store {
         Ok(out)
     }
 
-    /// True the first time it is called on a data directory.
-    pub fn first_start(&self) -> Result<bool, StoreError> {
+    async fn first_start(&self) -> Result<bool, StoreError> {
         if self.db.get_pinned(INITIALIZED)?.is_some() {
             return Ok(false);
         }

@@ -100,3 +100,36 @@ async fn the_same_ferry_on_kafka() {
     assert_eq!(events.len(), 20, "tail reads the Kafka topic");
     assert_eq!(events[0]["source"], "/e2e");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_and_events_live_in_kafka_not_on_the_node() {
+    let kafka = Tansu::start();
+    let flags = [
+        "--kafka",
+        kafka.bootstrap.as_str(),
+        "--kafka-max-batch-records",
+        "1",
+    ];
+    let first = tempfile::tempdir().unwrap();
+    let mut node = Server::start(&first.path().join("data"), &flags);
+    let out = node.cli_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: orders\n  namespace: shop\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.post_event("shop", "orders", "o1").await, 202);
+    assert_eq!(node.terminate().code(), Some(0));
+
+    // Another node, with an empty data dir of its own, sees the broker and its event.
+    let second = tempfile::tempdir().unwrap();
+    let node = Server::start(&second.path().join("data"), &flags);
+    let out = node.cli(&["get", "brokers", "-A"]);
+    let table = stdout(&out);
+    assert!(
+        table.contains("orders") && table.contains("shop"),
+        "{table}"
+    );
+    let events = node.events("shop", "orders");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], "o1");
+}
