@@ -133,3 +133,78 @@ async fn resources_and_events_live_in_kafka_not_on_the_node() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["id"], "o1");
 }
+
+/// Runs the independent Kafka client (Python confluent-kafka) in tests/e2e/interop.
+fn peer(args: &[&str]) -> std::process::Output {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/e2e/interop/kafka_peer.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka_peer.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_kafka_client_reads_and_writes_ferrys_topics() {
+    let kafka = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--kafka",
+            &kafka.bootstrap,
+            "--kafka-max-batch-records",
+            "1",
+        ],
+    );
+    let resp = binary_post(
+        &reqwest::Client::new(),
+        &format!("{}/default/default", server.ingress),
+        "from-ferry",
+        &[("ce-partitionkey", "k-1"), ("ce-ext", "a b")],
+        b"{\"n\":1}",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202);
+
+    // confluent-kafka sees a binary-mode CloudEvent: ce_* headers, content-type, key, value.
+    let out = peer(&[
+        "read",
+        &kafka.bootstrap,
+        "knative-broker-default-default",
+        "1",
+    ]);
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["key"], "k-1");
+    assert_eq!(record["value"], "{\"n\":1}");
+    assert_eq!(record["headers"]["ce_id"], "from-ferry");
+    assert_eq!(record["headers"]["ce_ext"], "a b");
+    assert_eq!(record["headers"]["ce_specversion"], "1.0");
+    assert_eq!(record["headers"]["content-type"], "application/json");
+
+    // And a record it writes in binary mode is an event of the broker.
+    peer(&[
+        "write",
+        &kafka.bootstrap,
+        "knative-broker-default-default",
+        "from-python",
+    ]);
+    let events = server.events("default", "default");
+    let python = events
+        .iter()
+        .find(|e| e["id"] == "from-python")
+        .expect("the Python record is an event");
+    assert_eq!(python["source"], "/python");
+    assert_eq!(python["data"], serde_json::json!({"from": "python"}));
+}
