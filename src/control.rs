@@ -63,6 +63,10 @@ pub struct ControlPlane {
     store: Box<dyn ResourceStore>,
     log: Arc<dyn EventLog>,
     dispatcher: Arc<Dispatcher>,
+    /// The KafkaSinks the ingress writes to.
+    sinks: ingress::Sinks,
+    /// `batch.num.messages` for sinks' producers (see `--kafka-max-batch-records`).
+    sink_batch_records: Option<usize>,
     /// Layout of new brokers' logs.
     topic_defaults: TopicConfig,
     /// Base URL of the ingress, for `status.address.url`.
@@ -82,6 +86,8 @@ impl ControlPlane {
         store: Box<dyn ResourceStore>,
         log: Arc<dyn EventLog>,
         dispatcher: Arc<Dispatcher>,
+        sinks: ingress::Sinks,
+        sink_batch_records: Option<usize>,
         topic_defaults: TopicConfig,
         ingress_url: String,
     ) -> Result<Arc<Self>, ControlError> {
@@ -89,6 +95,8 @@ impl ControlPlane {
             store,
             log,
             dispatcher,
+            sinks,
+            sink_batch_records,
             topic_defaults,
             ingress_url: ingress_url.trim_end_matches('/').to_string(),
             writes: tokio::sync::Mutex::new(()),
@@ -225,8 +233,8 @@ impl ControlPlane {
                 "updated"
             };
             self.publish(change, &r).await;
-            if r.kind == Kind::Broker {
-                self.reconcile_triggers_of(&ns, &name).await?;
+            if r.kind != Kind::Trigger {
+                self.reconcile_triggers_of(r.kind, &ns, &name).await?;
             }
         }
         Ok(Applied {
@@ -248,21 +256,80 @@ impl ControlPlane {
                 r.status = broker_status(r, outcome.as_ref().err(), &url);
             }
             Kind::Trigger => trigger::reconcile(self, r, created).await,
+            Kind::KafkaSink => self.reconcile_sink(r).await,
         }
     }
 
     /// Re-reconciles the triggers of a broker that appeared, changed or went away.
+    /// A KafkaSink: its topic exists and the ingress writes to it at
+    /// `/kafkasinks/{namespace}/{name}`.
+    async fn reconcile_sink(&self, r: &mut Resource) {
+        let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
+        let spec = &r.spec;
+        let bootstrap: Vec<&str> = spec["bootstrapServers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let options = broker::KafkaOptions {
+            bootstrap: bootstrap.join(","),
+            replication_factor: 1,
+            max_batch_records: self.sink_batch_records,
+        };
+        let mode = match spec["contentMode"].as_str() {
+            Some("structured") => broker::kafka::ContentMode::Structured,
+            _ => broker::kafka::ContentMode::Binary,
+        };
+        let topic = spec["topic"].as_str().unwrap_or_default();
+        let opened = broker::kafka::TopicWriter::open(
+            &options,
+            topic,
+            mode,
+            spec["numPartitions"].as_i64().map(|n| n as i32),
+            spec["replicationFactor"].as_i64().map(|n| n as i32),
+        )
+        .await;
+        let old = &r.status;
+        r.status = match opened {
+            Ok(writer) => {
+                self.sinks.set(&ns, &name, writer);
+                json!({
+                    "observedGeneration": r.metadata.generation,
+                    "conditions": [
+                        condition(old, "TopicReady", "True", None, None),
+                        condition(old, "Addressable", "True", None, None),
+                        condition(old, "Ready", "True", None, None),
+                    ],
+                    "address": {"name": "http", "url": format!("{}/kafkasinks/{ns}/{name}", self.ingress_url)},
+                })
+            }
+            Err(e) => {
+                self.sinks.remove(&ns, &name);
+                let msg = e.to_string();
+                json!({
+                    "observedGeneration": r.metadata.generation,
+                    "conditions": [
+                        condition(old, "TopicReady", "False", Some("TopicUnavailable"), Some(&msg)),
+                        condition(old, "Ready", "False", Some("TopicUnavailable"), Some(&msg)),
+                    ],
+                })
+            }
+        };
+    }
+
     /// Re-reconciles the triggers that depend on a broker that appeared, changed or went away:
     /// those on it, and those whose subscriber or dead-letter sink refers to it (in any
     /// namespace). A status that changes is published like any other change.
     async fn reconcile_triggers_of(
         &self,
+        kind: Kind,
         namespace: &str,
         broker: &str,
     ) -> Result<(), ControlError> {
         let refers = |dest: Option<&Value>, trigger_ns: &str| {
             dest.and_then(|d| d.get("ref")).is_some_and(|r| {
-                r.get("kind").and_then(Value::as_str).and_then(Kind::parse) == Some(Kind::Broker)
+                r.get("kind").and_then(Value::as_str).and_then(Kind::parse) == Some(kind)
                     && r.get("name").and_then(Value::as_str) == Some(broker)
                     && r.get("namespace")
                         .and_then(Value::as_str)
@@ -272,8 +339,9 @@ impl ControlPlane {
         };
         for mut t in self.store.list(Kind::Trigger, None)? {
             let ns = t.metadata.namespace.clone();
-            let on_it =
-                ns == namespace && t.spec.get("broker").and_then(Value::as_str) == Some(broker);
+            let on_it = kind == Kind::Broker
+                && ns == namespace
+                && t.spec.get("broker").and_then(Value::as_str) == Some(broker);
             let dls = t.spec.pointer("/delivery/deadLetterSink");
             if on_it || refers(t.spec.get("subscriber"), &ns) || refers(dls, &ns) {
                 let before = t.status.clone();
@@ -358,11 +426,13 @@ impl ControlPlane {
                 Err(e) => return Err(e.into()),
             },
             Kind::Trigger => self.dispatcher.forget(namespace, name).await?,
+            // The topic is the user's: deleting the sink leaves it (and its records) alone.
+            Kind::KafkaSink => self.sinks.remove(namespace, name),
         }
         self.store.delete(kind, namespace, name).await?;
         self.publish("deleted", &r).await;
-        if kind == Kind::Broker {
-            self.reconcile_triggers_of(namespace, name).await?;
+        if kind != Kind::Trigger {
+            self.reconcile_triggers_of(kind, namespace, name).await?;
         }
         Ok(())
     }

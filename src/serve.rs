@@ -109,10 +109,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
                 dispatch_dir.display()
             )
         })?;
+    let sinks = ingress::Sinks::default();
     let control = ControlPlane::start(
         store,
         log.clone(),
         dispatcher.clone(),
+        sinks.clone(),
+        config.kafka.as_ref().and_then(|k| k.max_batch_records),
         topic_defaults,
         ingress_url,
     )
@@ -125,6 +128,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 
     let ingress_state = IngressState {
         log: log.clone(),
+        sinks,
         config: IngressConfig {
             max_event_size: config.max_event_size,
             ..IngressConfig::default()

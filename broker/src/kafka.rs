@@ -4,6 +4,7 @@
 //! consumer groups keep the committed offsets.
 //!
 //! - `record.rs`: event ⇄ record.
+//! - `writer.rs`: a producer for any topic (what a KafkaSink writes with).
 //! - `consumer.rs`: a consumer over a topic's partitions (assigned by this engine; the
 //!   group-rebalanced variant for several nodes is the next step).
 //!
@@ -14,6 +15,9 @@
 
 mod consumer;
 pub mod record;
+mod writer;
+
+pub use writer::{ContentMode, TopicWriter};
 
 use crate::event::{partition_for_key, Event};
 use crate::log::{

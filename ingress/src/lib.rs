@@ -15,4 +15,4 @@ pub mod service;
 
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
-pub use service::{router, IngressConfig, IngressState};
+pub use service::{router, IngressConfig, IngressState, Sinks};

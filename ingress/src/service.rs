@@ -9,8 +9,11 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+use broker::kafka::{ContentMode, TopicWriter};
 use broker::{AttrValue, Event, EventLog, Topic};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Instant;
 
 /// Namespace of Ferry's own brokers: not open to producers.
@@ -41,6 +44,7 @@ impl Default for IngressConfig {
 #[derive(Clone)]
 pub struct IngressState {
     pub log: Arc<dyn EventLog>,
+    pub sinks: Sinks,
     pub config: IngressConfig,
     pub metrics: IngressMetrics,
 }
@@ -49,6 +53,7 @@ pub struct IngressState {
 pub fn router(state: IngressState) -> Router {
     Router::new()
         .route("/{namespace}/{broker}", any(handle))
+        .route("/kafkasinks/{namespace}/{name}", any(handle_sink))
         .fallback(|| async { IngressError::NoRoute })
         .with_state(state)
 }
@@ -116,10 +121,26 @@ async fn handle(
 
 /// Parses, stamps and appends the request's events. Returns how many events the request held
 /// (for the metrics) and the outcome.
+/// Where a request's events go.
+enum Target<'a> {
+    /// A broker's log.
+    Broker { namespace: &'a str, name: &'a str },
+    /// A KafkaSink's topic.
+    Sink(Arc<TopicWriter>),
+}
+
 async fn accept(
     state: &IngressState,
     namespace: &str,
     name: &str,
+    request: Request,
+) -> (usize, Result<(), IngressError>) {
+    accept_into(state, Target::Broker { namespace, name }, request).await
+}
+
+async fn accept_into(
+    state: &IngressState,
+    target: Target<'_>,
     request: Request,
 ) -> (usize, Result<(), IngressError>) {
     let (parts, body) = request.into_parts();
@@ -167,14 +188,75 @@ async fn accept(
         }
         stamp(event, &arrival);
     }
-    let topic = Topic::new(namespace, name);
-    let result = state
-        .log
-        .append(&topic, events)
-        .await
-        .map(|_| ())
-        .map_err(|e| IngressError::from_log(e, namespace, name));
+    let result = match target {
+        Target::Broker { namespace, name } => state
+            .log
+            .append(&Topic::new(namespace, name), events)
+            .await
+            .map(|_| ())
+            .map_err(|e| IngressError::from_log(e, namespace, name)),
+        Target::Sink(writer) => {
+            let structured: Vec<String> = match writer.mode() {
+                ContentMode::Structured => {
+                    events.iter().map(crate::format::structured_json).collect()
+                }
+                ContentMode::Binary => Vec::new(),
+            };
+            writer
+                .write(&events, &structured)
+                .await
+                .map_err(IngressError::Unavailable)
+        }
+    };
     (count, result)
+}
+
+/// The KafkaSinks the ingress writes to, by namespace and name; the control plane keeps it
+/// up to date as sinks are applied and deleted.
+#[derive(Clone, Default)]
+pub struct Sinks(Arc<RwLock<SinkTable>>);
+
+/// Sinks by (namespace, name).
+type SinkTable = HashMap<(String, String), Arc<TopicWriter>>;
+
+impl Sinks {
+    pub fn set(&self, namespace: &str, name: &str, writer: TopicWriter) {
+        if let Ok(mut m) = self.0.write() {
+            m.insert((namespace.to_string(), name.to_string()), Arc::new(writer));
+        }
+    }
+
+    pub fn remove(&self, namespace: &str, name: &str) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<Arc<TopicWriter>> {
+        self.0
+            .read()
+            .ok()?
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+}
+
+/// `POST /kafkasinks/{namespace}/{name}`: events produced to the sink's topic.
+async fn handle_sink(
+    State(state): State<IngressState>,
+    Path((namespace, name)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let result = match (request.method().clone(), state.sinks.get(&namespace, &name)) {
+        (Method::OPTIONS, _) => return options(),
+        (Method::POST, Some(writer)) => accept_into(&state, Target::Sink(writer), request).await.1,
+        (Method::POST, None) => Err(IngressError::UnknownBroker { namespace, name }),
+        (m, _) => Err(IngressError::Method(m)),
+    };
+    match result {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 fn stamp(event: &mut Event, arrival: &str) {
@@ -227,6 +309,7 @@ mod tests {
         log.create_topic(&topic, config).await.unwrap();
         let state = IngressState {
             log: Arc::new(log.clone()),
+            sinks: Sinks::default(),
             config: IngressConfig::default(),
             metrics: IngressMetrics::new(&registry).unwrap(),
         };

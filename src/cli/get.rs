@@ -115,7 +115,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 /// `NAMESPACE NAME BROKER SUBSCRIBER READY LAG AGE`), columns padded to their widest cell.
 fn table(kind: Kind, items: &[Value]) -> String {
     let headers: &[&str] = match kind {
-        Kind::Broker => &["NAMESPACE", "NAME", "READY", "URL", "AGE"],
+        Kind::Broker | Kind::KafkaSink => &["NAMESPACE", "NAME", "READY", "URL", "AGE"],
         Kind::Trigger => &[
             "NAMESPACE",
             "NAME",
@@ -135,7 +135,9 @@ fn table(kind: Kind, items: &[Value]) -> String {
             age(r["metadata"]["creationTimestamp"].as_str()),
         );
         rows.push(match kind {
-            Kind::Broker => vec![ns, name, ready(r).0, s(&r["status"]["address"]["url"]), age],
+            Kind::Broker | Kind::KafkaSink => {
+                vec![ns, name, ready(r).0, s(&r["status"]["address"]["url"]), age]
+            }
             Kind::Trigger => vec![
                 ns,
                 name,

@@ -9,21 +9,24 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 pub const EVENTING_V1: &str = "eventing.knative.dev/v1";
+pub const EVENTING_V1ALPHA1: &str = "eventing.knative.dev/v1alpha1";
 
 /// The kinds the control plane knows, with their API version and plural (the URL segment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     Broker,
     Trigger,
+    KafkaSink,
 }
 
 impl Kind {
     /// In reconcile order: brokers before the triggers that need them.
-    pub const ALL: &'static [Kind] = &[Kind::Broker, Kind::Trigger];
+    pub const ALL: &'static [Kind] = &[Kind::Broker, Kind::KafkaSink, Kind::Trigger];
 
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Broker | Kind::Trigger => EVENTING_V1,
+            Kind::KafkaSink => EVENTING_V1ALPHA1,
         }
     }
 
@@ -31,6 +34,7 @@ impl Kind {
         match self {
             Kind::Broker => "brokers",
             Kind::Trigger => "triggers",
+            Kind::KafkaSink => "kafkasinks",
         }
     }
 
@@ -38,6 +42,7 @@ impl Kind {
         match self {
             Kind::Broker => "Broker",
             Kind::Trigger => "Trigger",
+            Kind::KafkaSink => "KafkaSink",
         }
     }
 
@@ -152,6 +157,7 @@ pub fn validate(document: usize, doc: &Value) -> Result<Resource, Vec<FieldError
         match kind {
             Kind::Broker => validate_broker_spec(&spec, &mut err),
             Kind::Trigger => validate_trigger(&spec, obj.get("metadata"), &mut err),
+            Kind::KafkaSink => validate_kafka_sink(&spec, &mut err),
         }
     }
     if !errors.is_empty() {
@@ -343,6 +349,53 @@ fn validate_trigger(spec: &Value, metadata: Option<&Value>, err: &mut impl FnMut
     }
 }
 
+/// A KafkaSink: `topic`, `bootstrapServers`, `contentMode` (binary|structured),
+/// `numPartitions`, `replicationFactor`.
+fn validate_kafka_sink(spec: &Value, err: &mut impl FnMut(&str, String)) {
+    let Some(obj) = spec.as_object() else {
+        err(
+            "spec",
+            "must be a mapping with topic and bootstrapServers".into(),
+        );
+        return;
+    };
+    for (key, v) in obj {
+        let field = format!("spec.{key}");
+        match key.as_str() {
+            "topic" => {
+                if !v.as_str().is_some_and(|t| !t.is_empty() && t.len() <= 249) {
+                    err(&field, format!("{v} is not a Kafka topic name"));
+                }
+            }
+            "bootstrapServers" => {
+                let ok = v.as_array().is_some_and(|a| {
+                    !a.is_empty() && a.iter().all(|s| s.as_str().is_some_and(|s| !s.is_empty()))
+                });
+                if !ok {
+                    err(&field, "must be a non-empty list of host:port".into());
+                }
+            }
+            "contentMode" => {
+                if !matches!(v.as_str(), Some("binary") | Some("structured")) {
+                    err(&field, format!("{v} must be \"binary\" or \"structured\""));
+                }
+            }
+            "numPartitions" | "replicationFactor" => {
+                if !v.as_i64().is_some_and(|n| (1..=10_000).contains(&n)) {
+                    err(&field, format!("{v} must be a positive integer"));
+                }
+            }
+            "auth" | "delivery" => {}
+            _ => err(&field, "unknown field".into()),
+        }
+    }
+    for required in ["topic", "bootstrapServers"] {
+        if !obj.contains_key(required) {
+            err(&format!("spec.{required}"), "required".into());
+        }
+    }
+}
+
 /// Checks a Knative `DeliverySpec` at `path`.
 pub fn validate_delivery(path: &str, value: &Value, err: &mut impl FnMut(&str, String)) {
     let Some(obj) = value.as_object() else {
@@ -509,6 +562,40 @@ mod tests {
                 "spec.delivery.retry",
                 "spec.filters[0].cesql",
                 "spec.subscriber",
+            ]
+        );
+    }
+
+    #[test]
+    fn kafka_sinks() {
+        let ok = validate(
+            1,
+            &json!({
+                "apiVersion": "eventing.knative.dev/v1alpha1", "kind": "KafkaSink",
+                "metadata": {"name": "out"},
+                "spec": {"topic": "t", "bootstrapServers": ["127.0.0.1:9092"], "contentMode": "structured"}
+            }),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let errs = validate(
+            1,
+            &json!({
+                "apiVersion": "eventing.knative.dev/v1", "kind": "KafkaSink",
+                "metadata": {"name": "out"},
+                "spec": {"bootstrapServers": [], "contentMode": "avro", "numPartitions": 0}
+            }),
+        )
+        .unwrap_err();
+        let mut fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "apiVersion",
+                "spec.bootstrapServers",
+                "spec.contentMode",
+                "spec.numPartitions",
+                "spec.topic"
             ]
         );
     }

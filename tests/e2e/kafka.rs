@@ -208,3 +208,69 @@ async fn another_kafka_client_reads_and_writes_ferrys_topics() {
     assert_eq!(python["source"], "/python");
     assert_eq!(python["data"], serde_json::json!({"from": "python"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_sink_writes_what_it_is_given_to_its_topic() {
+    let kafka = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Embedded mode: the sink writes to a Kafka cluster of its own.
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let sinks = format!(
+        "apiVersion: eventing.knative.dev/v1alpha1\nkind: KafkaSink\nmetadata:\n  name: out\nspec:\n  topic: sink-binary\n  bootstrapServers: [\"{b}\"]\n---\napiVersion: eventing.knative.dev/v1alpha1\nkind: KafkaSink\nmetadata:\n  name: out-json\nspec:\n  topic: sink-structured\n  bootstrapServers: [\"{b}\"]\n  contentMode: structured\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: to-sink\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: eventing.knative.dev/v1alpha1\n      kind: KafkaSink\n      name: out-json\n",
+        b = kafka.bootstrap
+    );
+    let out = server.cli_stdin(&["apply", "-f", "-"], &sinks);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&server.cli(&["get", "kafkasinks"]));
+    assert!(
+        table.contains(&format!("{}/kafkasinks/default/out", server.ingress))
+            && table.contains("True"),
+        "{table}"
+    );
+
+    // POSTed to the sink's address: a binary-mode record.
+    let resp = binary_post(
+        &reqwest::Client::new(),
+        &format!("{}/kafkasinks/default/out", server.ingress),
+        "s-1",
+        &[("ce-partitionkey", "pk")],
+        b"{\"to\":\"kafka\"}",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202);
+    let record: serde_json::Value =
+        serde_json::from_slice(&peer(&["read", &kafka.bootstrap, "sink-binary", "1"]).stdout)
+            .unwrap();
+    assert_eq!(record["headers"]["ce_id"], "s-1");
+    assert_eq!(record["key"], "pk");
+    assert_eq!(record["value"], "{\"to\":\"kafka\"}");
+    let resp = binary_post(
+        &reqwest::Client::new(),
+        &format!("{}/kafkasinks/default/nope", server.ingress),
+        "x",
+        &[],
+        b"{}",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // Delivered by a trigger (subscriber ref to the sink): a structured-mode record.
+    assert_eq!(
+        server.post_event("default", "default", "via-trigger").await,
+        202
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&peer(&["read", &kafka.bootstrap, "sink-structured", "1"]).stdout)
+            .unwrap();
+    assert_eq!(
+        record["headers"]["content-type"],
+        "application/cloudevents+json"
+    );
+    let event: serde_json::Value = serde_json::from_str(record["value"].as_str().unwrap()).unwrap();
+    assert_eq!(event["id"], "via-trigger");
+    assert_eq!(event["source"], "/e2e");
+}
