@@ -88,21 +88,27 @@ pub(crate) fn client_config(options: &KafkaOptions) -> ClientConfig {
     c
 }
 
+/// An idempotent producer that waits for every in-sync replica (`acks=all`): an append is
+/// acknowledged only once Kafka holds it.
+pub(crate) fn producer(options: &KafkaOptions) -> Result<FutureProducer, LogError> {
+    client_config(options)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "30000")
+        .set(
+            "batch.num.messages",
+            options
+                .max_batch_records
+                .map_or_else(|| "10000".to_string(), |n| n.max(1).to_string()),
+        )
+        .create()
+        .map_err(kafka_err)
+}
+
 impl KafkaLog {
     pub fn open(options: KafkaOptions) -> Result<Self, LogError> {
-        let producer: FutureProducer = client_config(&options)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
-            .set(
-                "batch.num.messages",
-                options
-                    .max_batch_records
-                    .map_or_else(|| "10000".to_string(), |n| n.max(1).to_string()),
-            )
-            .create()
-            .map_err(kafka_err)?;
+        let producer = producer(&options)?;
         let admin: AdminClient<DefaultClientContext> =
             client_config(&options).create().map_err(kafka_err)?;
         Ok(Self {

@@ -7,18 +7,24 @@
 //!   before the next of its partition starts. Retries wait in place; the offset stays
 //!   unsettled meanwhile, so a crash redelivers the event.
 //!
+//! `retry.rs` holds the durable retry queue, `dead_letter.rs` giving up on an event.
+//!
 //! Stopping: polling and scheduling stop at once; in-flight deliveries get the grace period
 //! to finish, then are abandoned (their events stay unsettled and come again); the settled
 //! watermark is committed last.
+
+mod dead_letter;
+mod retry;
 
 use crate::filter::Filter;
 use crate::metrics::DispatchMetrics;
 use crate::offsets::Offsets;
 use crate::policy::DeliveryPolicy;
-use crate::store::{DeadLetter, DeliveryStore, ErrorInfo, Retry};
+use crate::store::{DeliveryStore, ErrorInfo};
 use crate::subscriber::{Failure, Outcome, Subscriber};
 use base64::Engine as _;
 use broker::{AttrValue, Event, EventLog, StartAt, Stored, Topic};
+use dead_letter::SinkRetries;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -424,39 +430,6 @@ impl Runner {
         }
     }
 
-    /// Stores a retry (of the subscriber, or of the dead-letter sink) due after the backoff for
-    /// retry number `attempts`. True once durable.
-    fn queue_retry(
-        &self,
-        id: String,
-        event: Event,
-        attempts: u32,
-        retry_after: Option<Duration>,
-        last_error: ErrorInfo,
-        to_sink: bool,
-    ) -> bool {
-        let wait = self.spec.policy.wait_before(attempts, retry_after);
-        let retry = Retry {
-            id,
-            due_ms: now_ms() + wait.as_millis() as u64,
-            attempts,
-            last_error: Some(last_error),
-            event,
-            to_sink,
-        };
-        match self.store.put_retry(&self.key, &retry) {
-            Ok(()) => {
-                self.metrics.retries.with_label_values(&self.labels()).inc();
-                self.retry_wake.notify_one();
-                true
-            }
-            Err(e) => {
-                tracing::error!(trigger = %self.key, error = %e, "cannot store a retry; the event will be read again after a restart");
-                false
-            }
-        }
-    }
-
     fn error_info(&self, f: &Failure, attempts: u32) -> ErrorInfo {
         ErrorInfo {
             code: f.code,
@@ -465,104 +438,6 @@ impl Runner {
             attempts,
             time: now_rfc3339(),
             destination: self.spec.subscriber.destination(),
-        }
-    }
-
-    /// Re-attempts due retries, earliest first, within the in-flight limit.
-    async fn schedule_retries(self: Arc<Self>) {
-        loop {
-            if self.stop.is_cancelled() {
-                return;
-            }
-            let due = match self.store.retries(&self.key, POLL_MAX) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(trigger = %self.key, error = %e, "cannot read the retry queue");
-                    Vec::new()
-                }
-            };
-            let now = now_ms();
-            let mut next_due: Option<u64> = None;
-            for r in due {
-                if r.due_ms > now {
-                    next_due = Some(r.due_ms);
-                    break;
-                }
-                if !self
-                    .retrying
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(r.id.clone())
-                {
-                    continue;
-                }
-                let permit = tokio::select! {
-                    p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                    _ = self.stop.cancelled() => return,
-                };
-                // The record may have moved on (re-queued or finished) since it was listed.
-                if self.store.retry_due(&self.key, &r.id).ok().flatten() != Some(r.due_ms) {
-                    self.retrying
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&r.id);
-                    continue;
-                }
-                let me = self.clone();
-                self.tasks.spawn(async move {
-                    let id = r.id.clone();
-                    me.retry_attempt(r).await;
-                    me.retrying
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    me.retry_wake.notify_one();
-                    drop(permit);
-                });
-            }
-            let wait = next_due.map_or(Duration::from_secs(1), |d| {
-                Duration::from_millis(d.saturating_sub(now_ms())).min(Duration::from_secs(1))
-            });
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = self.retry_wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// One due retry: of the subscriber, or of the dead-letter sink.
-    async fn retry_attempt(&self, r: Retry) {
-        if r.to_sink {
-            return self.sink_retry(r).await;
-        }
-        let attempts = r.attempts + 1;
-        match self.attempt(&r.event).await {
-            Attempt::Done => {
-                if let Err(e) = self.store.remove_retry(&self.key, &r.id) {
-                    tracing::error!(trigger = %self.key, error = %e, "cannot remove a finished retry; it may be delivered again");
-                }
-            }
-            Attempt::Abandoned => {}
-            Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
-                let info = self.error_info(&f, attempts);
-                if !self.queue_retry(r.id, r.event, attempts, f.retry_after, info, false) {
-                    // The old record stays due: do not hammer the subscriber meanwhile.
-                    self.pause().await;
-                }
-            }
-            Attempt::Retry(f) | Attempt::Fail(f) => {
-                self.dead_letter(&r.id, &r.event, f, attempts, SinkRetries::Queued)
-                    .await;
-            }
-        }
-    }
-
-    /// Waits a second (less if stopping): after a store failure, before trying again.
-    async fn pause(&self) {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = self.stop.cancelled() => {}
         }
     }
 
@@ -606,197 +481,4 @@ impl Runner {
             self.offsets().settled(stored.position);
         }
     }
-
-    /// The event as the dead-letter sink gets it: the `knativeerror*` extensions added.
-    fn for_sink(&self, event: &Event, failure: &Failure, info: &ErrorInfo) -> Event {
-        let mut dl = event.clone();
-        dl.remove_attr(TTL);
-        dl.set_attr(
-            "knativeerrordest",
-            AttrValue::String(self.spec.subscriber.destination()),
-        );
-        if let Some(code) = failure.code {
-            dl.set_attr("knativeerrorcode", AttrValue::String(code.to_string()));
-        }
-        if !failure.body.is_empty() {
-            dl.set_attr("knativeerrordata", AttrValue::String(info.body.clone()));
-        }
-        dl
-    }
-
-    /// One attempt at the dead-letter sink.
-    async fn sink_attempt(&self, sink: &dyn Subscriber, event: &Event) -> Option<Outcome> {
-        let outcome = tokio::select! {
-            o = sink.deliver(event) => o,
-            _ = self.abort.cancelled() => return None,
-        };
-        let labels = self.labels();
-        self.metrics
-            .deliveries
-            .with_label_values(&[labels[0], labels[1], outcome.class()])
-            .inc();
-        Some(outcome)
-    }
-
-    /// Gives up on an event: the dead-letter sink (with the same retry policy: queued, so a
-    /// failing sink holds up nothing, or in place for an ordered trigger), else, or if that
-    /// fails too, Ferry's dead-letter store. True once the event is safely somewhere.
-    async fn dead_letter(
-        &self,
-        id: &str,
-        event: &Event,
-        failure: Failure,
-        attempts: u32,
-        sink_retries: SinkRetries,
-    ) -> bool {
-        let mut info = self.error_info(&failure, attempts);
-        if let Some(sink) = &self.spec.dead_letter {
-            let dl = self.for_sink(event, &failure, &info);
-            let mut n = 0;
-            let last = loop {
-                let Some(outcome) = self.sink_attempt(sink.as_ref(), &dl).await else {
-                    return false;
-                };
-                match outcome {
-                    Outcome::Delivered { .. } => return self.sink_took(id),
-                    Outcome::Retry(f) if n < self.spec.policy.retry => {
-                        n += 1;
-                        if sink_retries == SinkRetries::Queued {
-                            return self.queue_retry(
-                                id.to_string(),
-                                dl,
-                                n,
-                                f.retry_after,
-                                info,
-                                true,
-                            );
-                        }
-                        let wait = self.spec.policy.wait_before(n, f.retry_after);
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = self.stop.cancelled() => return false,
-                        }
-                    }
-                    Outcome::Retry(f) | Outcome::Fail(f) => break f,
-                }
-            };
-            info.message = format!(
-                "{}; then the dead-letter sink {} failed too: {}",
-                info.message,
-                sink.destination(),
-                last.message
-            );
-        }
-        self.keep(id, event.clone(), info).await
-    }
-
-    /// A queued retry of the dead-letter sink.
-    async fn sink_retry(&self, r: Retry) {
-        let Some(sink) = &self.spec.dead_letter else {
-            // The trigger lost its sink meanwhile: keep the event ourselves.
-            let info = r.last_error.clone().unwrap_or_else(|| {
-                self.error_info(
-                    &Failure::new(None, Default::default(), "no dead-letter sink"),
-                    r.attempts,
-                )
-            });
-            self.keep(&r.id, without_error_extensions(r.event), info)
-                .await;
-            return;
-        };
-        let Some(outcome) = self.sink_attempt(sink.as_ref(), &r.event).await else {
-            return;
-        };
-        let n = r.attempts + 1;
-        match outcome {
-            Outcome::Delivered { .. } => {
-                self.sink_took(&r.id);
-            }
-            Outcome::Retry(f) if n <= self.spec.policy.retry => {
-                let info = r
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| self.error_info(&f, n));
-                if !self.queue_retry(r.id, r.event, n, f.retry_after, info, true) {
-                    self.pause().await;
-                }
-            }
-            Outcome::Retry(f) | Outcome::Fail(f) => {
-                let mut info = r
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| self.error_info(&f, n));
-                info.message = format!(
-                    "{}; then the dead-letter sink {} failed too: {}",
-                    info.message,
-                    sink.destination(),
-                    f.message
-                );
-                self.keep(&r.id, without_error_extensions(r.event), info)
-                    .await;
-            }
-        }
-    }
-
-    /// The dead-letter sink took the event.
-    fn sink_took(&self, id: &str) -> bool {
-        let labels = self.labels();
-        self.metrics
-            .dead_letters
-            .with_label_values(&[labels[0], labels[1], "sink"])
-            .inc();
-        if let Err(e) = self.store.remove_retry(&self.key, id) {
-            tracing::error!(trigger = %self.key, error = %e, "cannot remove a dead-lettered retry");
-        }
-        true
-    }
-
-    /// Keeps an event in Ferry's dead-letter store. The event is in nobody's hands but ours:
-    /// keep trying the store until it takes it (or the trigger stops, leaving the event
-    /// unsettled, to come again).
-    async fn keep(&self, id: &str, event: Event, error: ErrorInfo) -> bool {
-        let dl = DeadLetter {
-            id: id.to_string(),
-            time_ms: now_ms(),
-            event,
-            error,
-        };
-        loop {
-            match self.store.put_dead_letter(&self.key, &dl) {
-                Ok(()) => break,
-                Err(e) if !self.stop.is_cancelled() => {
-                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; trying again");
-                    self.pause().await;
-                }
-                Err(e) => {
-                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; the event will be read again after a restart");
-                    return false;
-                }
-            }
-        }
-        tracing::info!(trigger = %self.key, id = %dl.id, error = %dl.error.message, "event kept in the dead-letter store");
-        let labels = self.labels();
-        self.metrics
-            .dead_letters
-            .with_label_values(&[labels[0], labels[1], "store"])
-            .inc();
-        true
-    }
-}
-
-/// How retries of the dead-letter sink wait.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SinkRetries {
-    /// In the durable retry queue (unordered: a failing sink holds up nothing).
-    Queued,
-    /// In place (ordered: nothing else of the partition may go first anyway).
-    InPlace,
-}
-
-/// The event as it was before the `knativeerror*` extensions were added for the sink.
-fn without_error_extensions(mut event: Event) -> Event {
-    for ext in ["knativeerrordest", "knativeerrorcode", "knativeerrordata"] {
-        event.remove_attr(ext);
-    }
-    event
 }

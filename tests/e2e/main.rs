@@ -8,6 +8,7 @@ mod support;
 
 mod cli;
 mod crash;
+mod dead_letters;
 mod ingress;
 mod kafka;
 mod triggers;

@@ -58,17 +58,7 @@ impl TopicWriter {
                 }
             }
         }
-        let producer: FutureProducer = config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "batch.num.messages",
-                options
-                    .max_batch_records
-                    .map_or_else(|| "10000".to_string(), |n| n.max(1).to_string()),
-            )
-            .create()
-            .map_err(kafka_err)?;
+        let producer = super::producer(options)?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

@@ -1,0 +1,206 @@
+//! Giving up on an event: the dead-letter sink (retried like a delivery), else Ferry's own
+//! dead-letter store.
+
+use super::{now_ms, Runner, TTL};
+use crate::store::{DeadLetter, ErrorInfo, Retry};
+use crate::subscriber::{Failure, Outcome, Subscriber};
+use broker::{AttrValue, Event};
+
+impl Runner {
+    /// The event as the dead-letter sink gets it: the `knativeerror*` extensions added.
+    pub(super) fn for_sink(&self, event: &Event, failure: &Failure, info: &ErrorInfo) -> Event {
+        let mut dl = event.clone();
+        dl.remove_attr(TTL);
+        dl.set_attr(
+            "knativeerrordest",
+            AttrValue::String(self.spec.subscriber.destination()),
+        );
+        if let Some(code) = failure.code {
+            dl.set_attr("knativeerrorcode", AttrValue::String(code.to_string()));
+        }
+        if !failure.body.is_empty() {
+            dl.set_attr("knativeerrordata", AttrValue::String(info.body.clone()));
+        }
+        dl
+    }
+
+    /// One attempt at the dead-letter sink.
+    pub(super) async fn sink_attempt(
+        &self,
+        sink: &dyn Subscriber,
+        event: &Event,
+    ) -> Option<Outcome> {
+        let outcome = tokio::select! {
+            o = sink.deliver(event) => o,
+            _ = self.abort.cancelled() => return None,
+        };
+        let labels = self.labels();
+        self.metrics
+            .deliveries
+            .with_label_values(&[labels[0], labels[1], outcome.class()])
+            .inc();
+        Some(outcome)
+    }
+
+    /// Gives up on an event: the dead-letter sink (with the same retry policy: queued, so a
+    /// failing sink holds up nothing, or in place for an ordered trigger), else, or if that
+    /// fails too, Ferry's dead-letter store. True once the event is safely somewhere.
+    pub(super) async fn dead_letter(
+        &self,
+        id: &str,
+        event: &Event,
+        failure: Failure,
+        attempts: u32,
+        sink_retries: SinkRetries,
+    ) -> bool {
+        let mut info = self.error_info(&failure, attempts);
+        if let Some(sink) = &self.spec.dead_letter {
+            let dl = self.for_sink(event, &failure, &info);
+            let mut n = 0;
+            let last = loop {
+                let Some(outcome) = self.sink_attempt(sink.as_ref(), &dl).await else {
+                    return false;
+                };
+                match outcome {
+                    Outcome::Delivered { .. } => return self.sink_took(id),
+                    Outcome::Retry(f) if n < self.spec.policy.retry => {
+                        n += 1;
+                        if sink_retries == SinkRetries::Queued {
+                            return self.queue_retry(
+                                id.to_string(),
+                                dl,
+                                n,
+                                f.retry_after,
+                                info,
+                                true,
+                            );
+                        }
+                        let wait = self.spec.policy.wait_before(n, f.retry_after);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.stop.cancelled() => return false,
+                        }
+                    }
+                    Outcome::Retry(f) | Outcome::Fail(f) => break f,
+                }
+            };
+            info.message = format!(
+                "{}; then the dead-letter sink {} failed too: {}",
+                info.message,
+                sink.destination(),
+                last.message
+            );
+        }
+        self.keep(id, event.clone(), info).await
+    }
+
+    /// A queued retry of the dead-letter sink.
+    pub(super) async fn sink_retry(&self, r: Retry) {
+        let Some(sink) = &self.spec.dead_letter else {
+            // The trigger lost its sink meanwhile: keep the event ourselves.
+            let info = r.last_error.clone().unwrap_or_else(|| {
+                self.error_info(
+                    &Failure::new(None, Default::default(), "no dead-letter sink"),
+                    r.attempts,
+                )
+            });
+            self.keep(&r.id, without_error_extensions(r.event), info)
+                .await;
+            return;
+        };
+        let Some(outcome) = self.sink_attempt(sink.as_ref(), &r.event).await else {
+            return;
+        };
+        let n = r.attempts + 1;
+        match outcome {
+            Outcome::Delivered { .. } => {
+                self.sink_took(&r.id);
+            }
+            Outcome::Retry(f) if n <= self.spec.policy.retry => {
+                let info = r
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| self.error_info(&f, n));
+                if !self.queue_retry(r.id, r.event, n, f.retry_after, info, true) {
+                    self.pause().await;
+                }
+            }
+            Outcome::Retry(f) | Outcome::Fail(f) => {
+                let mut info = r
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| self.error_info(&f, n));
+                info.message = format!(
+                    "{}; then the dead-letter sink {} failed too: {}",
+                    info.message,
+                    sink.destination(),
+                    f.message
+                );
+                self.keep(&r.id, without_error_extensions(r.event), info)
+                    .await;
+            }
+        }
+    }
+
+    /// The dead-letter sink took the event.
+    pub(super) fn sink_took(&self, id: &str) -> bool {
+        let labels = self.labels();
+        self.metrics
+            .dead_letters
+            .with_label_values(&[labels[0], labels[1], "sink"])
+            .inc();
+        if let Err(e) = self.store.remove_retry(&self.key, id) {
+            tracing::error!(trigger = %self.key, error = %e, "cannot remove a dead-lettered retry");
+        }
+        true
+    }
+
+    /// Keeps an event in Ferry's dead-letter store. The event is in nobody's hands but ours:
+    /// keep trying the store until it takes it (or the trigger stops, leaving the event
+    /// unsettled, to come again).
+    pub(super) async fn keep(&self, id: &str, event: Event, error: ErrorInfo) -> bool {
+        let dl = DeadLetter {
+            id: id.to_string(),
+            time_ms: now_ms(),
+            event,
+            error,
+        };
+        loop {
+            match self.store.put_dead_letter(&self.key, &dl) {
+                Ok(()) => break,
+                Err(e) if !self.stop.is_cancelled() => {
+                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; trying again");
+                    self.pause().await;
+                }
+                Err(e) => {
+                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; the event will be read again after a restart");
+                    return false;
+                }
+            }
+        }
+        tracing::info!(trigger = %self.key, id = %dl.id, error = %dl.error.message, "event kept in the dead-letter store");
+        let labels = self.labels();
+        self.metrics
+            .dead_letters
+            .with_label_values(&[labels[0], labels[1], "store"])
+            .inc();
+        true
+    }
+}
+
+/// How retries of the dead-letter sink wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum SinkRetries {
+    /// In the durable retry queue (unordered: a failing sink holds up nothing).
+    Queued,
+    /// In place (ordered: nothing else of the partition may go first anyway).
+    InPlace,
+}
+
+/// The event as it was before the `knativeerror*` extensions were added for the sink.
+fn without_error_extensions(mut event: Event) -> Event {
+    for ext in ["knativeerrordest", "knativeerrorcode", "knativeerrordata"] {
+        event.remove_attr(ext);
+    }
+    event
+}
