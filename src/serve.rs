@@ -101,14 +101,34 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             max_bytes_per_partition: config.retention_bytes,
         },
     };
-    let dispatch_dir = config.data_dir.join("dispatch");
-    let dispatcher = Dispatcher::open(log.clone(), &dispatch_dir, &registry, config.shutdown_grace)
-        .with_context(|| {
-            format!(
-                "cannot open the delivery store in {}",
-                dispatch_dir.display()
-            )
-        })?;
+    let delivery_store = match &config.kafka {
+        Some(kafka) => dispatcher::store::DeliveryStore::on(Arc::new(
+            dispatcher::store::KafkaKv::open(&kafka.bootstrap, kafka.replication_factor)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot read retries and dead letters from Kafka at {}",
+                        kafka.bootstrap
+                    )
+                })?,
+        )),
+        None => {
+            let dispatch_dir = config.data_dir.join("dispatch");
+            dispatcher::store::DeliveryStore::open(&dispatch_dir).with_context(|| {
+                format!(
+                    "cannot open the delivery store in {}",
+                    dispatch_dir.display()
+                )
+            })?
+        }
+    };
+    let dispatcher = Dispatcher::with_store(
+        log.clone(),
+        delivery_store,
+        &registry,
+        config.shutdown_grace,
+    )
+    .context("starting the dispatcher")?;
     let sinks = ingress::Sinks::default();
     let control = ControlPlane::start(
         store,

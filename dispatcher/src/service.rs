@@ -44,9 +44,20 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A dispatcher whose retries and dead letters are kept in RocksDB at `store_path`.
     pub fn open(
         log: Arc<dyn EventLog>,
         store_path: &Path,
+        registry: &prometheus::Registry,
+        grace: Duration,
+    ) -> Result<Arc<Self>, DispatchError> {
+        Self::with_store(log, DeliveryStore::open(store_path)?, registry, grace)
+    }
+
+    /// A dispatcher on a given delivery store (RocksDB or Kafka).
+    pub fn with_store(
+        log: Arc<dyn EventLog>,
+        store: DeliveryStore,
         registry: &prometheus::Registry,
         grace: Duration,
     ) -> Result<Arc<Self>, DispatchError> {
@@ -57,7 +68,7 @@ impl Dispatcher {
             .map_err(|e| DispatchError::Client(e.to_string()))?;
         Ok(Arc::new(Self {
             log,
-            store: Arc::new(DeliveryStore::open(store_path)?),
+            store: Arc::new(store),
             metrics: DispatchMetrics::new(registry)?,
             client,
             runners: tokio::sync::Mutex::new(HashMap::new()),

@@ -10,14 +10,17 @@
 
 use broker::{codec, Event};
 use bytes::Bytes;
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use kv::{Batch, Kv};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("delivery store: {0}")]
     Db(#[from] rocksdb::Error),
+    #[error("delivery store: kafka: {0}")]
+    Kafka(String),
     #[error("delivery store: corrupt entry: {0}")]
     Corrupt(String),
 }
@@ -71,8 +74,11 @@ struct Header {
     to_sink: bool,
 }
 
+mod kv;
+pub use kv::KafkaKv;
+
 pub struct DeliveryStore {
-    db: DB,
+    kv: Arc<dyn Kv>,
     /// Writes read an id's index and then change it: one at a time, so two writers on one id
     /// can never leave a record the index does not know.
     writes: std::sync::Mutex<()>,
@@ -147,35 +153,33 @@ fn time_of(key: &[u8], prefix_len: usize) -> u64 {
 }
 
 impl DeliveryStore {
+    /// On RocksDB (`<data-dir>/dispatch`), every write synced.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        Ok(Self {
-            db: DB::open(&opts, path)?,
-            writes: std::sync::Mutex::new(()),
-        })
+        Ok(Self::on(Arc::new(kv::RocksKv::open(path)?)))
     }
 
-    fn synced() -> WriteOptions {
-        let mut o = WriteOptions::default();
-        o.set_sync(true);
-        o
+    /// On any key-value backend (RocksDB, or Kafka's compacted topic).
+    pub fn on(kv: Arc<dyn Kv>) -> Self {
+        Self {
+            kv,
+            writes: std::sync::Mutex::new(()),
+        }
     }
 
     /// Whether an event with this id already waits in the retry queue or the dead-letter store
     /// (it was read before a crash, and handed over before its offset was committed).
     pub fn known(&self, trigger: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self.retry_due(trigger, id)?.is_some()
-            || self.db.get_pinned(id_key(b'd', trigger, id))?.is_some())
+            || self.kv.get(&id_key(b'd', trigger, id))?.is_some())
     }
 
     /// Attempts already made at an event an ordered trigger is working on (it waits in place,
     /// not in the queue): kept so a crash does not restart the count.
     pub fn attempts(&self, trigger: &str, id: &str) -> Result<u32, StoreError> {
         Ok(self
-            .db
-            .get_pinned(id_key(b'a', trigger, id))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+            .kv
+            .get(&id_key(b'a', trigger, id))?
+            .and_then(|v| v.as_slice().try_into().ok().map(u32::from_be_bytes))
             .unwrap_or(0))
     }
 
@@ -186,28 +190,24 @@ impl DeliveryStore {
         id: &str,
         attempts: Option<u32>,
     ) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
         match attempts {
-            Some(n) => {
-                self.db
-                    .put_opt(id_key(b'a', trigger, id), n.to_be_bytes(), &Self::synced())?
-            }
-            None => self
-                .db
-                .delete_opt(id_key(b'a', trigger, id), &Self::synced())?,
+            Some(n) => batch.put(id_key(b'a', trigger, id), n.to_be_bytes()),
+            None => batch.delete(id_key(b'a', trigger, id)),
         }
-        Ok(())
+        self.kv.write(batch)
     }
 
     /// The due time of the retry with this id, if one is queued.
     pub fn retry_due(&self, trigger: &str, id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .db
-            .get_pinned(id_key(b'i', trigger, id))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+            .kv
+            .get(&id_key(b'i', trigger, id))?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
     }
 
     /// Deletes the retry with this id (and its index entry) in `batch`, if there is one.
-    fn unqueue(&self, batch: &mut WriteBatch, trigger: &str, id: &str) -> Result<(), StoreError> {
+    fn unqueue(&self, batch: &mut Batch, trigger: &str, id: &str) -> Result<(), StoreError> {
         if let Some(due) = self.retry_due(trigger, id)? {
             batch.delete(key(b'r', trigger, due, id));
             batch.delete(id_key(b'i', trigger, id));
@@ -218,7 +218,7 @@ impl DeliveryStore {
     /// Stores a retry, replacing any queued under the same id.
     pub fn put_retry(&self, trigger: &str, retry: &Retry) -> Result<(), StoreError> {
         let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         self.unqueue(&mut batch, trigger, &retry.id)?;
         batch.put(
             key(b'r', trigger, retry.due_ms, &retry.id),
@@ -234,25 +234,22 @@ impl DeliveryStore {
             )?,
         );
         batch.put(id_key(b'i', trigger, &retry.id), retry.due_ms.to_be_bytes());
-        self.db.write_opt(batch, &Self::synced())?;
-        Ok(())
+        self.kv.write(batch)
     }
 
     pub fn remove_retry(&self, trigger: &str, id: &str) -> Result<(), StoreError> {
         let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         self.unqueue(&mut batch, trigger, id)?;
-        self.db.write_opt(batch, &Self::synced())?;
-        Ok(())
+        self.kv.write(batch)
     }
 
     /// Retries of `trigger`, earliest due first, at most `limit`.
     pub fn retries(&self, trigger: &str, limit: usize) -> Result<Vec<Retry>, StoreError> {
         let p = prefix(b'r', trigger);
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
-            let (k, v) = item?;
-            if !k.starts_with(&p) || out.len() >= limit {
+        for (k, v) in self.kv.scan(&p)? {
+            if out.len() >= limit {
                 break;
             }
             let (h, event) = match decode(&v) {
@@ -278,7 +275,7 @@ impl DeliveryStore {
     /// queued retry, if any, in the same write.
     pub fn put_dead_letter(&self, trigger: &str, dl: &DeadLetter) -> Result<(), StoreError> {
         let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         self.unqueue(&mut batch, trigger, &dl.id)?;
         batch.put(
             id_key(b'd', trigger, &dl.id),
@@ -293,19 +290,14 @@ impl DeliveryStore {
                 &dl.event,
             )?,
         );
-        self.db.write_opt(batch, &Self::synced())?;
-        Ok(())
+        self.kv.write(batch)
     }
 
     /// A trigger's dead letters, oldest first.
     pub fn dead_letters(&self, trigger: &str) -> Result<Vec<DeadLetter>, StoreError> {
         let p = prefix(b'd', trigger);
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
-            let (k, v) = item?;
-            if !k.starts_with(&p) {
-                break;
-            }
+        for (_k, v) in self.kv.scan(&p)? {
             let (h, event) = decode(&v)?;
             let Some(error) = h.error else { continue };
             out.push(DeadLetter {
@@ -328,7 +320,7 @@ impl DeliveryStore {
         now_ms: u64,
     ) -> Result<usize, StoreError> {
         let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         let mut n = 0;
         for dl in self.dead_letters(trigger)? {
             if id.is_some_and(|id| id != dl.id) {
@@ -343,30 +335,26 @@ impl DeliveryStore {
             batch.put(id_key(b'i', trigger, &dl.id), now_ms.to_be_bytes());
             n += 1;
         }
-        self.db.write_opt(batch, &Self::synced())?;
+        self.kv.write(batch)?;
         Ok(n)
     }
 
     /// Deletes a trigger's dead letters (and, with `retries`, its pending retries).
     pub fn purge(&self, trigger: &str, retries: bool) -> Result<usize, StoreError> {
         let _one_at_a_time = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         let mut n = 0;
         let tags: &[u8] = if retries { b"dria" } else { b"d" };
         for tag in tags {
             let p = prefix(*tag, trigger);
-            for item in self.db.iterator(IteratorMode::From(&p, Direction::Forward)) {
-                let (k, _) = item?;
-                if !k.starts_with(&p) {
-                    break;
-                }
+            for (k, _) in self.kv.scan(&p)? {
                 batch.delete(k);
                 if *tag == b'd' {
                     n += 1;
                 }
             }
         }
-        self.db.write_opt(batch, &Self::synced())?;
+        self.kv.write(batch)?;
         Ok(n)
     }
 }

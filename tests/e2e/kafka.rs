@@ -274,3 +274,56 @@ async fn a_kafka_sink_writes_what_it_is_given_to_its_topic() {
     assert_eq!(event["id"], "via-trigger");
     assert_eq!(event["source"], "/e2e");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_live_in_kafka_too() {
+    use super::subscriber::Behaviour;
+    let kafka = Tansu::start();
+    let flags = [
+        "--kafka",
+        kafka.bootstrap.as_str(),
+        "--kafka-max-batch-records",
+        "1",
+    ];
+    let sub = TestSubscriber::start().await;
+    sub.set("no", Behaviour::Status(422));
+    let first = tempfile::tempdir().unwrap();
+    let mut node = Server::start(&first.path().join("data"), &flags);
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n",
+        sub.at("no")
+    );
+    let out = node.cli_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.post_event("default", "default", "dl-1").await, 202);
+    let list = |node: &Server| -> Vec<serde_json::Value> {
+        let out = node.cli(&["dlq", "list", "t", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["items"].as_array().cloned().unwrap_or_default()
+    };
+    eventually(Duration::from_secs(30), "the dead letter", || {
+        let n = list(&node).len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(node.terminate().code(), Some(0));
+
+    // A new node with an empty data dir has the dead letter, and can replay it.
+    let second = tempfile::tempdir().unwrap();
+    let node = Server::start(&second.path().join("data"), &flags);
+    let items = list(&node);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["event"]["id"], "dl-1");
+    sub.set("no", Behaviour::Status(200));
+    let out = node.cli(&["dlq", "replay", "t", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(Duration::from_secs(30), "the replayed delivery", || {
+        let n = sub
+            .received("no")
+            .iter()
+            .filter(|r| r.id() == "dl-1")
+            .count();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+}
