@@ -32,11 +32,14 @@ impl Batch {
     }
 }
 
+/// Keys and values, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Ordered keys and values, written durably.
 pub trait Kv: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every entry whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, prefix: &[u8]) -> Result<Entries, StoreError>;
     /// Applies the batch durably (synced / acknowledged) before returning.
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
 }
@@ -60,7 +63,7 @@ impl Kv for RocksKv {
         Ok(self.db.get(key)?)
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
         for item in self.db.iterator(rocksdb::IteratorMode::From(
             prefix,
@@ -184,7 +187,7 @@ impl Kv for KafkaKv {
             .cloned())
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
         let map = self.map.read().map_err(|_| err("poisoned"))?;
         Ok(map
             .range(prefix.to_vec()..)
