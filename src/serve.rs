@@ -103,7 +103,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     };
     let delivery_store = match &config.kafka {
         Some(kafka) => dispatcher::store::DeliveryStore::on(Arc::new(
-            dispatcher::store::KafkaKv::open(&kafka.bootstrap, kafka.replication_factor)
+            dispatcher::store::KafkaKv::open(kafka)
                 .await
                 .with_context(|| {
                     format!(

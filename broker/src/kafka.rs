@@ -4,6 +4,7 @@
 //! consumer groups keep the committed offsets.
 //!
 //! - `record.rs`: event ⇄ record.
+//! - `compacted.rs`: a compacted topic as a durable key-value map (resources, retries).
 //! - `writer.rs`: a producer for any topic (what a KafkaSink writes with).
 //! - `consumer.rs`: a consumer over a topic's partitions (assigned by this engine; the
 //!   group-rebalanced variant for several nodes is the next step).
@@ -13,6 +14,7 @@
 //! of a batch fails, the append fails (the producer gets a 503 and retries), but records of
 //! the batch that were acknowledged stay: at-least-once, never lost.
 
+pub mod compacted;
 mod consumer;
 pub mod record;
 mod writer;

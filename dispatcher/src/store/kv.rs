@@ -2,18 +2,8 @@
 //! topic mirrored in memory (Kafka mode, so a node keeps no state of its own).
 
 use super::StoreError;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use broker::kafka::compacted::CompactedTopic;
 use std::path::Path;
-use std::sync::RwLock;
-use std::time::Duration;
 
 /// Writes applied together.
 #[derive(Default)]
@@ -32,8 +22,7 @@ impl Batch {
     }
 }
 
-/// Keys and values, in key order.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub use broker::kafka::compacted::Entries;
 
 /// Ordered keys and values, written durably.
 pub trait Kv: Send + Sync {
@@ -94,13 +83,11 @@ impl Kv for RocksKv {
 
 /// The topic holding every trigger's retries and dead letters in Kafka mode.
 pub const TOPIC: &str = "ferry-deliveries";
-const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A compacted topic (key → value, empty value = deleted), read whole at start and kept in
-/// memory; writes are produced and acknowledged before they count.
+/// The compacted topic `ferry-deliveries`, read whole at start and kept in memory; writes are
+/// acknowledged by Kafka before they count.
 pub struct KafkaKv {
-    producer: FutureProducer,
-    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    topic: CompactedTopic,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -108,112 +95,27 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl KafkaKv {
-    pub async fn open(bootstrap: &str, replication_factor: i32) -> Result<Self, StoreError> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", bootstrap);
-        let admin: AdminClient<DefaultClientContext> = config.create().map_err(err)?;
-        let topic = NewTopic::new(TOPIC, 1, TopicReplication::Fixed(replication_factor))
-            .set("cleanup.policy", "compact");
-        for r in admin
-            .create_topics(
-                &[topic],
-                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-            )
-            .await
-            .map_err(err)?
-        {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => return Err(StoreError::Kafka(format!("creating {t}: {code}"))),
-            }
-        }
-        let load_config = config.clone();
-        let map = tokio::task::spawn_blocking(
-            move || -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
-                let c: BaseConsumer = load_config
-                    .clone()
-                    .set("group.id", "ferry-deliveries-reader")
-                    .set("enable.auto.commit", "false")
-                    .create()
-                    .map_err(err)?;
-                let (_, high) = c.fetch_watermarks(TOPIC, 0, TIMEOUT).map_err(err)?;
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset(TOPIC, 0, Offset::Beginning)
-                    .map_err(err)?;
-                c.assign(&tpl).map_err(err)?;
-                let mut map = BTreeMap::new();
-                let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                let mut next = 0;
-                while next < high {
-                    if std::time::Instant::now() > deadline {
-                        return Err(StoreError::Kafka(format!("reading {TOPIC} took too long")));
-                    }
-                    if let Some(m) = c.poll(Duration::from_millis(200)) {
-                        let m = m.map_err(err)?;
-                        if let Some(k) = m.key() {
-                            match m.payload() {
-                                Some(v) if !v.is_empty() => map.insert(k.to_vec(), v.to_vec()),
-                                _ => map.remove(k),
-                            };
-                        }
-                        next = m.offset() + 1;
-                    }
-                }
-                Ok(map)
-            },
-        )
-        .await
-        .map_err(err)??;
-        let producer: FutureProducer = config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("batch.num.messages", "1")
-            .create()
-            .map_err(err)?;
+    pub async fn open(options: &broker::KafkaOptions) -> Result<Self, StoreError> {
         Ok(Self {
-            producer,
-            map: RwLock::new(map),
+            topic: CompactedTopic::open(options, TOPIC, false)
+                .await
+                .map_err(err)?,
         })
     }
 }
 
 impl Kv for KafkaKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .map
-            .read()
-            .map_err(|_| err("poisoned"))?
-            .get(key)
-            .cloned())
+        Ok(self.topic.get(key))
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
-        let map = self.map.read().map_err(|_| err("poisoned"))?;
-        Ok(map
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(self.topic.scan(prefix))
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        for (k, v) in &batch.ops {
-            let mut record = FutureRecord::<[u8], [u8]>::to(TOPIC).key(k.as_slice());
-            if let Some(v) = v {
-                record = record.payload(v.as_slice());
-            }
-            // Deliveries are completed by librdkafka's own thread, so waiting here cannot
-            // deadlock the runtime; retries and dead letters are rare next to deliveries.
-            futures::executor::block_on(self.producer.send(record, TIMEOUT))
-                .map_err(|(e, _)| err(e))?;
-        }
-        let mut map = self.map.write().map_err(|_| err("poisoned"))?;
-        for (k, v) in batch.ops {
-            match v {
-                Some(v) => map.insert(k, v),
-                None => map.remove(&k),
-            };
-        }
-        Ok(())
+        // Deliveries are completed by librdkafka's own thread, so waiting here cannot deadlock
+        // the runtime; retries and dead letters are rare next to deliveries.
+        futures::executor::block_on(self.topic.write(batch.ops)).map_err(err)
     }
 }
