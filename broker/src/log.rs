@@ -151,6 +151,17 @@ pub trait EventLog: Send + Sync + 'static {
     async fn close(&self) -> Result<(), LogError>;
 }
 
+/// Positions from next offsets indexed by partition (what `Consumer::positions` returns).
+pub fn positions_of(next: &[u64]) -> Vec<Position> {
+    next.iter()
+        .enumerate()
+        .map(|(p, &offset)| Position {
+            partition: p as u32,
+            offset,
+        })
+        .collect()
+}
+
 /// A predicate on events (a trigger's filter), for [`Consumer::poll_where`]. An alias, so that
 /// its higher-ranked `&Event` survives `async_trait`.
 pub type Keep<'a> = dyn Fn(&Event) -> bool + Send + Sync + 'a;

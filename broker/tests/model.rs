@@ -3,6 +3,10 @@
 // Test harness code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/tansu.rs"]
+#[allow(dead_code)]
+mod tansu;
+
 #[path = "support/engines.rs"]
 #[allow(dead_code)] // the Kafka engine is for the scenarios
 mod engines;

@@ -3,67 +3,8 @@
 
 use super::subscriber::TestSubscriber;
 use super::support::*;
+use super::tansu::Tansu;
 use std::time::Duration;
-
-/// A tansu broker on a free loopback port.
-struct Tansu {
-    child: std::process::Child,
-    bootstrap: String,
-}
-
-impl Tansu {
-    fn start() -> Self {
-        let bin = std::env::var("FERRY_TANSU")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
-                    .join(".cache/ferry/tools/bin/tansu")
-            });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start tansu at {}: {e} (scripts/setup --tests installs it)",
-                    bin.display()
-                )
-            });
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(POLL_INTERVAL);
-        }
-        Self {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-        }
-    }
-}
-
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_ferry_on_kafka() {

@@ -5,6 +5,8 @@
 
 mod subscriber;
 mod support;
+#[path = "../../broker/tests/support/tansu.rs"]
+mod tansu;
 
 mod cli;
 mod crash;

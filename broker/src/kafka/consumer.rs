@@ -97,14 +97,7 @@ impl Consumer for KafkaConsumer {
     }
 
     fn positions(&self) -> Vec<Position> {
-        self.positions
-            .iter()
-            .enumerate()
-            .map(|(p, &offset)| Position {
-                partition: p as u32,
-                offset,
-            })
-            .collect()
+        crate::log::positions_of(&self.positions)
     }
 
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {

@@ -128,14 +128,7 @@ impl Consumer for RocksConsumer {
     }
 
     fn positions(&self) -> Vec<Position> {
-        self.positions
-            .iter()
-            .enumerate()
-            .map(|(p, &offset)| Position {
-                partition: p as u32,
-                offset,
-            })
-            .collect()
+        crate::log::positions_of(&self.positions)
     }
 
     fn pause(&mut self, partition: u32) {
