@@ -218,6 +218,25 @@ impl RocksLog {
     }
 }
 
+/// The last handle releases the database at once: the writer finishes what is queued, syncs
+/// the WAL and stops, and the database closes here rather than at process exit (where RocksDB's
+/// background threads can outlive the runtime and abort it).
+impl Drop for RocksLog {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.writer) != 1 {
+            return;
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        let Some(handle) = handle else {
+            return; // closed already
+        };
+        let (reply, _) = oneshot::channel();
+        if self.tx.try_send(Command::Close { reply }).is_ok() {
+            let _ = handle.join();
+        }
+    }
+}
+
 fn load_topics(db: &DB, cache_bytes: usize) -> Result<HashMap<Topic, Arc<TopicState>>, LogError> {
     let meta = cf(db, keys::META)?;
     let events = cf(db, keys::EVENTS)?;
