@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod resource;
+mod source;
 pub mod store;
 mod trigger;
 
@@ -118,7 +119,47 @@ impl ControlPlane {
                 }
             }
         }
+        if let Some(changes) = cp.store.changes() {
+            tokio::spawn(follow(Arc::downgrade(&cp), changes));
+        }
         Ok(cp)
+    }
+
+    /// Makes what runs on this node match a resource another node applied or deleted. The
+    /// status is that node's to write (every node computes the same from the same store), so
+    /// nothing is written here.
+    async fn converge(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), ControlError> {
+        let _guard = self.writes.lock().await;
+        match self.store.get(kind, namespace, name)? {
+            Some(mut r) => self.reconcile(&mut r, false).await,
+            None => match kind {
+                Kind::Broker => self.log.forget(&Topic::new(namespace, name)),
+                Kind::Trigger => self.dispatcher.stop(namespace, name).await,
+                Kind::KafkaSink => self.sinks.remove(namespace, name),
+                Kind::KafkaSource => {
+                    let prefix = format!("{name}#");
+                    for runner in self.dispatcher.running(namespace, &prefix).await {
+                        self.dispatcher.stop(namespace, &runner).await;
+                    }
+                }
+            },
+        }
+        if kind.addressable() {
+            self.reconcile_dependents(kind, namespace, name, false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Converges every stored resource (after missing some changes).
+    async fn converge_all(&self) -> Result<(), ControlError> {
+        for kind in Kind::ALL {
+            for r in self.store.list(*kind, None)? {
+                self.converge(*kind, &r.metadata.namespace, &r.metadata.name)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn ensure_broker(&self, namespace: &str, name: &str) -> Result<(), ControlError> {
@@ -233,8 +274,8 @@ impl ControlPlane {
                 "updated"
             };
             self.publish(change, &r).await;
-            if r.kind != Kind::Trigger {
-                self.reconcile_triggers_of(r.kind, &ns, &name).await?;
+            if r.kind.addressable() {
+                self.reconcile_dependents(r.kind, &ns, &name, true).await?;
             }
         }
         Ok(Applied {
@@ -257,26 +298,31 @@ impl ControlPlane {
             }
             Kind::Trigger => trigger::reconcile(self, r, created).await,
             Kind::KafkaSink => self.reconcile_sink(r).await,
+            Kind::KafkaSource => source::reconcile(self, r).await,
         }
     }
 
-    /// Re-reconciles the triggers of a broker that appeared, changed or went away.
-    /// A KafkaSink: its topic exists and the ingress writes to it at
-    /// `/kafkasinks/{namespace}/{name}`.
-    async fn reconcile_sink(&self, r: &mut Resource) {
-        let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
-        let spec = &r.spec;
+    /// Client options for the cluster a sink or source names in `spec.bootstrapServers`.
+    fn kafka_options_of(&self, spec: &Value) -> broker::KafkaOptions {
         let bootstrap: Vec<&str> = spec["bootstrapServers"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        let options = broker::KafkaOptions {
+        broker::KafkaOptions {
             bootstrap: bootstrap.join(","),
             replication_factor: 1,
             max_batch_records: self.sink_batch_records,
-        };
+        }
+    }
+
+    /// A KafkaSink: its topic exists and the ingress writes to it at
+    /// `/kafkasinks/{namespace}/{name}`.
+    async fn reconcile_sink(&self, r: &mut Resource) {
+        let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
+        let spec = &r.spec;
+        let options = self.kafka_options_of(spec);
         let mode = match spec["contentMode"].as_str() {
             Some("structured") => broker::kafka::ContentMode::Structured,
             _ => broker::kafka::ContentMode::Binary,
@@ -318,14 +364,16 @@ impl ControlPlane {
         };
     }
 
-    /// Re-reconciles the triggers that depend on a broker that appeared, changed or went away:
-    /// those on it, and those whose subscriber or dead-letter sink refers to it (in any
-    /// namespace). A status that changes is published like any other change.
-    async fn reconcile_triggers_of(
+    /// Re-reconciles what depends on an addressable resource (a broker, a sink) that appeared,
+    /// changed or went away: the triggers on it, and the triggers and sources whose subscriber,
+    /// sink or dead-letter sink refers to it (in any namespace). With `write`, a status that changes is stored and published like any other
+    /// change (without: another node made the change and writes the statuses).
+    async fn reconcile_dependents(
         &self,
         kind: Kind,
         namespace: &str,
         broker: &str,
+        write: bool,
     ) -> Result<(), ControlError> {
         let refers = |dest: Option<&Value>, trigger_ns: &str| {
             dest.and_then(|d| d.get("ref")).is_some_and(|r| {
@@ -337,16 +385,20 @@ impl ControlPlane {
                         == namespace
             })
         };
-        for mut t in self.store.list(Kind::Trigger, None)? {
+        let mut dependents = self.store.list(Kind::Trigger, None)?;
+        dependents.extend(self.store.list(Kind::KafkaSource, None)?);
+        for mut t in dependents {
             let ns = t.metadata.namespace.clone();
             let on_it = kind == Kind::Broker
+                && t.kind == Kind::Trigger
                 && ns == namespace
                 && t.spec.get("broker").and_then(Value::as_str) == Some(broker);
             let dls = t.spec.pointer("/delivery/deadLetterSink");
-            if on_it || refers(t.spec.get("subscriber"), &ns) || refers(dls, &ns) {
+            let to = t.spec.get("subscriber").or(t.spec.get("sink"));
+            if on_it || refers(to, &ns) || refers(dls, &ns) {
                 let before = t.status.clone();
                 self.reconcile(&mut t, false).await;
-                if t.status != before {
+                if write && t.status != before {
                     self.store.put(&t).await?;
                     self.publish("updated", &t).await;
                 }
@@ -428,11 +480,14 @@ impl ControlPlane {
             Kind::Trigger => self.dispatcher.forget(namespace, name).await?,
             // The topic is the user's: deleting the sink leaves it (and its records) alone.
             Kind::KafkaSink => self.sinks.remove(namespace, name),
+            // So are the source's topics and its group's offsets.
+            Kind::KafkaSource => source::forget(self, &r).await?,
         }
         self.store.delete(kind, namespace, name).await?;
         self.publish("deleted", &r).await;
-        if kind != Kind::Trigger {
-            self.reconcile_triggers_of(kind, namespace, name).await?;
+        if kind.addressable() {
+            self.reconcile_dependents(kind, namespace, name, true)
+                .await?;
         }
         Ok(())
     }
@@ -479,6 +534,36 @@ impl ControlPlane {
         };
         if let Err(e) = self.log.append(&topic, vec![event]).await {
             tracing::warn!(error = %e, "cannot publish resource change to {topic}");
+        }
+    }
+}
+
+/// Follows the resources other nodes apply and delete (Kafka mode), converging this node on
+/// each change, until the control plane is dropped.
+async fn follow(
+    cp: std::sync::Weak<ControlPlane>,
+    mut changes: tokio::sync::broadcast::Receiver<Vec<u8>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = changes.recv().await;
+        let Some(cp) = cp.upgrade() else { return };
+        let outcome = match change {
+            Ok(key) => match store::parse_key(&key) {
+                Some((kind, ns, name)) => {
+                    tracing::debug!(kind = kind.name(), namespace = %ns, name = %name, "applied on another node");
+                    cp.converge(kind, &ns, &name).await
+                }
+                None => Ok(()),
+            },
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed resource changes; converging everything");
+                cp.converge_all().await
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "converging on another node's change failed");
         }
     }
 }

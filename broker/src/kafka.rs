@@ -6,8 +6,8 @@
 //! - `record.rs`: event ⇄ record.
 //! - `compacted.rs`: a compacted topic as a durable key-value map (resources, retries).
 //! - `writer.rs`: a producer for any topic (what a KafkaSink writes with).
-//! - `consumer.rs`: a consumer over a topic's partitions (assigned by this engine; the
-//!   group-rebalanced variant for several nodes is the next step).
+//! - `consumer.rs`: a consumer over a topic's partitions: all of them, assigned by this engine,
+//!   or a share of them as a member of a consumer group (a trigger on several nodes).
 //!
 //! Retention is Kafka's (`retention.ms`, `retention.bytes` set on the topic when it is created);
 //! `enforce_retention` has nothing to do. A batch append is not atomic on Kafka: if one record
@@ -69,6 +69,7 @@ pub struct KafkaLog {
 
 struct Inner {
     options: KafkaOptions,
+    naming: Naming,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
@@ -78,6 +79,33 @@ struct Inner {
 /// The Kafka topic of a broker (K-02).
 pub fn topic_name(topic: &Topic) -> String {
     format!("knative-broker-{}-{}", topic.namespace, topic.name)
+}
+
+/// A record as read from a topic Ferry did not write, for a [`Decode`].
+pub struct RawRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's timestamp (Unix milliseconds), if it has one.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    /// Headers in record order.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Turns a record of someone else's topic into an event (`None`: pass it over).
+pub type Decode = Arc<dyn Fn(&RawRecord<'_>) -> Option<Event> + Send + Sync>;
+
+/// How a log names its topics and reads its records.
+#[derive(Clone)]
+pub(crate) enum Naming {
+    /// Brokers' topics (`knative-broker-{ns}-{name}`), records written by Ferry or another
+    /// CloudEvents producer in binary mode.
+    Brokers,
+    /// Any cluster's topics by their own name (`Topic::name`), records decoded by the given
+    /// function (a KafkaSource).
+    External(Decode),
 }
 
 fn kafka_err(e: rdkafka::error::KafkaError) -> LogError {
@@ -110,12 +138,31 @@ pub(crate) fn producer(options: &KafkaOptions) -> Result<FutureProducer, LogErro
 
 impl KafkaLog {
     pub fn open(options: KafkaOptions) -> Result<Self, LogError> {
+        Self::with_naming(options, Naming::Brokers)
+    }
+
+    /// A log over any cluster's topics, by their own names (`Topic::new("", name)`), whose
+    /// records `decode` turns into events: what a KafkaSource reads.
+    pub fn external(options: KafkaOptions, decode: Decode) -> Result<Self, LogError> {
+        Self::with_naming(options, Naming::External(decode))
+    }
+
+    /// The Kafka topic behind `topic`.
+    fn name_of(&self, topic: &Topic) -> String {
+        match self.inner.naming {
+            Naming::Brokers => topic_name(topic),
+            Naming::External(_) => topic.name.clone(),
+        }
+    }
+
+    fn with_naming(options: KafkaOptions, naming: Naming) -> Result<Self, LogError> {
         let producer = producer(&options)?;
         let admin: AdminClient<DefaultClientContext> =
             client_config(&options).create().map_err(kafka_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
+                naming,
                 producer,
                 admin,
                 topics: RwLock::new(HashMap::new()),
@@ -138,7 +185,7 @@ impl KafkaLog {
         if let Some(s) = self.known(topic) {
             return Ok(s);
         }
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         let me = self.clone();
         let partitions = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
             let c = me.base_consumer(None)?;
@@ -200,7 +247,7 @@ impl EventLog for KafkaLog {
         if self.topic_state(topic).await.is_ok() {
             return Ok(());
         }
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         let age = config
             .retention
             .max_age
@@ -249,7 +296,7 @@ impl EventLog for KafkaLog {
 
     async fn delete_topic(&self, topic: &Topic) -> Result<(), LogError> {
         self.topic_state(topic).await?;
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         let results = self
             .inner
             .admin
@@ -289,7 +336,7 @@ impl EventLog for KafkaLog {
             return Err(LogError::Closed);
         }
         let state = self.topic_state(topic).await?;
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         let n = state.config.partitions.max(1);
         let timestamp = now_ms();
         let sends = events.iter().map(|e| {
@@ -345,7 +392,7 @@ impl EventLog for KafkaLog {
                 partition,
             });
         }
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         self.blocking(move |me| {
             let c = me.base_consumer(None)?;
             let (low, high) = c
@@ -367,7 +414,7 @@ impl EventLog for KafkaLog {
                     continue;
                 };
                 let m = m.map_err(kafka_err)?;
-                if let Some(s) = consumer::stored(&m) {
+                if let Some(s) = consumer::stored(&me.inner.naming, &m) {
                     out.push(s);
                 } else if (m.offset() + 1) as usize >= high as usize {
                     break;
@@ -380,7 +427,7 @@ impl EventLog for KafkaLog {
 
     async fn watermarks(&self, topic: &Topic) -> Result<Vec<Watermarks>, LogError> {
         let state = self.topic_state(topic).await?;
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         self.blocking(move |me| {
             let c = me.base_consumer(None)?;
             (0..state.config.partitions)
@@ -405,7 +452,7 @@ impl EventLog for KafkaLog {
         offsets: &[Position],
     ) -> Result<(), LogError> {
         self.topic_state(topic).await?;
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         let group = group.to_string();
         let offsets = offsets.to_vec();
         self.blocking(move |me| {
@@ -426,7 +473,7 @@ impl EventLog for KafkaLog {
 
     async fn committed(&self, topic: &Topic, group: &str) -> Result<Vec<Option<u64>>, LogError> {
         let state = self.topic_state(topic).await?;
-        let name = topic_name(topic);
+        let name = self.name_of(topic);
         let group = group.to_string();
         self.blocking(move |me| {
             let c = me.base_consumer(Some(&group))?;
@@ -472,12 +519,35 @@ impl EventLog for KafkaLog {
                 })
             })
             .collect();
-        Ok(Box::new(consumer::KafkaConsumer::new(
+        Ok(Box::new(consumer::KafkaConsumer::assigned(
             &self.inner.options,
-            topic_name(topic),
+            self.inner.naming.clone(),
+            self.name_of(topic),
             group.map(str::to_string),
             positions,
         )?))
+    }
+
+    async fn group_member(
+        &self,
+        topic: &Topic,
+        group: &str,
+        start: StartAt,
+    ) -> Result<Box<dyn Consumer>, LogError> {
+        self.topic_state(topic).await?;
+        Ok(Box::new(consumer::KafkaConsumer::member(
+            &self.inner.options,
+            self.inner.naming.clone(),
+            self.name_of(topic),
+            group.to_string(),
+            start,
+        )?))
+    }
+
+    fn forget(&self, topic: &Topic) {
+        if let Ok(mut t) = self.inner.topics.write() {
+            t.remove(topic);
+        }
     }
 
     async fn enforce_retention(&self) -> Result<u64, LogError> {

@@ -25,7 +25,7 @@ pub mod rocks;
 pub use event::{AttrValue, Event};
 pub use kafka::{KafkaLog, KafkaOptions};
 pub use log::{
-    Consumer, EventLog, Keep, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
-    Watermarks,
+    Consumer, EventLog, Keep, LogError, Position, Retention, RevokeHook, StartAt, Stored, Topic,
+    TopicConfig, Watermarks,
 };
 pub use rocks::{FsyncMode, RocksLog, RocksOptions};

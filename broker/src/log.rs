@@ -144,6 +144,22 @@ pub trait EventLog: Send + Sync + 'static {
         start: StartAt,
     ) -> Result<Box<dyn Consumer>, LogError>;
 
+    /// A member of consumer group `group`: the engine shares the topic's partitions among the
+    /// members (every process running the trigger). The embedded engine has one process, so
+    /// its member holds every partition: the same as `consumer`.
+    async fn group_member(
+        &self,
+        topic: &Topic,
+        group: &str,
+        start: StartAt,
+    ) -> Result<Box<dyn Consumer>, LogError> {
+        self.consumer(topic, Some(group), start).await
+    }
+
+    /// Another process deleted `topic` (a node of the same cluster): forget what this one
+    /// knows of it, so appends to it fail as for any unknown topic.
+    fn forget(&self, _topic: &Topic) {}
+
     /// Removes events past their topic's retention; returns how many were removed.
     async fn enforce_retention(&self) -> Result<u64, LogError>;
 
@@ -161,6 +177,11 @@ pub fn positions_of(next: &[u64]) -> Vec<Position> {
         })
         .collect()
 }
+
+/// Called when partitions are taken from a group member (another member gets them), before
+/// they go: returns the positions to commit for them (the settled prefix), and from then on
+/// the member's owner treats their in-flight events as the next owner's.
+pub type RevokeHook = std::sync::Arc<dyn Fn(&[u32]) -> Vec<Position> + Send + Sync>;
 
 /// A predicate on events (a trigger's filter), for [`Consumer::poll_where`]. An alias, so that
 /// its higher-ranked `&Event` survives `async_trait`.
@@ -195,6 +216,15 @@ pub trait Consumer: Send {
     /// Stops returning events of `partition` (its reader is busy) until [`Consumer::resume`];
     /// the other partitions go on.
     fn pause(&mut self, partition: u32);
+
+    /// The partitions this consumer holds now, when they can change (a group member);
+    /// `None`: every partition, for good.
+    fn assignment(&self) -> Option<Vec<u32>> {
+        None
+    }
+
+    /// Sets what to do when partitions are revoked (only a group member's can be).
+    fn on_revoke(&mut self, _hook: RevokeHook) {}
 
     fn resume(&mut self, partition: u32);
 }

@@ -524,3 +524,112 @@ mod rocksdb_retention {
             .await;
     }
 }
+
+/// Consumer groups across processes exist only on Kafka: the members of a group share the
+/// partitions, and a member's partitions move to the others when it leaves.
+mod kafka_groups {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    fn held(c: &dyn broker::Consumer) -> BTreeSet<u32> {
+        c.assignment().unwrap().into_iter().collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_share_partitions_and_take_over_when_one_leaves() {
+        let engine = super::engines::Kafka::default();
+        let log = engine.open().await;
+        let topic = Topic::new("ns", "share");
+        log.create_topic(&topic, config(4)).await.unwrap();
+        log.append(&topic, (0..40).map(|i| event(&format!("a{i}"))).collect())
+            .await
+            .unwrap();
+        let all: BTreeSet<u32> = (0..4).collect();
+
+        // Alone, a member holds every partition and reads all of them.
+        let mut a = log
+            .group_member(&topic, "share", StartAt::Earliest)
+            .await
+            .unwrap();
+        let revoked = Arc::new(Mutex::new(Vec::new()));
+        let seen = revoked.clone();
+        a.on_revoke(Arc::new(move |parts: &[u32]| {
+            seen.lock().unwrap().extend_from_slice(parts);
+            Vec::new()
+        }));
+        let mut first = HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while first.len() < 40 || held(a.as_ref()) != all {
+            assert!(Instant::now() < deadline, "a read {} of 40", first.len());
+            for s in a.poll(100, Duration::from_millis(100)).await.unwrap() {
+                first.insert(id_of(&s.event));
+            }
+        }
+        let positions = a.positions();
+        a.commit(&positions).await.unwrap();
+
+        // A second member: the partitions are split between the two, none held twice.
+        let mut b = log
+            .group_member(&topic, "share", StartAt::Earliest)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ha, hb) = (held(a.as_ref()), held(b.as_ref()));
+            if !ha.is_empty() && !hb.is_empty() && ha.is_disjoint(&hb) && &ha | &hb == all {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no split: a {ha:?}, b {hb:?}");
+            assert!(a
+                .poll(10, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_empty());
+            assert!(b
+                .poll(10, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_empty());
+        }
+        let (ha, hb) = (held(a.as_ref()), held(b.as_ref()));
+        assert_eq!(
+            revoked
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<BTreeSet<_>>(),
+            hb,
+            "a was told which partitions went to b"
+        );
+
+        // New events: each read once, by the member holding its partition.
+        log.append(&topic, (0..40).map(|i| event(&format!("b{i}"))).collect())
+            .await
+            .unwrap();
+        let mut got: Vec<(String, bool)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < 40 {
+            assert!(Instant::now() < deadline, "read {} of 40", got.len());
+            for (c, mine, is_a) in [(&mut a, &ha, true), (&mut b, &hb, false)] {
+                for s in c.poll(100, Duration::from_millis(50)).await.unwrap() {
+                    assert!(mine.contains(&s.position.partition));
+                    got.push((id_of(&s.event), is_a));
+                }
+            }
+        }
+        let ids: HashSet<&String> = got.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), 40, "no event read twice");
+        assert!(got.iter().any(|(_, is_a)| *is_a) && got.iter().any(|(_, is_a)| !*is_a));
+
+        // b leaves: a holds every partition again.
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while held(a.as_ref()) != all {
+            assert!(Instant::now() < deadline, "a holds {:?}", held(a.as_ref()));
+            a.poll(10, Duration::from_millis(50)).await.unwrap();
+        }
+    }
+}

@@ -19,8 +19,9 @@ pub mod offsets;
 pub mod policy;
 mod runner;
 pub mod service;
+pub mod source;
 pub mod store;
 pub mod subscriber;
 
-pub use runner::{group, TriggerSpec, MAX_TTL, TTL};
-pub use service::{DispatchError, Dispatcher};
+pub use runner::{group, Feed, TriggerSpec, MAX_TTL, TTL};
+pub use service::{commit_at_end, DispatchError, Dispatcher};

@@ -19,6 +19,9 @@ pub struct DispatchMetrics {
     pub replies: IntCounterVec,
     /// `ferry_dispatch_lag{namespace,trigger}`: events in the broker not yet settled by the trigger.
     pub lag: IntGaugeVec,
+    /// `ferry_dispatch_partitions{namespace,trigger}`: partitions of the broker this node
+    /// delivers for the trigger (all of them in embedded mode; a share in Kafka mode).
+    pub partitions: IntGaugeVec,
 }
 
 impl DispatchMetrics {
@@ -68,7 +71,15 @@ impl DispatchMetrics {
                 ),
                 labels,
             )?,
+            partitions: IntGaugeVec::new(
+                Opts::new(
+                    "ferry_dispatch_partitions",
+                    "Partitions this node delivers for the trigger.",
+                ),
+                labels,
+            )?,
         };
+        registry.register(Box::new(m.partitions.clone()))?;
         registry.register(Box::new(m.deliveries.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;

@@ -62,6 +62,24 @@ impl Offsets {
         out
     }
 
+    /// Stops tracking `partitions` (they went to another group member) and returns what to
+    /// commit for them: their settled prefix, where it moved since the last commit.
+    pub fn release(&mut self, partitions: &[u32]) -> Vec<Position> {
+        let mut out = Vec::new();
+        for partition in partitions {
+            if let Some(p) = self.partitions.remove(partition) {
+                let mark = p.pending.first().copied().unwrap_or(p.next);
+                if p.committed != Some(mark) {
+                    out.push(Position {
+                        partition: *partition,
+                        offset: mark,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Records that `positions` were committed.
     pub fn committed(&mut self, positions: &[Position]) {
         for pos in positions {
@@ -117,5 +135,22 @@ mod tests {
             "filtered-out events move the watermark too"
         );
         assert_eq!(o.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_released_partition_offers_its_settled_prefix_then_is_forgotten() {
+        let mut o = Offsets::default();
+        for off in 0..3 {
+            o.polled(pos(0, off));
+            o.polled(pos(1, off));
+        }
+        o.settled(pos(1, 0));
+        o.settled(pos(1, 1));
+        assert_eq!(o.release(&[1]), vec![pos(1, 2)]);
+        // Its last event finishes after it went to another member: nothing more to commit.
+        o.settled(pos(1, 2));
+        assert_eq!(o.to_commit(), vec![pos(0, 0)]);
+        assert_eq!(o.in_flight(), 3);
+        assert_eq!(o.release(&[1]), vec![], "already released");
     }
 }

@@ -51,6 +51,17 @@ pub struct TriggerSpec {
     pub policy: DeliveryPolicy,
     pub ordered: bool,
     pub max_in_flight: usize,
+    /// Where the events come from: `None`, the broker's log (a trigger); else another log (a
+    /// KafkaSource's topic), whose subscriber's replies are not kept.
+    pub feed: Option<Feed>,
+}
+
+/// A log other than the dispatcher's own, read as a consumer group's member.
+pub struct Feed {
+    pub log: Arc<dyn EventLog>,
+    pub group: String,
+    /// Where a group without committed offsets starts.
+    pub start: StartAt,
 }
 
 impl TriggerSpec {
@@ -59,9 +70,12 @@ impl TriggerSpec {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The consumer group (K-05).
+    /// The consumer group (K-05), or the feed's.
     pub fn group(&self) -> String {
-        group(&self.namespace, &self.name)
+        match &self.feed {
+            Some(f) => f.group.clone(),
+            None => group(&self.namespace, &self.name),
+        }
     }
 }
 
@@ -92,6 +106,11 @@ fn delivery_id(stored: &Stored) -> String {
     )
 }
 
+/// The partition a delivery id names.
+fn partition_of(id: &str) -> Option<u32> {
+    id.split('-').next()?.parse().ok()
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,6 +130,10 @@ pub(crate) struct Runner {
     offsets: Mutex<Offsets>,
     /// Woken when a retry is stored, so the scheduler looks again.
     retry_wake: Notify,
+    /// The partitions this node delivers for the trigger; `None`: all of them (embedded mode).
+    /// In Kafka mode the consumer group shares them among the nodes, and a node re-attempts
+    /// only the retries of the partitions it holds.
+    owned: Mutex<Option<HashSet<u32>>>,
     /// Retries being attempted now (their records stay in the store until settled).
     retrying: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
@@ -138,6 +161,7 @@ impl Runner {
         stop: CancellationToken,
     ) -> Arc<Self> {
         let permits = Arc::new(Semaphore::new(spec.max_in_flight.max(1)));
+        let log = spec.feed.as_ref().map_or(log, |f| f.log.clone());
         Arc::new(Self {
             key: spec.key(),
             spec: Arc::new(spec),
@@ -145,6 +169,7 @@ impl Runner {
             store,
             metrics,
             offsets: Mutex::new(Offsets::default()),
+            owned: Mutex::new(None),
             retry_wake: Notify::new(),
             retrying: Mutex::new(HashSet::new()),
             permits,
@@ -162,15 +187,38 @@ impl Runner {
         self.offsets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether this node delivers `partition`'s events now.
+    pub(crate) fn owns(&self, partition: u32) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|o| o.contains(&partition))
+    }
+
+    /// Whether this node re-attempts the retry with delivery id `id`.
+    pub(crate) fn owns_delivery(&self, id: &str) -> bool {
+        partition_of(id).is_none_or(|p| self.owns(p))
+    }
+
+    fn set_owned(&self, assignment: Option<Vec<u32>>) {
+        let count = assignment.as_ref().map(Vec::len);
+        *self.owned.lock().unwrap_or_else(|p| p.into_inner()) =
+            assignment.map(|a| a.into_iter().collect());
+        if let Some(n) = count {
+            self.metrics
+                .partitions
+                .with_label_values(&self.labels())
+                .set(n as i64);
+        }
+    }
+
     /// Runs until `stop`, then drains (up to `grace`) and commits.
     pub(crate) async fn run(self: Arc<Self>, grace: Duration) {
         let group = self.spec.group();
+        let start = self.spec.feed.as_ref().map_or(StartAt::Latest, |f| f.start);
         let mut consumer = loop {
-            match self
-                .log
-                .consumer(&self.spec.topic, Some(&group), StartAt::Latest)
-                .await
-            {
+            match self.log.group_member(&self.spec.topic, &group, start).await {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::warn!(trigger = %self.key, error = %e, "cannot read the broker; trying again");
@@ -181,6 +229,26 @@ impl Runner {
                 }
             }
         };
+        // Partitions going to another node: their settled prefix is committed before they go;
+        // events of theirs still in flight here are the next owner's to deliver.
+        let me = self.clone();
+        consumer.on_revoke(Arc::new(move |partitions: &[u32]| {
+            if let Some(owned) = me.owned.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                for p in partitions {
+                    owned.remove(p);
+                }
+            }
+            me.offsets().release(partitions)
+        }));
+        self.set_owned(consumer.assignment());
+        if consumer.assignment().is_none() {
+            if let Ok(marks) = self.log.watermarks(&self.spec.topic).await {
+                self.metrics
+                    .partitions
+                    .with_label_values(&self.labels())
+                    .set(marks.len() as i64);
+            }
+        }
         // Ordered triggers have no retries of their own in the queue, but replayed dead
         // letters and retries left by an earlier unordered version of the trigger go there.
         let me = self.clone();
@@ -222,6 +290,13 @@ impl Runner {
                     }
                 }
             };
+            // The partitions held may have changed during the poll (Kafka mode).
+            let assignment = consumer.assignment();
+            if assignment.is_some() {
+                self.set_owned(assignment);
+                ordered.retain(|&p, _| self.owns(p));
+                held.retain(|&p, _| self.owns(p));
+            }
             // What matched is in flight; everything else read is settled (filtered out).
             {
                 let mut offsets = self.offsets();
@@ -283,6 +358,10 @@ impl Runner {
             self.tasks.wait().await;
         }
         self.commit(consumer.as_mut()).await;
+        self.metrics
+            .partitions
+            .with_label_values(&self.labels())
+            .set(0);
     }
 
     async fn commit(&self, consumer: &mut dyn broker::Consumer) {
@@ -341,6 +420,15 @@ impl Runner {
             .inc();
         match outcome {
             Outcome::Delivered { reply: None } => Attempt::Done,
+            // A source's sink answers to no broker: its reply goes nowhere.
+            Outcome::Delivered { reply: Some(_) } if self.spec.feed.is_some() => {
+                let labels = self.labels();
+                self.metrics
+                    .replies
+                    .with_label_values(&[labels[0], labels[1], "ignored"])
+                    .inc();
+                Attempt::Done
+            }
             Outcome::Delivered { reply: Some(reply) } => match self.store_reply(event, reply).await
             {
                 Ok(()) => Attempt::Done,
@@ -445,6 +533,10 @@ impl Runner {
     /// hand are on disk, so a crash does not restart its count.
     async fn ordered_worker(self: Arc<Self>, mut rx: mpsc::Receiver<Stored>) {
         while let Some(stored) = rx.recv().await {
+            if !self.owns(stored.position.partition) {
+                // Queued before its partition went to another node, which delivers it.
+                continue;
+            }
             let id = delivery_id(&stored);
             let mut attempts = self.store.attempts(&self.key, &id).unwrap_or(0);
             let settled = loop {

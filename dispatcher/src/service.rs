@@ -94,8 +94,19 @@ impl Dispatcher {
         namespace: &str,
         name: &str,
     ) -> Result<(), DispatchError> {
-        let ends: Vec<Position> = self
-            .log
+        commit_at_end(self.log.as_ref(), topic, &runner::group(namespace, name)).await
+    }
+}
+
+/// Commits `group` at the end of `topic` in `log`: the group gets what comes after, nothing
+/// from before (K-06, KS-06).
+pub async fn commit_at_end(
+    log: &dyn EventLog,
+    topic: &Topic,
+    group: &str,
+) -> Result<(), DispatchError> {
+    {
+        let ends: Vec<Position> = log
             .watermarks(topic)
             .await?
             .iter()
@@ -105,12 +116,12 @@ impl Dispatcher {
                 offset: w.end,
             })
             .collect();
-        self.log
-            .commit(topic, &runner::group(namespace, name), &ends)
-            .await?;
+        log.commit(topic, group, &ends).await?;
         Ok(())
     }
+}
 
+impl Dispatcher {
     /// Runs `spec`, replacing the trigger's previous runner (which drains and commits first),
     /// unless that runner was built from the same `fingerprint` (everything the spec was
     /// compiled from), in which case nothing changes.
@@ -159,6 +170,17 @@ impl Dispatcher {
         if let Some(old) = old {
             stop(old).await;
         }
+    }
+
+    /// The names of the runners in `namespace` whose name starts with `prefix`.
+    pub async fn running(&self, namespace: &str, prefix: &str) -> Vec<String> {
+        let start = format!("{namespace}/{prefix}");
+        self.runners
+            .lock()
+            .await
+            .keys()
+            .filter_map(|k| k.strip_prefix(&start).map(|rest| format!("{prefix}{rest}")))
+            .collect()
     }
 
     /// Stops a deleted trigger and forgets its pending retries and dead letters.

@@ -246,6 +246,17 @@ impl DeliveryStore {
 
     /// Retries of `trigger`, earliest due first, at most `limit`.
     pub fn retries(&self, trigger: &str, limit: usize) -> Result<Vec<Retry>, StoreError> {
+        self.retries_where(trigger, limit, &|_| true)
+    }
+
+    /// Like `retries`, but only those whose id `mine` accepts (a node retries the events of
+    /// the partitions it holds).
+    pub fn retries_where(
+        &self,
+        trigger: &str,
+        limit: usize,
+        mine: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Retry>, StoreError> {
         let p = prefix(b'r', trigger);
         let mut out = Vec::new();
         for (k, v) in self.kv.scan(&p)? {
@@ -259,6 +270,9 @@ impl DeliveryStore {
                     continue;
                 }
             };
+            if !mine(&h.id) {
+                continue;
+            }
             out.push(Retry {
                 id: h.id,
                 due_ms: time_of(&k, p.len()),

@@ -131,6 +131,7 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
                 policy,
                 ordered: false,
                 max_in_flight: 10,
+                feed: None,
             },
             "v1".into(),
         )
@@ -221,6 +222,7 @@ async fn an_ordered_partition_stuck_on_one_event_holds_up_no_other_partition() {
                 policy: DeliveryPolicy::default(),
                 ordered: true,
                 max_in_flight: 1,
+                feed: None,
             },
             "v1".into(),
         )

@@ -111,8 +111,9 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The table of a kind (brokers: `NAMESPACE NAME READY URL AGE`; triggers:
-/// `NAMESPACE NAME BROKER SUBSCRIBER READY LAG AGE`), columns padded to their widest cell.
+/// The table of a kind (brokers and sinks: `NAMESPACE NAME READY URL AGE`; triggers:
+/// `NAMESPACE NAME BROKER SUBSCRIBER READY LAG AGE`; sources: `NAMESPACE NAME TOPICS SINK
+/// READY AGE`), columns padded to their widest cell.
 fn table(kind: Kind, items: &[Value]) -> String {
     let headers: &[&str] = match kind {
         Kind::Broker | Kind::KafkaSink => &["NAMESPACE", "NAME", "READY", "URL", "AGE"],
@@ -125,6 +126,7 @@ fn table(kind: Kind, items: &[Value]) -> String {
             "LAG",
             "AGE",
         ],
+        Kind::KafkaSource => &["NAMESPACE", "NAME", "TOPICS", "SINK", "READY", "AGE"],
     };
     let mut rows = vec![headers.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for r in items {
@@ -147,6 +149,22 @@ fn table(kind: Kind, items: &[Value]) -> String {
                 r["status"]["lag"]
                     .as_u64()
                     .map_or("-".into(), |l| l.to_string()),
+                age,
+            ],
+            Kind::KafkaSource => vec![
+                ns,
+                name,
+                r["spec"]["topics"]
+                    .as_array()
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+                s(&r["status"]["sinkUri"]),
+                ready(r).0,
                 age,
             ],
         });

@@ -22,6 +22,11 @@ pub trait ResourceStore: Send + Sync {
     async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError>;
     /// True the first time it is called on a store.
     async fn first_start(&self) -> Result<bool, StoreError>;
+    /// The keys (`Kind/namespace/name`) other nodes change, as this store sees the changes;
+    /// `None` for a store no other node writes.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Vec<u8>>> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,14 @@ pub struct RocksStore {
 
 pub(super) fn key(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{}/{namespace}/{name}", kind.name())
+}
+
+/// The kind, namespace and name a key names (`None` for Ferry's own markers).
+pub(super) fn parse_key(key: &[u8]) -> Option<(Kind, String, String)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let mut parts = text.splitn(3, '/');
+    let kind = Kind::parse(parts.next()?)?;
+    Some((kind, parts.next()?.to_string(), parts.next()?.to_string()))
 }
 
 /// Marks a store whose first start is done (the default broker was created once).

@@ -164,6 +164,7 @@ async fn start(
         policy,
         ordered,
         max_in_flight,
+        feed: None,
     };
     // Everything the runner is built from: the same again (a label-only change of the trigger
     // or its broker) leaves the running trigger alone.

@@ -76,7 +76,7 @@ async fn resources_and_events_live_in_kafka_not_on_the_node() {
 }
 
 /// Runs the independent Kafka client (Python confluent-kafka) in tests/e2e/interop.
-fn peer(args: &[&str]) -> std::process::Output {
+pub fn peer(args: &[&str]) -> std::process::Output {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/e2e/interop/kafka_peer.py"

@@ -13,4 +13,6 @@ mod crash;
 mod dead_letters;
 mod ingress;
 mod kafka;
+mod nodes;
+mod sources;
 mod triggers;

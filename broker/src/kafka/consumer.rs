@@ -1,26 +1,136 @@
-//! A consumer over all partitions of a broker's topic, assigned by this engine at the
-//! offsets `EventLog::consumer` worked out (committed, else earliest or latest).
+//! Consumers of a broker's topic. Two ways to get partitions:
+//! - assigned by this engine (`EventLog::consumer`): every partition, at the offsets
+//!   `EventLog::consumer` worked out (committed, else earliest or latest);
+//! - as a member of a consumer group (`EventLog::group_member`): Kafka's group protocol
+//!   shares the partitions among the members (the nodes), cooperatively: a rebalance moves
+//!   only the partitions that change hands, and before one leaves this member the consumer's
+//!   revoke hook names the settled offsets to commit for it.
 
-use super::{client_config, kafka_err, record, KafkaOptions};
-use crate::log::{Consumer, Keep, LogError, Position, Stored};
+use super::{client_config, kafka_err, record, KafkaOptions, Naming, RawRecord};
+use crate::log::{Consumer, Keep, LogError, Position, RevokeHook, StartAt, Stored};
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub(super) struct KafkaConsumer {
-    consumer: StreamConsumer,
-    name: String,
-    group: Option<String>,
-    /// Next offset to read, per partition.
-    positions: Vec<u64>,
+/// How long a dead node keeps its partitions: the group coordinator gives them to the other
+/// members once it has not heard from the node for this long.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// What the rebalance callbacks share with the consumer.
+#[derive(Default)]
+struct Membership {
+    /// Partitions this member holds; `None` when assigned by the engine (all of them).
+    assigned: Option<BTreeSet<u32>>,
+    hook: Option<RevokeHook>,
 }
 
-/// The stored event in a record, if it is a CloudEvent (K-13: other records are passed over).
-pub(super) fn stored<M: Message>(m: &M) -> Option<Stored> {
-    let event = record::event(m.headers(), m.payload())?;
+pub(super) struct Ctx {
+    topic: String,
+    membership: Arc<Mutex<Membership>>,
+}
+
+fn lock(m: &Mutex<Membership>) -> MutexGuard<'_, Membership> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn partitions_of(topic: &str, tpl: &TopicPartitionList) -> Vec<u32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition().max(0) as u32)
+        .collect()
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked = partitions_of(&self.topic, tpl);
+        let hook = {
+            let mut m = lock(&self.membership);
+            if let Some(assigned) = m.assigned.as_mut() {
+                for p in &revoked {
+                    assigned.remove(p);
+                }
+            }
+            m.hook.clone()
+        };
+        tracing::info!(topic = %self.topic, partitions = ?revoked, "partitions revoked");
+        let Some(hook) = hook else { return };
+        // The settled prefix is committed before the partitions go, so the next owner starts
+        // where this one stopped; only events still in flight are delivered again.
+        let positions = hook(&revoked);
+        if positions.is_empty() {
+            return;
+        }
+        let mut commit = TopicPartitionList::new();
+        for p in positions {
+            let _ = commit.add_partition_offset(
+                &self.topic,
+                p.partition as i32,
+                Offset::Offset(p.offset as i64),
+            );
+        }
+        if let Err(e) = base.commit(&commit, CommitMode::Sync) {
+            tracing::warn!(topic = %self.topic, error = %e, "committing revoked partitions failed; their settled events may be delivered again");
+        }
+    }
+
+    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let added = partitions_of(&self.topic, tpl);
+                tracing::info!(topic = %self.topic, partitions = ?added, "partitions assigned");
+                let mut m = lock(&self.membership);
+                m.assigned.get_or_insert_with(BTreeSet::new).extend(added);
+            }
+            Rebalance::Error(e) => tracing::warn!(topic = %self.topic, error = %e, "rebalance"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+pub(super) struct KafkaConsumer {
+    consumer: StreamConsumer<Ctx>,
+    naming: Naming,
+    name: String,
+    group: Option<String>,
+    membership: Arc<Mutex<Membership>>,
+    /// Next offset to read, per partition read from (or assigned at a known offset).
+    positions: BTreeMap<u32, u64>,
+}
+
+/// The stored event in a record: on a broker's topic, if it is a CloudEvent (K-13: other
+/// records are passed over); on another topic, what its decoder makes of it.
+pub(super) fn stored<M: Message>(naming: &Naming, m: &M) -> Option<Stored> {
+    let event = match naming {
+        Naming::Brokers => record::event(m.headers(), m.payload())?,
+        Naming::External(decode) => {
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                .unwrap_or_default();
+            decode(&RawRecord {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key(),
+                headers,
+                value: m.payload(),
+            })?
+        }
+    };
     Some(Stored {
         position: Position {
             partition: m.partition() as u32,
@@ -32,18 +142,49 @@ pub(super) fn stored<M: Message>(m: &M) -> Option<Stored> {
 }
 
 impl KafkaConsumer {
-    pub(super) fn new(
+    fn create(
         options: &KafkaOptions,
-        name: String,
-        group: Option<String>,
-        positions: Vec<u64>,
-    ) -> Result<Self, LogError> {
+        name: &str,
+        group: Option<&str>,
+        reset: StartAt,
+    ) -> Result<(StreamConsumer<Ctx>, Arc<Mutex<Membership>>), LogError> {
         let mut config = client_config(options);
         config
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("group.id", group.as_deref().unwrap_or("ferry-reader"));
-        let consumer: StreamConsumer = config.create().map_err(kafka_err)?;
+            .set("group.id", group.unwrap_or("ferry-reader"))
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set("heartbeat.interval.ms", HEARTBEAT.as_millis().to_string())
+            .set(
+                "auto.offset.reset",
+                match reset {
+                    StartAt::Earliest => "earliest",
+                    StartAt::Latest => "latest",
+                },
+            );
+        let membership = Arc::new(Mutex::new(Membership::default()));
+        let ctx = Ctx {
+            topic: name.to_string(),
+            membership: membership.clone(),
+        };
+        let consumer = config.create_with_context(ctx).map_err(kafka_err)?;
+        Ok((consumer, membership))
+    }
+
+    /// Every partition, at `positions` (indexed by partition).
+    pub(super) fn assigned(
+        options: &KafkaOptions,
+        naming: Naming,
+        name: String,
+        group: Option<String>,
+        positions: Vec<u64>,
+    ) -> Result<Self, LogError> {
+        let (consumer, membership) =
+            Self::create(options, &name, group.as_deref(), StartAt::Earliest)?;
         let mut tpl = TopicPartitionList::new();
         for (p, offset) in positions.iter().enumerate() {
             tpl.add_partition_offset(&name, p as i32, Offset::Offset(*offset as i64))
@@ -52,9 +193,37 @@ impl KafkaConsumer {
         consumer.assign(&tpl).map_err(kafka_err)?;
         Ok(Self {
             consumer,
+            naming,
             name,
             group,
-            positions,
+            membership,
+            positions: positions
+                .into_iter()
+                .enumerate()
+                .map(|(p, o)| (p as u32, o))
+                .collect(),
+        })
+    }
+
+    /// A member of `group`: the partitions Kafka gives it, from the group's committed offsets
+    /// (else `start`).
+    pub(super) fn member(
+        options: &KafkaOptions,
+        naming: Naming,
+        name: String,
+        group: String,
+        start: StartAt,
+    ) -> Result<Self, LogError> {
+        let (consumer, membership) = Self::create(options, &name, Some(&group), start)?;
+        lock(&membership).assigned = Some(BTreeSet::new());
+        consumer.subscribe(&[&name]).map_err(kafka_err)?;
+        Ok(Self {
+            consumer,
+            naming,
+            name,
+            group: Some(group),
+            membership,
+            positions: BTreeMap::new(),
         })
     }
 
@@ -62,6 +231,13 @@ impl KafkaConsumer {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.name, partition as i32);
         tpl
+    }
+
+    /// Forgets the read positions of partitions this member no longer holds.
+    fn forget_revoked(&mut self) {
+        if let Some(assigned) = &lock(&self.membership).assigned {
+            self.positions.retain(|p, _| assigned.contains(p));
+        }
     }
 }
 
@@ -84,20 +260,38 @@ impl Consumer for KafkaConsumer {
             // After the first record, take only what is already here.
             limit = Duration::ZERO;
             scanned += 1;
-            if let Some(p) = self.positions.get_mut(m.partition() as usize) {
-                *p = (m.offset() + 1) as u64;
-            }
-            if let Some(s) = stored(&m) {
+            self.positions
+                .insert(m.partition() as u32, (m.offset() + 1) as u64);
+            if let Some(s) = stored(&self.naming, &m) {
                 if keep(&s.event) {
                     out.push(s);
                 }
             }
         }
+        self.forget_revoked();
+        if let Some(assigned) = &lock(&self.membership).assigned {
+            // A record polled just before its partition was revoked belongs to the next owner.
+            out.retain(|s| assigned.contains(&s.position.partition));
+        }
         Ok(out)
     }
 
     fn positions(&self) -> Vec<Position> {
-        crate::log::positions_of(&self.positions)
+        self.positions
+            .iter()
+            .map(|(&partition, &offset)| Position { partition, offset })
+            .collect()
+    }
+
+    fn assignment(&self) -> Option<Vec<u32>> {
+        lock(&self.membership)
+            .assigned
+            .as_ref()
+            .map(|a| a.iter().copied().collect())
+    }
+
+    fn on_revoke(&mut self, hook: RevokeHook) {
+        lock(&self.membership).hook = Some(hook);
     }
 
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {

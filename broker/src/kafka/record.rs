@@ -46,14 +46,22 @@ pub fn headers(event: &Event) -> OwnedHeaders {
 
 /// The event in a record's headers and value; `None` if it is not a CloudEvent.
 pub fn event<H: Headers>(headers: Option<&H>, value: Option<&[u8]>) -> Option<Event> {
-    let headers = headers?;
+    event_from(headers?.iter().map(|h| (h.key, h.value)), value)
+}
+
+/// The binary-mode event in a record's headers (key, value) and value; `None` if it is not a
+/// CloudEvent.
+pub fn event_from<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    value: Option<&[u8]>,
+) -> Option<Event> {
     let mut attributes = Vec::new();
     let mut types: Vec<(String, char)> = Vec::new();
-    for h in headers.iter() {
-        let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+    for (key, raw) in headers {
+        let Some(v) = raw.and_then(|v| std::str::from_utf8(v).ok()) else {
             continue;
         };
-        if h.key == TYPES_HEADER {
+        if key == TYPES_HEADER {
             types = v
                 .split(',')
                 .filter_map(|t| {
@@ -61,12 +69,12 @@ pub fn event<H: Headers>(headers: Option<&H>, value: Option<&[u8]>) -> Option<Ev
                         .and_then(|(n, k)| k.chars().next().map(|k| (n.to_string(), k)))
                 })
                 .collect();
-        } else if h.key.eq_ignore_ascii_case("content-type") {
+        } else if key.eq_ignore_ascii_case("content-type") {
             attributes.push((
                 "datacontenttype".to_string(),
                 AttrValue::String(v.to_string()),
             ));
-        } else if let Some(name) = h.key.strip_prefix("ce_") {
+        } else if let Some(name) = key.strip_prefix("ce_") {
             attributes.push((name.to_string(), AttrValue::String(v.to_string())));
         }
     }

@@ -46,7 +46,10 @@ impl Runner {
             if self.stop.is_cancelled() {
                 return;
             }
-            let due = match self.store.retries(&self.key, POLL_MAX) {
+            let due = match self
+                .store
+                .retries_where(&self.key, POLL_MAX, &|id| self.owns_delivery(id))
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(trigger = %self.key, error = %e, "cannot read the retry queue");

@@ -84,8 +84,9 @@ impl Kv for RocksKv {
 /// The topic holding every trigger's retries and dead letters in Kafka mode.
 pub const TOPIC: &str = "ferry-deliveries";
 
-/// The compacted topic `ferry-deliveries`, read whole at start and kept in memory; writes are
-/// acknowledged by Kafka before they count.
+/// The compacted topic `ferry-deliveries`, read whole at start and followed (a node that takes
+/// over a partition from another sees the retries that node left); writes are acknowledged by
+/// Kafka before they count.
 pub struct KafkaKv {
     topic: CompactedTopic,
 }
@@ -97,7 +98,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 impl KafkaKv {
     pub async fn open(options: &broker::KafkaOptions) -> Result<Self, StoreError> {
         Ok(Self {
-            topic: CompactedTopic::open(options, TOPIC, false)
+            topic: CompactedTopic::open(options, TOPIC, true)
                 .await
                 .map_err(err)?,
         })

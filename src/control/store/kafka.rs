@@ -76,6 +76,10 @@ impl ResourceStore for KafkaStore {
             .map_err(err)
     }
 
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Vec<u8>>> {
+        Some(self.topic.changes())
+    }
+
     async fn first_start(&self) -> Result<bool, StoreError> {
         if self.topic.get(INITIALIZED).is_some() {
             return Ok(false);

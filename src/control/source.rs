@@ -1,0 +1,221 @@
+//! Reconciling a KafkaSource (KS-01..KS-07): one runner per topic, each a member of the
+//! source's consumer group on the source's own Kafka cluster, whose records become CloudEvents
+//! (`dispatcher::source`) delivered to the sink with the source's delivery policy. In Kafka
+//! mode every node runs the runners, and the group shares the partitions among the nodes.
+
+use super::resource::Resource;
+use super::{condition, ControlPlane};
+use broker::{EventLog, StartAt, Topic};
+use dispatcher::filter::Filter;
+use dispatcher::policy::DeliveryPolicy;
+use dispatcher::source::{decoder, KeyType, SourceInfo, KEY_TYPE_LABEL};
+use dispatcher::{Feed, TriggerSpec};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+use super::trigger::DEFAULT_MAX_IN_FLIGHT;
+
+/// The name of the runner of one topic of a source (its key in metrics and the delivery
+/// store): `<source>#<topic>`, as in the events' `source`.
+fn runner_name(source: &str, topic: &str) -> String {
+    format!("{source}#{topic}")
+}
+
+/// The source's consumer group: `spec.consumerGroup`, else `knative-kafka-source-<uid>`.
+pub fn group_of(r: &Resource) -> String {
+    r.spec["consumerGroup"].as_str().map_or_else(
+        || format!("knative-kafka-source-{}", r.metadata.uid),
+        str::to_string,
+    )
+}
+
+fn topics_of(r: &Resource) -> Vec<String> {
+    r.spec["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Why a source is not Ready: the condition that failed, its reason and message.
+struct NotReady(&'static str, &'static str, String);
+
+pub async fn reconcile(cp: &ControlPlane, r: &mut Resource) {
+    let mut sink_uri = None;
+    let outcome = start(cp, r, &mut sink_uri).await;
+    if outcome.is_err() {
+        stop(cp, r, &[]).await;
+    }
+    let old = &r.status;
+    let order = ["SinkProvided", "InitialOffsetsCommitted", "Ready"];
+    let failed_at = match &outcome {
+        Ok(()) => order.len(),
+        Err(NotReady(c, _, _)) => order.iter().position(|o| o == c).unwrap_or(0),
+    };
+    let conditions: Vec<Value> = order
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match &outcome {
+            Err(NotReady(_, reason, message)) if i >= failed_at || *c == "Ready" => {
+                if i == failed_at || *c == "Ready" {
+                    condition(old, c, "False", Some(reason), Some(message))
+                } else {
+                    condition(old, c, "Unknown", None, None)
+                }
+            }
+            _ => condition(old, c, "True", None, None),
+        })
+        .collect();
+    let mut status = json!({
+        "observedGeneration": r.metadata.generation,
+        "conditions": conditions,
+    });
+    if let Some(uri) = sink_uri {
+        status["sinkUri"] = Value::String(uri);
+    }
+    r.status = status;
+}
+
+/// Stops the runners of `r`'s topics, but those in `keep`.
+pub async fn stop(cp: &ControlPlane, r: &Resource, keep: &[String]) {
+    let ns = &r.metadata.namespace;
+    let prefix = runner_name(&r.metadata.name, "");
+    for name in cp.dispatcher.running(ns, &prefix).await {
+        if !keep.contains(&name) {
+            cp.dispatcher.stop(ns, &name).await;
+        }
+    }
+}
+
+/// Stops the runners of a deleted source and forgets their retries and dead letters.
+pub async fn forget(cp: &ControlPlane, r: &Resource) -> Result<(), dispatcher::DispatchError> {
+    let ns = &r.metadata.namespace;
+    let prefix = runner_name(&r.metadata.name, "");
+    for name in cp.dispatcher.running(ns, &prefix).await {
+        cp.dispatcher.forget(ns, &name).await?;
+    }
+    Ok(())
+}
+
+async fn start(
+    cp: &ControlPlane,
+    r: &Resource,
+    sink_uri: &mut Option<String>,
+) -> Result<(), NotReady> {
+    let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+    let spec = &r.spec;
+    let sink = cp
+        .resolve(&spec["sink"], ns)
+        .map_err(|m| NotReady("SinkProvided", "SinkNotFound", m))?;
+    *sink_uri = Some(sink.clone());
+    let policy = spec
+        .get("delivery")
+        .map_or_else(DeliveryPolicy::default, DeliveryPolicy::from_spec);
+    let dead_letter = match spec.pointer("/delivery/deadLetterSink") {
+        None => None,
+        Some(dls) => Some(
+            cp.resolve(dls, ns)
+                .map_err(|m| NotReady("SinkProvided", "DeadLetterSinkNotFound", m))?,
+        ),
+    };
+    let key_type = r
+        .metadata
+        .labels
+        .get(KEY_TYPE_LABEL)
+        .and_then(|t| KeyType::parse(t))
+        .unwrap_or(KeyType::String);
+    let overrides = spec
+        .pointer("/ceOverrides/extensions")
+        .and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let options = cp.kafka_options_of(spec);
+    let info = SourceInfo {
+        namespace: ns.clone(),
+        name: name.clone(),
+        key_type,
+        overrides,
+    };
+    let log: Arc<dyn EventLog> = Arc::new(
+        broker::KafkaLog::external(options, decoder(info))
+            .map_err(|e| NotReady("InitialOffsetsCommitted", "KafkaUnavailable", e.to_string()))?,
+    );
+    let group = group_of(r);
+    let latest = spec["initialOffset"].as_str() != Some("earliest");
+    let ordered = spec["ordering"].as_str() != Some("unordered");
+    let topics = topics_of(r);
+    for topic in &topics {
+        let t = Topic::new("", topic);
+        let unavailable = |e: broker::LogError| {
+            NotReady(
+                "InitialOffsetsCommitted",
+                "TopicUnavailable",
+                format!("topic {topic:?}: {e}"),
+            )
+        };
+        let ends = log.watermarks(&t).await.map_err(unavailable)?;
+        let committed = log.committed(&t, &group).await.map_err(unavailable)?;
+        // KS-06: with `latest`, a partition the group never read starts at its end as of now,
+        // committed before the source is Ready; with `earliest` it starts at the beginning.
+        if latest {
+            let missing: Vec<broker::Position> = ends
+                .iter()
+                .zip(&committed)
+                .enumerate()
+                .filter(|(_, (_, c))| c.is_none())
+                .map(|(p, (w, _))| broker::Position {
+                    partition: p as u32,
+                    offset: w.end,
+                })
+                .collect();
+            if !missing.is_empty() {
+                log.commit(&t, &group, &missing)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+    }
+    let names: Vec<String> = topics.iter().map(|t| runner_name(name, t)).collect();
+    stop(cp, r, &names).await;
+    let fingerprint_base = json!({
+        "spec": spec,
+        "labels": r.metadata.labels,
+        "annotations": r.metadata.annotations,
+        "sink": sink,
+        "deadLetterSink": dead_letter,
+        "group": group,
+    });
+    for topic in &topics {
+        let runner = TriggerSpec {
+            namespace: ns.clone(),
+            name: runner_name(name, topic),
+            topic: Topic::new("", topic),
+            filter: Filter::Everything,
+            subscriber: cp.dispatcher.http_subscriber(&sink, &policy),
+            dead_letter: dead_letter
+                .as_ref()
+                .map(|url| cp.dispatcher.http_subscriber(url, &policy)),
+            policy: policy.clone(),
+            ordered,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            feed: Some(Feed {
+                log: log.clone(),
+                group: group.clone(),
+                start: if latest {
+                    StartAt::Latest
+                } else {
+                    StartAt::Earliest
+                },
+            }),
+        };
+        let fingerprint = json!({"base": fingerprint_base, "topic": topic}).to_string();
+        cp.dispatcher.run(runner, fingerprint).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Several `ferry serve --kafka` nodes on one Kafka cluster: they share the control plane and
+//! every trigger's partitions, and the others carry on when one is killed.
+
+use super::subscriber::TestSubscriber;
+use super::support::*;
+use super::tansu::Tansu;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A gauge or counter of a node's `/metrics` for trigger `t`, summed over its other labels.
+async fn metric(node: &Server, name: &str) -> i64 {
+    let Ok(resp) = reqwest::get(format!("{}/metrics", node.api)).await else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains("trigger=\"t\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as i64
+}
+
+/// The partitions each node delivers for trigger `t`.
+async fn shares(nodes: &[&Server]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(metric(n, "ferry_dispatch_partitions").await);
+    }
+    out
+}
+
+fn ready(node: &Server, kind: &str, name: &str) -> bool {
+    let out = node.cli(&["get", kind, name, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_a_trigger_and_lose_nothing_when_one_is_killed() {
+    let kafka = Tansu::start();
+    let flags = [
+        "--kafka",
+        kafka.bootstrap.as_str(),
+        "--kafka-max-batch-records",
+        "1",
+    ];
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut victim = Server::start(&dirs[0].path().join("data"), &flags);
+    let b = Server::start(&dirs[1].path().join("data"), &flags);
+    let c = Server::start(&dirs[2].path().join("data"), &flags);
+    let sub = TestSubscriber::start().await;
+
+    // Applied on one node, the others see it and run it.
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n",
+        sub.at("all")
+    );
+    let out = victim.cli_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let applied = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the trigger on the other nodes",
+        || {
+            let seen = ready(&b, "trigger", "t") && ready(&c, "trigger", "t");
+            async move { seen.then_some(()) }
+        },
+    )
+    .await;
+    eprintln!("other nodes saw the trigger after {:?}", applied.elapsed());
+
+    // The four partitions are shared among the three nodes, none left out, none held twice.
+    eventually(Duration::from_secs(60), "the partitions shared", || async {
+        let s = shares(&[&victim, &b, &c]).await;
+        (s.iter().sum::<i64>() == 4 && s.iter().all(|&n| n >= 1)).then_some(())
+    })
+    .await;
+
+    // The normal case: each event delivered once, whichever node took it in.
+    let nodes = [&victim, &b, &c];
+    for i in 0..60 {
+        let node = nodes[i % 3];
+        assert_eq!(
+            node.post_event("default", "default", &format!("n{i}"))
+                .await,
+            202
+        );
+    }
+    sub.wait_for("all", 60, Duration::from_secs(60)).await;
+    // Every node's settled offsets committed (lag 0 everywhere), so nothing of this phase
+    // comes again when a node dies below.
+    eventually(
+        Duration::from_secs(30),
+        "every offset committed",
+        || async {
+            let mut lag = 0;
+            for n in nodes {
+                lag += metric(n, "ferry_dispatch_lag").await;
+            }
+            (lag == 0).then_some(())
+        },
+    )
+    .await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in sub.received("all") {
+        *counts.entry(r.id()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 60);
+    assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
+    for n in nodes {
+        assert!(
+            metric(n, "ferry_dispatch_deliveries_total").await > 0,
+            "every node delivered some"
+        );
+    }
+
+    // Under load, kill -9 one node. Producers keep posting to the other two.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let targets = [b.ingress.clone(), c.ingress.clone()];
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("k{i}");
+                let url = format!("{}/default/default", targets[i % 2]);
+                let resp = binary_post(&client, &url, &id, &[], b"{}").send().await;
+                if resp.is_ok_and(|r| r.status() == 202) {
+                    acked.lock().unwrap().push(id);
+                }
+                i += 1;
+            }
+        })
+    };
+    let phase2 = |sub: &TestSubscriber| {
+        sub.received("all")
+            .iter()
+            .filter(|r| r.id().starts_with('k'))
+            .count()
+    };
+    eventually(Duration::from_secs(60), "deliveries under load", || {
+        let n = phase2(&sub);
+        async move { (n >= 100).then_some(()) }
+    })
+    .await;
+    victim.kill9();
+    let at_kill = acked.lock().unwrap().len();
+    eventually(
+        Duration::from_secs(60),
+        "more events after the kill",
+        || {
+            let n = acked.lock().unwrap().len();
+            async move { (n >= at_kill + 200).then_some(()) }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    loader.await.unwrap();
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+
+    // The survivors take the dead node's partitions and deliver every acknowledged event.
+    eventually(
+        Duration::from_secs(60),
+        "the partitions taken over",
+        || async { (shares(&[&b, &c]).await.iter().sum::<i64>() == 4).then_some(()) },
+    )
+    .await;
+    let missing = eventually(Duration::from_secs(90), "every acknowledged event", || {
+        let got: HashSet<String> = sub.received("all").iter().map(|r| r.id()).collect();
+        let missing: Vec<&String> = acked.iter().filter(|id| !got.contains(*id)).collect();
+        let n = missing.len();
+        async move { (n == 0).then_some(n) }
+    })
+    .await;
+    assert_eq!(missing, 0);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in sub.received("all") {
+        *counts.entry(r.id()).or_default() += 1;
+    }
+    assert!(
+        (0..60).all(|i| counts.get(&format!("n{i}")) == Some(&1)),
+        "settled events before the kill are not delivered again"
+    );
+    let again = counts
+        .iter()
+        .filter(|(id, n)| id.starts_with('k') && **n > 1)
+        .count();
+    eprintln!(
+        "{} events acknowledged during the load ({} after the kill); {again} delivered more than once",
+        acked.len(),
+        acked.len() - at_kill
+    );
+}
