@@ -9,7 +9,7 @@
 
 pub mod api;
 pub mod resource;
-mod source;
+pub(crate) mod source;
 pub mod store;
 mod trigger;
 

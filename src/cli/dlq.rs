@@ -1,4 +1,5 @@
-//! `ferry dlq`: a trigger's dead letters, kept by Ferry when no dead-letter sink took them.
+//! `ferry dlq`: a trigger's (or a KafkaSource's) dead letters, kept by Ferry when no
+//! dead-letter sink took them. `TRIGGER` is a trigger's name, or `kafkasource/NAME`.
 
 use super::client::{Client, ServerArg};
 use super::get::Output;
@@ -42,6 +43,21 @@ pub enum DlqCommand {
     },
 }
 
+/// The API path of the dead letters of `target` (`NAME`, `trigger/NAME`, `kafkasource/NAME`).
+fn dead_letters_path(namespace: &str, target: &str) -> anyhow::Result<String> {
+    let (plural, name) = match target.split_once('/') {
+        None => ("triggers", target),
+        Some(("trigger" | "triggers", name)) => ("triggers", name),
+        Some(("kafkasource" | "kafkasources", name)) => ("kafkasources", name),
+        Some((kind, _)) => {
+            bail!("{kind:?} has no dead letters: give a trigger's name or kafkasource/NAME")
+        }
+    };
+    Ok(format!(
+        "/api/v1/namespaces/{namespace}/{plural}/{name}/deadletters"
+    ))
+}
+
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
     match cmd {
         DlqCommand::List {
@@ -51,7 +67,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
             server,
         } => {
             let client = Client::new(&server)?;
-            let path = format!("/api/v1/namespaces/{namespace}/triggers/{trigger}/deadletters");
+            let path = dead_letters_path(&namespace, &trigger)?;
             let answer = client.request(Method::GET, &path, None).await?;
             let items = answer["items"].as_array().cloned().unwrap_or_default();
             match output {
@@ -59,7 +75,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
                 Output::Yaml => print!("{}", serde_yaml_ng::to_string(&answer)?),
                 Output::Table => {
                     if items.is_empty() {
-                        eprintln!("No dead letters for trigger {namespace}/{trigger}.");
+                        eprintln!("No dead letters for {namespace}/{trigger}.");
                     }
                     for dl in &items {
                         let e = &dl["error"];
@@ -88,8 +104,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
             server,
         } => {
             let client = Client::new(&server)?;
-            let path =
-                format!("/api/v1/namespaces/{namespace}/triggers/{trigger}/deadletters/replay");
+            let path = format!("{}/replay", dead_letters_path(&namespace, &trigger)?);
             let body = match (id, all) {
                 (Some(id), _) => json!({ "id": id }),
                 (None, true) => json!({ "all": true }),
@@ -107,7 +122,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
             server,
         } => {
             let client = Client::new(&server)?;
-            let path = format!("/api/v1/namespaces/{namespace}/triggers/{trigger}/deadletters");
+            let path = dead_letters_path(&namespace, &trigger)?;
             let answer = client.request(Method::DELETE, &path, None).await?;
             println!(
                 "{} dead letter(s) of {namespace}/{trigger} purged",

@@ -8,9 +8,9 @@
 //! | `GET /api/v1/namespaces/{ns}/{plural}/{name}` | one resource |
 //! | `DELETE /api/v1/namespaces/{ns}/{plural}/{name}` | delete |
 //! | `GET /api/v1/namespaces/{ns}/brokers/{name}/events?from=beginning\|end&follow=BOOL` | NDJSON stream of structured CloudEvents |
-//! | `GET /api/v1/namespaces/{ns}/triggers/{name}/deadletters` | the trigger's dead letters |
-//! | `POST /api/v1/namespaces/{ns}/triggers/{name}/deadletters/replay` `{"id": ID}` or `{"all": true}` | deliver them again |
-//! | `DELETE /api/v1/namespaces/{ns}/triggers/{name}/deadletters` | purge |
+//! | `GET /api/v1/namespaces/{ns}/{triggers\|kafkasources}/{name}/deadletters` | the trigger's (source's) dead letters |
+//! | `POST /api/v1/namespaces/{ns}/{triggers\|kafkasources}/{name}/deadletters/replay` `{"id": ID}` or `{"all": true}` | deliver them again |
+//! | `DELETE /api/v1/namespaces/{ns}/{triggers\|kafkasources}/{name}/deadletters` | purge |
 //!
 //! Triggers are returned with `status.lag`: events of their broker not yet settled.
 
@@ -53,11 +53,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/namespaces/{ns}/brokers/{name}/events", get(events))
         .route(
-            "/api/v1/namespaces/{ns}/triggers/{name}/deadletters",
+            "/api/v1/namespaces/{ns}/{plural}/{name}/deadletters",
             get(dead_letters).delete(purge_dead_letters),
         )
         .route(
-            "/api/v1/namespaces/{ns}/triggers/{name}/deadletters/replay",
+            "/api/v1/namespaces/{ns}/{plural}/{name}/deadletters/replay",
             post(replay_dead_letters),
         )
         .route("/metrics", get(metrics))
@@ -155,19 +155,35 @@ async fn with_lag(log: &dyn EventLog, r: &mut super::resource::Resource) {
     }
 }
 
-/// The trigger must exist for its dead letters to be asked about.
-fn trigger_exists(s: &ApiState, ns: &str, name: &str) -> Result<(), ControlError> {
-    s.control.get(Kind::Trigger, ns, name).map(|_| ())
+/// The runners whose dead letters are a resource's: a trigger's one, a KafkaSource's one per
+/// topic. The resource must exist for its dead letters to be asked about.
+fn delivery_names(
+    s: &ApiState,
+    ns: &str,
+    plural: &str,
+    name: &str,
+) -> Result<Vec<String>, ControlError> {
+    let k = kind(plural)?;
+    let r = s.control.get(k, ns, name)?;
+    match k {
+        Kind::Trigger => Ok(vec![name.to_string()]),
+        Kind::KafkaSource => Ok(super::source::runner_names(&r)),
+        _ => Err(ControlError::BadRequest(format!(
+            "{} have no dead letters: triggers and kafkasources do",
+            k.plural()
+        ))),
+    }
 }
 
 async fn dead_letters(
     State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ControlError> {
-    trigger_exists(&s, &ns, &name)?;
-    let items: Vec<Value> = s
-        .dispatcher
-        .dead_letters(&ns, &name)?
+    let mut all = Vec::new();
+    for runner in delivery_names(&s, &ns, &plural, &name)? {
+        all.extend(s.dispatcher.dead_letters(&ns, &runner)?);
+    }
+    let items: Vec<Value> = all
         .into_iter()
         .map(|dl| {
             let event: Value = serde_json::from_str(&ingress::format::structured_json(&dl.event))
@@ -187,10 +203,10 @@ struct ReplayRequest {
 
 async fn replay_dead_letters(
     State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
     Json(req): Json<ReplayRequest>,
 ) -> Result<Json<Value>, ControlError> {
-    trigger_exists(&s, &ns, &name)?;
+    let runners = delivery_names(&s, &ns, &plural, &name)?;
     let id = match (&req.id, req.all) {
         (Some(id), false) => Some(id.as_str()),
         (None, true) => None,
@@ -200,7 +216,10 @@ async fn replay_dead_letters(
             ))
         }
     };
-    let n = s.dispatcher.replay(&ns, &name, id)?;
+    let mut n = 0;
+    for runner in &runners {
+        n += s.dispatcher.replay(&ns, runner, id)?;
+    }
     if n == 0 && id.is_some() {
         return Err(ControlError::NotFound {
             kind: "dead letter",
@@ -213,10 +232,12 @@ async fn replay_dead_letters(
 
 async fn purge_dead_letters(
     State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ControlError> {
-    trigger_exists(&s, &ns, &name)?;
-    let n = s.dispatcher.purge(&ns, &name)?;
+    let mut n = 0;
+    for runner in delivery_names(&s, &ns, &plural, &name)? {
+        n += s.dispatcher.purge(&ns, &runner)?;
+    }
     Ok(Json(json!({ "purged": n })))
 }
 

@@ -29,6 +29,14 @@ pub fn group_of(r: &Resource) -> String {
     )
 }
 
+/// The names of a source's runners, one per topic.
+pub fn runner_names(r: &Resource) -> Vec<String> {
+    topics_of(r)
+        .iter()
+        .map(|t| runner_name(&r.metadata.name, t))
+        .collect()
+}
+
 fn topics_of(r: &Resource) -> Vec<String> {
     r.spec["topics"]
         .as_array()
@@ -181,8 +189,7 @@ async fn start(
             }
         }
     }
-    let names: Vec<String> = topics.iter().map(|t| runner_name(name, t)).collect();
-    stop(cp, r, &names).await;
+    stop(cp, r, &runner_names(r)).await;
     let fingerprint_base = json!({
         "spec": spec,
         "labels": r.metadata.labels,

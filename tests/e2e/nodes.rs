@@ -196,4 +196,20 @@ async fn three_nodes_share_a_trigger_and_lose_nothing_when_one_is_killed() {
         acked.len(),
         acked.len() - at_kill
     );
+
+    // Deleted on one node: the other stops delivering for it too.
+    let out = c.cli(&["delete", "trigger", "t"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deleted = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the trigger stopped on every node",
+        || async { (shares(&[&b, &c]).await.iter().sum::<i64>() == 0).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "the other node stopped the trigger after {:?}",
+        deleted.elapsed()
+    );
+    assert!(!b.cli(&["get", "trigger", "t"]).status.success());
 }

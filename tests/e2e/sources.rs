@@ -41,6 +41,7 @@ async fn a_kafka_source_delivers_any_topics_records(kafka_mode: bool) {
             retry_after: None,
         },
     );
+    sub.set("reject", Behaviour::Status(422));
     peer(&["create", &kafka.bootstrap, "orders", "2"]);
     peer(&["records", &kafka.bootstrap, "orders", "before"]);
 
@@ -76,6 +77,17 @@ spec:
       kind: Broker
       name: default
 ---
+apiVersion: sources.knative.dev/v1beta1
+kind: KafkaSource
+metadata:
+  name: rejected
+spec:
+  bootstrapServers: ["{b}"]
+  topics: [orders]
+  initialOffset: earliest
+  sink:
+    uri: {reject}
+---
 apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata:
@@ -90,6 +102,7 @@ spec:
         b = kafka.bootstrap,
         direct = sub.at("direct"),
         replayed = sub.at("replayed"),
+        reject = sub.at("reject"),
     );
     let out = server.cli_stdin(&["apply", "-f", "-"], &yaml);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -159,6 +172,28 @@ spec:
     assert!(got
         .iter()
         .all(|r| r.header("ce-via").as_deref() == Some("replay")));
+
+    // Refused by its sink, with no dead-letter sink: Ferry keeps the records as dead letters,
+    // listed and replayed like a trigger's.
+    let list = || {
+        let out = server.cli(&["dlq", "list", "kafkasource/rejected", "-o", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["items"].as_array().cloned().unwrap_or_default()
+    };
+    eventually(Duration::from_secs(60), "six dead letters", || {
+        let n = list().len();
+        async move { (n == 6).then_some(()) }
+    })
+    .await;
+    sub.set("reject", Behaviour::Status(200));
+    let out = server.cli(&["dlq", "replay", "kafkasource/rejected", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(Duration::from_secs(60), "the replayed records", || {
+        let ok = sub.received("reject").len() >= 12 && list().is_empty();
+        async move { ok.then_some(()) }
+    })
+    .await;
 
     // Deleted: the source stops; its topic is the user's and stays.
     let out = server.cli(&["delete", "kafkasource", "from-orders"]);
