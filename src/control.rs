@@ -102,6 +102,8 @@ impl ControlPlane {
             ingress_url: ingress_url.trim_end_matches('/').to_string(),
             writes: tokio::sync::Mutex::new(()),
         });
+        // Listen before converging, so what other nodes change meanwhile is not missed.
+        let changes = cp.store.changes();
         let first = cp.store.first_start().await?;
         cp.ensure_broker(SYSTEM_NAMESPACE, RESOURCES_BROKER).await?;
         if first {
@@ -119,7 +121,7 @@ impl ControlPlane {
                 }
             }
         }
-        if let Some(changes) = cp.store.changes() {
+        if let Some(changes) = changes {
             tokio::spawn(follow(Arc::downgrade(&cp), changes));
         }
         Ok(cp)

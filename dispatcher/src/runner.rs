@@ -54,6 +54,10 @@ pub struct TriggerSpec {
     /// Where the events come from: `None`, the broker's log (a trigger); else another log (a
     /// KafkaSource's topic), whose subscriber's replies are not kept.
     pub feed: Option<Feed>,
+    /// Which resource this is (its uid): a runner of an earlier resource of the same name
+    /// (deleted and made again) is replaced without its last commit, which would move the new
+    /// one's offsets back.
+    pub instance: String,
 }
 
 /// A log other than the dispatcher's own, read as a consumer group's member.
@@ -134,6 +138,11 @@ pub(crate) struct Runner {
     /// In Kafka mode the consumer group shares them among the nodes, and a node re-attempts
     /// only the retries of the partitions it holds.
     owned: Mutex<Option<HashSet<u32>>>,
+    /// Per partition, how many times it was taken from this node: an ordered worker started
+    /// before the last time stops (its partition may be back, with a new worker).
+    epochs: Mutex<HashMap<u32, u64>>,
+    /// Partitions taken from this node since the run loop last looked.
+    revoked: Mutex<Vec<u32>>,
     /// Retries being attempted now (their records stay in the store until settled).
     retrying: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
@@ -142,6 +151,8 @@ pub(crate) struct Runner {
     stop: CancellationToken,
     /// Abandon in-flight attempts (after the grace period).
     abort: CancellationToken,
+    /// Set when the runner is replaced by another instance: no last commit.
+    pub(crate) superseded: std::sync::atomic::AtomicBool,
 }
 
 /// What one attempt came to, after the reply (if any) was stored.
@@ -170,13 +181,20 @@ impl Runner {
             metrics,
             offsets: Mutex::new(Offsets::default()),
             owned: Mutex::new(None),
+            epochs: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Vec::new()),
             retry_wake: Notify::new(),
             retrying: Mutex::new(HashSet::new()),
             permits,
             tasks: TaskTracker::new(),
             stop,
             abort: CancellationToken::new(),
+            superseded: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        &self.spec.instance
     }
 
     fn labels(&self) -> [&str; 2] {
@@ -194,6 +212,15 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .is_none_or(|o| o.contains(&partition))
+    }
+
+    fn epoch(&self, partition: u32) -> u64 {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether this node re-attempts the retry with delivery id `id`.
@@ -238,6 +265,16 @@ impl Runner {
                     owned.remove(p);
                 }
             }
+            {
+                let mut epochs = me.epochs.lock().unwrap_or_else(|p| p.into_inner());
+                for p in partitions {
+                    *epochs.entry(*p).or_default() += 1;
+                }
+            }
+            me.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(partitions);
             me.offsets().release(partitions)
         }));
         self.set_owned(consumer.assignment());
@@ -290,12 +327,20 @@ impl Runner {
                     }
                 }
             };
-            // The partitions held may have changed during the poll (Kafka mode).
+            // The partitions held may have changed during the poll (Kafka mode). A revoked
+            // partition's worker and held events go (its next owner delivers them), and it is
+            // resumed, so that it is not still paused if it comes back.
             let assignment = consumer.assignment();
             if assignment.is_some() {
                 self.set_owned(assignment);
-                ordered.retain(|&p, _| self.owns(p));
-                held.retain(|&p, _| self.owns(p));
+                let revoked =
+                    std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()));
+                for p in revoked {
+                    ordered.remove(&p);
+                    if held.remove(&p).is_some() {
+                        consumer.resume(p);
+                    }
+                }
             }
             // What matched is in flight; everything else read is settled (filtered out).
             {
@@ -317,7 +362,9 @@ impl Runner {
                     let tx = ordered.entry(partition).or_insert_with(|| {
                         let (tx, rx) = mpsc::channel(ORDERED_QUEUE);
                         let me = self.clone();
-                        self.tasks.spawn(async move { me.ordered_worker(rx).await });
+                        let epoch = self.epoch(partition);
+                        self.tasks
+                            .spawn(async move { me.ordered_worker(rx, partition, epoch).await });
                         tx
                     });
                     match tx.try_send(stored) {
@@ -357,7 +404,9 @@ impl Runner {
             self.abort.cancel();
             self.tasks.wait().await;
         }
-        self.commit(consumer.as_mut()).await;
+        if !self.superseded.load(std::sync::atomic::Ordering::Acquire) {
+            self.commit(consumer.as_mut()).await;
+        }
         self.metrics
             .partitions
             .with_label_values(&self.labels())
@@ -497,6 +546,9 @@ impl Runner {
         let settled = match self.attempt(&stored.event).await {
             Attempt::Done => true,
             Attempt::Abandoned => false,
+            // Its partition went to another node meanwhile: that node reads the event again
+            // and owns its retries; writing them here too would race it.
+            _ if !self.owns(stored.position.partition) => false,
             Attempt::Retry(f) if self.spec.policy.retry >= 1 => {
                 let info = self.error_info(&f, 1);
                 self.queue_retry(
@@ -531,17 +583,28 @@ impl Runner {
 
     /// Ordered mode: one partition's events, one at a time. The attempts made at the event in
     /// hand are on disk, so a crash does not restart its count.
-    async fn ordered_worker(self: Arc<Self>, mut rx: mpsc::Receiver<Stored>) {
+    /// It stops when its partition goes to another node (`epoch` is passed), which delivers
+    /// what it had not finished.
+    async fn ordered_worker(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Stored>,
+        partition: u32,
+        epoch: u64,
+    ) {
+        let mine = || self.epoch(partition) == epoch && self.owns(partition);
         while let Some(stored) = rx.recv().await {
-            if !self.owns(stored.position.partition) {
-                // Queued before its partition went to another node, which delivers it.
-                continue;
+            if !mine() {
+                return;
             }
             let id = delivery_id(&stored);
             let mut attempts = self.store.attempts(&self.key, &id).unwrap_or(0);
             let settled = loop {
                 attempts += 1;
-                match self.attempt(&stored.event).await {
+                let attempt = self.attempt(&stored.event).await;
+                if !mine() {
+                    return;
+                }
+                match attempt {
                     Attempt::Done => break true,
                     Attempt::Abandoned => break false,
                     Attempt::Retry(f) if attempts <= self.spec.policy.retry => {

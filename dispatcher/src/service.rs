@@ -28,6 +28,8 @@ pub enum DispatchError {
 
 struct Running {
     stop: CancellationToken,
+    runner: Arc<Runner>,
+    instance: String,
     handle: JoinHandle<()>,
     /// What the runner was built from; the same again needs no restart.
     fingerprint: String,
@@ -139,6 +141,11 @@ impl Dispatcher {
         };
         // Drain the old runner without holding the table: other triggers stay manageable.
         if let Some(old) = old {
+            if old.instance != spec.instance {
+                old.runner
+                    .superseded
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
             stop(old).await;
         }
         let stop_token = CancellationToken::new();
@@ -149,11 +156,14 @@ impl Dispatcher {
             self.metrics.clone(),
             stop_token.clone(),
         );
-        let handle = tokio::spawn(runner.run(self.grace));
+        let instance = runner.instance().to_string();
+        let handle = tokio::spawn(runner.clone().run(self.grace));
         self.runners.lock().await.insert(
             key,
             Running {
                 stop: stop_token,
+                runner,
+                instance,
                 handle,
                 fingerprint,
             },

@@ -132,6 +132,7 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
                 ordered: false,
                 max_in_flight: 10,
                 feed: None,
+                instance: "1".into(),
             },
             "v1".into(),
         )
@@ -223,6 +224,7 @@ async fn an_ordered_partition_stuck_on_one_event_holds_up_no_other_partition() {
                 ordered: true,
                 max_in_flight: 1,
                 feed: None,
+                instance: "1".into(),
             },
             "v1".into(),
         )

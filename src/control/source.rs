@@ -97,11 +97,16 @@ pub async fn stop(cp: &ControlPlane, r: &Resource, keep: &[String]) {
     }
 }
 
-/// Stops the runners of a deleted source and forgets their retries and dead letters.
+/// Stops the runners of a deleted source and forgets their retries and dead letters (of its
+/// topics, whether they run on this node or not).
 pub async fn forget(cp: &ControlPlane, r: &Resource) -> Result<(), dispatcher::DispatchError> {
     let ns = &r.metadata.namespace;
     let prefix = runner_name(&r.metadata.name, "");
-    for name in cp.dispatcher.running(ns, &prefix).await {
+    let mut names = runner_names(r);
+    names.extend(cp.dispatcher.running(ns, &prefix).await);
+    names.sort();
+    names.dedup();
+    for name in names {
         cp.dispatcher.forget(ns, &name).await?;
     }
     Ok(())
@@ -197,6 +202,7 @@ async fn start(
         "sink": sink,
         "deadLetterSink": dead_letter,
         "group": group,
+        "uid": r.metadata.uid,
     });
     for topic in &topics {
         let runner = TriggerSpec {
@@ -220,6 +226,7 @@ async fn start(
                     StartAt::Earliest
                 },
             }),
+            instance: r.metadata.uid.clone(),
         };
         let fingerprint = json!({"base": fingerprint_base, "topic": topic}).to_string();
         cp.dispatcher.run(runner, fingerprint).await;

@@ -165,6 +165,7 @@ async fn start(
         ordered,
         max_in_flight,
         feed: None,
+        instance: r.metadata.uid.clone(),
     };
     // Everything the runner is built from: the same again (a label-only change of the trigger
     // or its broker) leaves the running trigger alone.
@@ -174,6 +175,7 @@ async fn start(
         "delivery": delivery,
         "subscriber": subscriber,
         "deadLetterSink": resolved.get("deadLetterSink"),
+        "uid": r.metadata.uid,
     })
     .to_string();
     cp.dispatcher.run(trigger, fingerprint).await;

@@ -3,52 +3,64 @@
 //! acknowledged it. An empty value is a tombstone. Ferry keeps its resources
 //! (`ferry-resources`) and its triggers' retries and dead letters (`ferry-deliveries`) so.
 //!
-//! Every record carries its writer's id (header `ferry-writer`): a follower applies only other
-//! writers' records (its own are in the copy once acknowledged, and applying them again as
-//! they come back round could briefly bring back a key deleted since), and announces each key
-//! they changed on [`CompactedTopic::changes`].
+//! The topic's order is the truth: the copy of a key shows the record with the highest offset
+//! seen for it. A write is applied to the copy as soon as Kafka acknowledges it (at its
+//! offset), so a reader sees its own writes at once; the follower then skips every record of
+//! that key up to that offset (the write itself, and older records of other nodes still on
+//! their way), and applies what comes after. Changes made by other nodes are announced on
+//! [`CompactedTopic::changes`].
 
 use super::{client_config, kafka_err, KafkaOptions};
 use crate::log::LogError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// The header naming a record's writer.
-const WRITER: &str = "ferry-writer";
-
-/// An id no other writer has: this process and a counter, with the start time against pid
-/// reuse.
-fn writer_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+/// The copy, and the offsets of this node's writes the follower has not passed yet.
+#[derive(Default)]
+struct State {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    own: HashMap<Vec<u8>, i64>,
 }
 
-fn written_by<M: Message>(m: &M, id: &str) -> bool {
-    m.headers().is_some_and(|h| {
-        h.iter()
-            .any(|h| h.key == WRITER && h.value == Some(id.as_bytes()))
-    })
+impl State {
+    /// Sets (`Some`) or removes a key; true if that changed the copy.
+    fn set(&mut self, key: &[u8], value: Option<&[u8]>) -> bool {
+        match value {
+            Some(v) if !v.is_empty() => {
+                self.map.insert(key.to_vec(), v.to_vec()).as_deref() != Some(v)
+            }
+            _ => self.map.remove(key).is_some(),
+        }
+    }
+
+    /// A record the follower read: applied unless this node wrote the key at this offset or
+    /// later. True if it changed the copy.
+    fn follow<M: Message>(&mut self, m: &M) -> bool {
+        let Some(k) = m.key() else { return false };
+        if let Some(&own) = self.own.get(k) {
+            if m.offset() <= own {
+                if m.offset() == own {
+                    self.own.remove(k);
+                }
+                return false;
+            }
+            self.own.remove(k);
+        }
+        self.set(k, m.payload())
+    }
 }
 
-type Map = Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>;
+type Map = Arc<RwLock<State>>;
 
 /// Keys and values, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -57,20 +69,8 @@ pub struct CompactedTopic {
     topic: String,
     producer: FutureProducer,
     map: Map,
-    writer: String,
+    follow: bool,
     changes: broadcast::Sender<Vec<u8>>,
-}
-
-/// Applies one record to the copy; true if it changed it.
-fn apply<M: Message>(map: &Map, m: &M) -> bool {
-    let Some(k) = m.key() else { return false };
-    let Ok(mut map) = map.write() else {
-        return false;
-    };
-    match m.payload() {
-        Some(v) if !v.is_empty() => map.insert(k.to_vec(), v.to_vec()).as_deref() != Some(v),
-        _ => map.remove(k).is_some(),
-    }
 }
 
 impl CompactedTopic {
@@ -124,7 +124,9 @@ impl CompactedTopic {
                 }
                 if let Some(m) = c.poll(Duration::from_millis(200)) {
                     let m = m.map_err(kafka_err)?;
-                    apply(&load_map, &m);
+                    if let (Some(k), Ok(mut state)) = (m.key(), load_map.write()) {
+                        state.set(k, m.payload());
+                    }
                     next = m.offset() + 1;
                 }
             }
@@ -132,7 +134,6 @@ impl CompactedTopic {
         })
         .await
         .map_err(|e| LogError::Storage(e.to_string()))??;
-        let writer = writer_id();
         let (changes, _) = broadcast::channel(1024);
         if follow {
             let follower: StreamConsumer = client_config(options)
@@ -146,18 +147,21 @@ impl CompactedTopic {
             tpl.add_partition_offset(topic, 0, Offset::Offset(high))
                 .map_err(kafka_err)?;
             follower.assign(&tpl).map_err(kafka_err)?;
-            let (follow_map, name) = (map.clone(), topic.to_string());
-            let (me, announce) = (writer.clone(), changes.clone());
+            let (follow_map, name) = (Arc::downgrade(&map), topic.to_string());
+            let announce = changes.clone();
             tokio::spawn(async move {
                 loop {
-                    match follower.recv().await {
-                        Ok(m) if written_by(&m, &me) => {}
+                    let m = follower.recv().await;
+                    // The topic's owner is gone: stop following.
+                    let Some(map) = follow_map.upgrade() else {
+                        return;
+                    };
+                    match m {
                         Ok(m) => {
-                            if apply(&follow_map, &m) {
-                                if let Some(k) = m.key() {
-                                    // No one listening is fine.
-                                    let _ = announce.send(k.to_vec());
-                                }
+                            let changed = map.write().is_ok_and(|mut state| state.follow(&m));
+                            if let (true, Some(k)) = (changed, m.key()) {
+                                // No one listening is fine.
+                                let _ = announce.send(k.to_vec());
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "following {name}"),
@@ -172,7 +176,7 @@ impl CompactedTopic {
                 ..options.clone()
             })?,
             map,
-            writer,
+            follow,
             changes,
         })
     }
@@ -184,46 +188,101 @@ impl CompactedTopic {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.read().ok()?.get(key).cloned()
+        self.map.read().ok()?.map.get(key).cloned()
     }
 
     /// Every entry whose key starts with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8]) -> Entries {
-        let Ok(map) = self.map.read() else {
+        let Ok(state) = self.map.read() else {
             return Vec::new();
         };
-        map.range(prefix.to_vec()..)
+        state
+            .map
+            .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
     /// Writes (value `Some`) or deletes (`None`) each key, in order; returns once Kafka
-    /// acknowledged them all, and the copy shows them.
+    /// acknowledged them all. Each shows in the copy as soon as it is acknowledged (if one
+    /// fails, those before it are written and shown).
     pub async fn write(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), LogError> {
         for (k, v) in &ops {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
-                .key(k.as_slice())
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: WRITER,
-                    value: Some(self.writer.as_bytes()),
-                }));
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).key(k.as_slice());
             if let Some(v) = v {
                 record = record.payload(v.as_slice());
             }
-            self.producer
+            let offset = self
+                .producer
                 .send(record, TIMEOUT)
                 .await
-                .map_err(|(e, _)| kafka_err(e))?;
-        }
-        if let Ok(mut map) = self.map.write() {
-            for (k, v) in ops {
-                match v {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
-                };
+                .map_err(|(e, _)| kafka_err(e))?
+                .offset;
+            if let Ok(mut state) = self.map.write() {
+                state.set(k, v.as_deref());
+                if self.follow {
+                    let own = state.own.entry(k.clone()).or_insert(offset);
+                    *own = (*own).max(offset);
+                }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Timestamp;
+
+    fn record(key: &str, value: Option<&str>, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            value.map(|v| v.as_bytes().to_vec()),
+            Some(key.as_bytes().to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    /// This node's write of `key` acknowledged at `offset`, as `write` records it.
+    fn own_write(s: &mut State, key: &str, value: Option<&str>, offset: i64) {
+        s.set(key.as_bytes(), value.map(str::as_bytes));
+        s.own.insert(key.as_bytes().to_vec(), offset);
+    }
+
+    fn get(s: &State, key: &str) -> Option<String> {
+        s.map
+            .get(key.as_bytes())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    #[test]
+    fn the_copy_follows_the_topics_order_not_the_arrival_of_records() {
+        let mut s = State::default();
+        own_write(&mut s, "k", Some("mine"), 5);
+        // Another node's older write, still on its way: the newer own write stays.
+        assert!(!s.follow(&record("k", Some("older"), 3)));
+        assert_eq!(get(&s, "k").as_deref(), Some("mine"));
+        // The own write coming round: nothing changes.
+        assert!(!s.follow(&record("k", Some("mine"), 5)));
+        // Another node's later write: applied, and announced as a change.
+        assert!(s.follow(&record("k", Some("theirs"), 7)));
+        assert_eq!(get(&s, "k").as_deref(), Some("theirs"));
+
+        // A key deleted here is not brought back by an older record.
+        own_write(&mut s, "k", None, 9);
+        assert!(!s.follow(&record("k", Some("theirs"), 8)));
+        assert_eq!(get(&s, "k"), None);
+        assert!(!s.follow(&record("k", None, 9)));
+        assert!(s.own.is_empty(), "nothing left to skip");
+        // Other keys are applied as they come.
+        assert!(s.follow(&record("other", Some("x"), 10)));
+        assert!(s.follow(&record("other", None, 11)));
+        assert_eq!(get(&s, "other"), None);
     }
 }

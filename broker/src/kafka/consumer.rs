@@ -15,7 +15,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +30,24 @@ struct Membership {
     /// Partitions this member holds; `None` when assigned by the engine (all of them).
     assigned: Option<BTreeSet<u32>>,
     hook: Option<RevokeHook>,
+    /// Per partition, how many times it was revoked: what was read before a revoke is not
+    /// this member's any more, even if the partition came back since.
+    epochs: HashMap<u32, u64>,
+}
+
+impl Membership {
+    fn epoch(&self, partition: u32) -> u64 {
+        self.epochs.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Whether something read from `partition` at `epoch` is still this member's.
+    fn holds(&self, partition: u32, epoch: u64) -> bool {
+        self.epoch(partition) == epoch
+            && self
+                .assigned
+                .as_ref()
+                .is_none_or(|a| a.contains(&partition))
+    }
 }
 
 pub(super) struct Ctx {
@@ -58,10 +76,11 @@ impl ConsumerContext for Ctx {
         let revoked = partitions_of(&self.topic, tpl);
         let hook = {
             let mut m = lock(&self.membership);
-            if let Some(assigned) = m.assigned.as_mut() {
-                for p in &revoked {
+            for p in &revoked {
+                if let Some(assigned) = m.assigned.as_mut() {
                     assigned.remove(p);
                 }
+                *m.epochs.entry(*p).or_default() += 1;
             }
             m.hook.clone()
         };
@@ -81,7 +100,17 @@ impl ConsumerContext for Ctx {
                 Offset::Offset(p.offset as i64),
             );
         }
-        if let Err(e) = base.commit(&commit, CommitMode::Sync) {
+        // A synchronous commit, so the next owner starts after it. This runs inside the
+        // consumer's poll on a runtime worker: tell the runtime the worker blocks.
+        let sync_commit = || base.commit(&commit, CommitMode::Sync);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let committed = if multi_thread {
+            tokio::task::block_in_place(sync_commit)
+        } else {
+            sync_commit()
+        };
+        if let Err(e) = committed {
             tracing::warn!(topic = %self.topic, error = %e, "committing revoked partitions failed; their settled events may be delivered again");
         }
     }
@@ -106,8 +135,9 @@ pub(super) struct KafkaConsumer {
     name: String,
     group: Option<String>,
     membership: Arc<Mutex<Membership>>,
-    /// Next offset to read, per partition read from (or assigned at a known offset).
-    positions: BTreeMap<u32, u64>,
+    /// Next offset to read, per partition read from (or assigned at a known offset), with the
+    /// partition's epoch when it was read.
+    positions: BTreeMap<u32, (u64, u64)>,
 }
 
 /// The stored event in a record: on a broker's topic, if it is a CloudEvent (K-13: other
@@ -200,7 +230,7 @@ impl KafkaConsumer {
             positions: positions
                 .into_iter()
                 .enumerate()
-                .map(|(p, o)| (p as u32, o))
+                .map(|(p, o)| (p as u32, (o, 0)))
                 .collect(),
         })
     }
@@ -233,11 +263,9 @@ impl KafkaConsumer {
         tpl
     }
 
-    /// Forgets the read positions of partitions this member no longer holds.
-    fn forget_revoked(&mut self) {
-        if let Some(assigned) = &lock(&self.membership).assigned {
-            self.positions.retain(|p, _| assigned.contains(p));
-        }
+    /// The partition's epoch now (rebalance callbacks run only inside `recv`).
+    fn epoch(&self, partition: u32) -> u64 {
+        lock(&self.membership).epoch(partition)
     }
 }
 
@@ -249,7 +277,7 @@ impl Consumer for KafkaConsumer {
         wait: Duration,
         keep: &Keep<'_>,
     ) -> Result<Vec<Stored>, LogError> {
-        let mut out = Vec::new();
+        let mut out: Vec<(Stored, u64)> = Vec::new();
         let mut scanned = 0;
         let mut limit = wait;
         while scanned < max.max(1) {
@@ -260,26 +288,31 @@ impl Consumer for KafkaConsumer {
             // After the first record, take only what is already here.
             limit = Duration::ZERO;
             scanned += 1;
+            let partition = m.partition().max(0) as u32;
+            let epoch = self.epoch(partition);
             self.positions
-                .insert(m.partition() as u32, (m.offset() + 1) as u64);
+                .insert(partition, ((m.offset() + 1) as u64, epoch));
             if let Some(s) = stored(&self.naming, &m) {
                 if keep(&s.event) {
-                    out.push(s);
+                    out.push((s, epoch));
                 }
             }
         }
-        self.forget_revoked();
-        if let Some(assigned) = &lock(&self.membership).assigned {
-            // A record polled just before its partition was revoked belongs to the next owner.
-            out.retain(|s| assigned.contains(&s.position.partition));
-        }
-        Ok(out)
+        // What was read from a partition before it was revoked (during this poll) belongs to
+        // its next owner, even if it came back here since: drop it, and its read position.
+        let m = lock(&self.membership);
+        self.positions.retain(|&p, (_, epoch)| m.holds(p, *epoch));
+        Ok(out
+            .into_iter()
+            .filter(|(s, epoch)| m.holds(s.position.partition, *epoch))
+            .map(|(s, _)| s)
+            .collect())
     }
 
     fn positions(&self) -> Vec<Position> {
         self.positions
             .iter()
-            .map(|(&partition, &offset)| Position { partition, offset })
+            .map(|(&partition, &(offset, _))| Position { partition, offset })
             .collect()
     }
 

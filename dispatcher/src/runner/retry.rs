@@ -113,6 +113,8 @@ impl Runner {
         }
         let attempts = r.attempts + 1;
         match self.attempt(&r.event).await {
+            // Its partition went to another node meanwhile, which takes the retry from here.
+            Attempt::Retry(_) | Attempt::Fail(_) if !self.owns_delivery(&r.id) => {}
             Attempt::Done => {
                 if let Err(e) = self.store.remove_retry(&self.key, &r.id) {
                     tracing::error!(trigger = %self.key, error = %e, "cannot remove a finished retry; it may be delivered again");
