@@ -148,6 +148,25 @@ async fn phase_server(
     Ok((dir, server))
 }
 
+/// Deletes a phase's triggers before its server stops: on Kafka the resources outlive the
+/// server (they are in the cluster), and the next phase must not inherit them.
+async fn end_phase(server: crate::serve::Running, triggers: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for i in 0..triggers {
+        let resp = client
+            .delete(format!(
+                "http://{}/api/v1/namespaces/default/triggers/t{i}",
+                server.api_addr
+            ))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("deleting bench trigger t{i}: {}", resp.text().await?);
+        }
+    }
+    server.stop().await
+}
+
 /// Drives the ingress, then waits until the subscribers of `triggers` have every accepted
 /// event. Returns deliveries/s (per trigger summed) and what the producers saw.
 async fn drive(
@@ -213,7 +232,7 @@ pub async fn run(b: DispatchBench) -> anyhow::Result<()> {
             ms(0.999)
         );
     }
-    server.stop().await?;
+    end_phase(server, 1).await?;
 
     // (3) ten matching triggers.
     let (_dir, server) = phase_server(&b, sink_addr, 10, 0).await?;
@@ -222,7 +241,7 @@ pub async fn run(b: DispatchBench) -> anyhow::Result<()> {
         "10 triggers      {ten:>9.0} deliveries/s   ({:.0} per core; goal ≥ 10,000 per core)",
         ten / cores() as f64
     );
-    server.stop().await?;
+    end_phase(server, 10).await?;
 
     // (4) one matching beside 100 non-matching.
     let (_dir, server) = phase_server(&b, sink_addr, 1, 100).await?;
@@ -231,7 +250,7 @@ pub async fn run(b: DispatchBench) -> anyhow::Result<()> {
         "1 + 100 others   {crowded:>9.0} deliveries/s   {:.2}× of 1 trigger alone (goal ≥ 0.8)",
         crowded / one
     );
-    server.stop().await?;
+    end_phase(server, 101).await?;
 
     // (5) nine healthy triggers and a slow one.
     let (_dir, server) = phase_server(&b, sink_addr, 10, 0).await?;
@@ -242,6 +261,6 @@ pub async fn run(b: DispatchBench) -> anyhow::Result<()> {
         "9 + 1 slow (3 s) {healthy:>9.0} deliveries/s   {:.2}× of 9 healthy in the all-healthy run (goal ≥ 0.9)",
         healthy / (ten * 0.9)
     );
-    server.stop().await?;
+    end_phase(server, 10).await?;
     Ok(())
 }
