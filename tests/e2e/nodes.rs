@@ -213,3 +213,80 @@ async fn three_nodes_share_a_trigger_and_lose_nothing_when_one_is_killed() {
     );
     assert!(!b.cli(&["get", "trigger", "t"]).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_queued_by_a_killed_node_is_made_by_the_node_that_takes_its_partition() {
+    use super::subscriber::Behaviour;
+    let kafka = Tansu::start();
+    let flags = [
+        "--kafka",
+        kafka.bootstrap.as_str(),
+        "--kafka-max-batch-records",
+        "1",
+        "--partitions",
+        "2",
+    ];
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = vec![
+        Server::start(&dirs[0].path().join("data"), &flags),
+        Server::start(&dirs[1].path().join("data"), &flags),
+    ];
+    let sub = TestSubscriber::start().await;
+    sub.set(
+        "flaky",
+        Behaviour::FailTimes {
+            times: 1,
+            status: 503,
+            retry_after: None,
+        },
+    );
+    // The retry is due 15 s after the failure: after the other node has taken the partition.
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: two\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: two\n  delivery:\n    retry: 1\n    backoffPolicy: linear\n    backoffDelay: PT15S\n  subscriber:\n    uri: {}\n",
+        sub.at("flaky")
+    );
+    let out = nodes[0].cli_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(
+        Duration::from_secs(60),
+        "one partition per node",
+        || async {
+            let s = shares(&[&nodes[0], &nodes[1]]).await;
+            (s == [1, 1]).then_some(())
+        },
+    )
+    .await;
+
+    assert_eq!(nodes[1].post_event("default", "two", "r-1").await, 202);
+    sub.wait_for("flaky", 1, Duration::from_secs(30)).await;
+    // The node that failed the first attempt queued the retry, and settled and committed the
+    // event: only the queued retry can bring it again.
+    let mut owner = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if metric(n, "ferry_dispatch_retries_total").await == 1 {
+            owner = Some(i);
+        }
+    }
+    let owner = owner.expect("one node queued the retry");
+    eventually(
+        Duration::from_secs(30),
+        "the event's offset committed",
+        || async { (metric(&nodes[owner], "ferry_dispatch_lag").await == 0).then_some(()) },
+    )
+    .await;
+    nodes[owner].kill9();
+    let survivor = &nodes[1 - owner];
+    let got = sub.wait_for("flaky", 2, Duration::from_secs(90)).await;
+    assert!(got.iter().all(|r| r.id() == "r-1"), "{got:?}");
+    assert_eq!(
+        metric(survivor, "ferry_dispatch_partitions").await,
+        2,
+        "the survivor holds both partitions"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the survivor's delivery counted",
+        || async { (metric(survivor, "ferry_dispatch_deliveries_total").await >= 1).then_some(()) },
+    )
+    .await;
+}
