@@ -51,7 +51,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     };
     let log: Arc<dyn EventLog> = match &config.kafka {
         Some(kafka) => Arc::new(
-            KafkaLog::open(kafka.clone())
+            KafkaLog::open_measured(kafka.clone(), log_metrics)
                 .with_context(|| format!("cannot connect to Kafka at {}", kafka.bootstrap))?,
         ),
         None => {

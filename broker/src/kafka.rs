@@ -70,6 +70,9 @@ pub struct KafkaLog {
 struct Inner {
     options: KafkaOptions,
     naming: Naming,
+    /// `ferry_log_append_seconds` and `ferry_log_appended_events_total` (the others are the
+    /// embedded engine's own).
+    metrics: Option<crate::metrics::LogMetrics>,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
@@ -138,13 +141,21 @@ pub(crate) fn producer(options: &KafkaOptions) -> Result<FutureProducer, LogErro
 
 impl KafkaLog {
     pub fn open(options: KafkaOptions) -> Result<Self, LogError> {
-        Self::with_naming(options, Naming::Brokers)
+        Self::with_naming(options, Naming::Brokers, None)
+    }
+
+    /// Like `open`, counting appends in `metrics`.
+    pub fn open_measured(
+        options: KafkaOptions,
+        metrics: crate::metrics::LogMetrics,
+    ) -> Result<Self, LogError> {
+        Self::with_naming(options, Naming::Brokers, Some(metrics))
     }
 
     /// A log over any cluster's topics, by their own names (`Topic::new("", name)`), whose
     /// records `decode` turns into events: what a KafkaSource reads.
     pub fn external(options: KafkaOptions, decode: Decode) -> Result<Self, LogError> {
-        Self::with_naming(options, Naming::External(decode))
+        Self::with_naming(options, Naming::External(decode), None)
     }
 
     /// The Kafka topic behind `topic`.
@@ -155,7 +166,11 @@ impl KafkaLog {
         }
     }
 
-    fn with_naming(options: KafkaOptions, naming: Naming) -> Result<Self, LogError> {
+    fn with_naming(
+        options: KafkaOptions,
+        naming: Naming,
+        metrics: Option<crate::metrics::LogMetrics>,
+    ) -> Result<Self, LogError> {
         let producer = producer(&options)?;
         let admin: AdminClient<DefaultClientContext> =
             client_config(&options).create().map_err(kafka_err)?;
@@ -163,6 +178,7 @@ impl KafkaLog {
             inner: Arc::new(Inner {
                 options,
                 naming,
+                metrics,
                 producer,
                 admin,
                 topics: RwLock::new(HashMap::new()),
@@ -335,6 +351,7 @@ impl EventLog for KafkaLog {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
+        let started = std::time::Instant::now();
         let state = self.topic_state(topic).await?;
         let name = self.name_of(topic);
         let n = state.config.partitions.max(1);
@@ -374,6 +391,10 @@ impl EventLog for KafkaLog {
                 }),
                 Err((e, _)) => return Err(kafka_err(e)),
             }
+        }
+        if let Some(m) = &self.inner.metrics {
+            m.append_seconds.observe(started.elapsed().as_secs_f64());
+            m.appended_events.inc_by(positions.len() as u64);
         }
         Ok(positions)
     }

@@ -40,6 +40,21 @@ async fn the_same_ferry_on_kafka() {
     let events = server.events("default", "default");
     assert_eq!(events.len(), 20, "tail reads the Kafka topic");
     assert_eq!(events[0]["source"], "/e2e");
+    // Appends to Kafka are measured like the embedded engine's (the 20 events, and the
+    // control plane's resource events).
+    let metrics = reqwest::get(format!("{}/metrics", server.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let appended: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_log_appended_events_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(appended >= 20, "{metrics}");
+    assert!(metrics.contains("ferry_log_append_seconds_count"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
