@@ -227,7 +227,7 @@ async fn a_retry_queued_by_a_killed_node_is_made_by_the_node_that_takes_its_part
         "2",
     ];
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = vec![
+    let mut nodes = [
         Server::start(&dirs[0].path().join("data"), &flags),
         Server::start(&dirs[1].path().join("data"), &flags),
     ];
