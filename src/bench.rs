@@ -70,6 +70,9 @@ pub struct KafkaArgs {
     /// librdkafka's batch.num.messages (1 for tansu 0.6).
     #[arg(long)]
     pub kafka_max_batch_records: Option<usize>,
+    /// Triggers' fetch.wait.max.ms, like 10ms (see `ferry serve --kafka-fetch-wait`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub kafka_fetch_wait: Option<Duration>,
 }
 
 impl KafkaArgs {
@@ -86,6 +89,7 @@ impl KafkaArgs {
             bootstrap,
             replication_factor: 1,
             max_batch_records: self.kafka_max_batch_records,
+            fetch_wait: self.kafka_fetch_wait,
         })
     }
 }

@@ -316,6 +316,7 @@ impl ControlPlane {
             bootstrap: bootstrap.join(","),
             replication_factor: 1,
             max_batch_records: self.sink_batch_records,
+            fetch_wait: None,
         }
     }
 

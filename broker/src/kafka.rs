@@ -51,9 +51,15 @@ pub struct KafkaOptions {
     /// Replication factor of the topics Ferry creates.
     pub replication_factor: i32,
     /// Most records the producer puts in one batch (`batch.num.messages`); `None`: librdkafka's
-    /// default. The tests run against tansu 0.6, which numbers a multi-record batch as one
-    /// offset, so they set 1.
+    /// default. tansu 0.6 reports a wrong log end (ListOffsets) after a multi-record batch, and
+    /// Ferry reads the log end for a new trigger's start and for `ferry tail`, so the tests set
+    /// 1 against it.
     pub max_batch_records: Option<usize>,
+    /// Longest a trigger's or source's fetch waits for records (`fetch.wait.max.ms`); `None`:
+    /// librdkafka's (500 ms). Kafka answers as soon as a record is there, so this only bounds
+    /// idle polls; a server that holds every fetch for this long (tansu 0.6) makes it the
+    /// delivery latency.
+    pub fetch_wait: Option<Duration>,
 }
 
 struct TopicState {

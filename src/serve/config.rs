@@ -55,9 +55,13 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_KAFKA_REPLICATION_FACTOR")]
     pub kafka_replication_factor: Option<i32>,
     /// Most records per producer batch (librdkafka's batch.num.messages) [default: librdkafka's].
-    /// Set 1 against tansu 0.6, which numbers a multi-record batch as one offset.
+    /// Set 1 against tansu 0.6, which reports a wrong log end after a multi-record batch.
     #[arg(long, env = "FERRY_KAFKA_MAX_BATCH_RECORDS")]
     pub kafka_max_batch_records: Option<usize>,
+    /// Longest a trigger's Kafka fetch waits for records, like `10ms` (fetch.wait.max.ms)
+    /// [default: librdkafka's 500ms]. Lower it only against a server that holds fetches (tansu).
+    #[arg(long, env = "FERRY_KAFKA_FETCH_WAIT", value_parser = parse_humantime)]
+    pub kafka_fetch_wait: Option<Duration>,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
@@ -91,6 +95,8 @@ struct FileConfig {
     kafka: Option<String>,
     kafka_replication_factor: Option<i32>,
     kafka_max_batch_records: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    kafka_fetch_wait: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -172,6 +178,7 @@ impl ServeArgs {
                     max_batch_records: self
                         .kafka_max_batch_records
                         .or(file.kafka_max_batch_records),
+                    fetch_wait: self.kafka_fetch_wait.or(file.kafka_fetch_wait),
                 }),
         };
         config.validate()?;
@@ -244,6 +251,27 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(12 * 3600));
         assert_eq!(c.fsync, FsyncMode::Never);
         assert_eq!(c.max_event_size, 1024 * 1024);
+    }
+
+    #[test]
+    fn kafka_options_come_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.yaml");
+        std::fs::write(
+            &path,
+            "kafka: k1:9092\nkafka-fetch-wait: 10ms\nkafka-max-batch-records: 1\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            kafka_replication_factor: Some(3),
+            ..ServeArgs::default()
+        };
+        let k = args.resolve().unwrap().kafka.unwrap();
+        assert_eq!(k.bootstrap, "k1:9092");
+        assert_eq!(k.fetch_wait, Some(Duration::from_millis(10)));
+        assert_eq!(k.max_batch_records, Some(1));
+        assert_eq!(k.replication_factor, 3);
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl CompactedTopic {
             topic: topic.to_string(),
             producer: super::producer(&KafkaOptions {
                 max_batch_records: Some(1),
+                fetch_wait: None,
                 ..options.clone()
             })?,
             map,

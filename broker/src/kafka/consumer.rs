@@ -196,6 +196,9 @@ impl KafkaConsumer {
                     StartAt::Latest => "latest",
                 },
             );
+        if let Some(wait) = options.fetch_wait {
+            config.set("fetch.wait.max.ms", wait.as_millis().max(1).to_string());
+        }
         let membership = Arc::new(Mutex::new(Membership::default()));
         let ctx = Ctx {
             topic: name.to_string(),

@@ -50,8 +50,9 @@ impl Engine for Kafka {
         let options = broker::KafkaOptions {
             bootstrap: self.server.bootstrap.clone(),
             replication_factor: 1,
-            // tansu 0.6 numbers a multi-record batch as one offset.
+            // tansu 0.6 reports a wrong log end (ListOffsets) after a multi-record batch.
             max_batch_records: Some(1),
+            fetch_wait: None,
         };
         Arc::new(broker::KafkaLog::open(options).unwrap())
     }
