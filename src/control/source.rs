@@ -188,9 +188,11 @@ async fn start(
                 })
                 .collect();
             if !missing.is_empty() {
-                log.commit(&t, &group, &missing)
-                    .await
-                    .map_err(unavailable)?;
+                super::commit_patiently(&format!("kafkasource {ns}/{name}"), || {
+                    log.commit(&t, &group, &missing)
+                })
+                .await
+                .map_err(unavailable)?;
             }
         }
     }

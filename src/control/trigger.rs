@@ -149,10 +149,11 @@ async fn start(
     // of an earlier trigger of that name is stopped first, so its last commit comes before.
     if created || never_started {
         cp.dispatcher.stop(ns, name).await;
-        cp.dispatcher
-            .start_at_end(&topic, ns, name)
-            .await
-            .map_err(|e| not_ready("Ready", "OffsetsNotCommitted", e.to_string()))?;
+        super::commit_patiently(&format!("trigger {ns}/{name}"), || {
+            cp.dispatcher.start_at_end(&topic, ns, name)
+        })
+        .await
+        .map_err(|e| not_ready("Ready", "OffsetsNotCommitted", e.to_string()))?;
     }
     let trigger = TriggerSpec {
         namespace: ns.clone(),
