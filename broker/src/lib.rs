@@ -13,7 +13,12 @@
 //! - [`metrics`]: the Prometheus metrics the engines record.
 //!
 //! The Kafka engine implements the same traits with a topic per broker and a consumer group
-//! per trigger; nothing above this crate changes.
+//! per trigger; nothing above this crate changes. What only a cluster has is in the trait with
+//! a default for the embedded engine: [`EventLog::group_member`] (partitions shared among the
+//! processes running a trigger), [`Consumer::assignment`] and [`Consumer::on_revoke`] (what a
+//! member holds, and the commit before partitions leave it), [`EventLog::forget`] (a topic
+//! another process deleted). `kafka::KafkaLog::external` reads any cluster's topics (a
+//! KafkaSource).
 
 pub mod codec;
 pub mod event;

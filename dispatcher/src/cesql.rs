@@ -2,7 +2,7 @@
 //! evaluate it against each event.
 //!
 //! - `lexer.rs`: text → tokens, with positions for error messages.
-//! - `parser.rs`: tokens → [`Expr`]; functions resolved by name and arity here, so an unknown
+//! - `parser.rs`: tokens → `Expr`; functions resolved by name and arity here, so an unknown
 //!   function or a non-literal `LIKE` pattern is rejected before any event is seen.
 //! - `eval.rs`: the evaluator and the implicit casts of the spec.
 //!

@@ -8,7 +8,9 @@
 //!   is classified.
 //! - [`store`]: durable retries and Ferry's own dead-letter store.
 //! - [`offsets`]: the committed watermark of settled events.
-//! - `runner`: one trigger at work (consume, filter, deliver, settle, commit).
+//! - `runner`: one trigger at work (consume, filter, deliver, settle, commit), on the broker's
+//!   log or, for a KafkaSource's topic, on another log ([`Feed`]).
+//! - [`source`]: a KafkaSource's records as CloudEvents.
 //! - [`service`]: the [`Dispatcher`] that starts, replaces and stops runners.
 //! - [`metrics`]: Prometheus metrics.
 

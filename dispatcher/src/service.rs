@@ -1,4 +1,4 @@
-//! The dispatcher: one [`Runner`](crate::runner) per trigger, started, replaced and stopped as
+//! The dispatcher: one `Runner` (`runner.rs`) per trigger, started, replaced and stopped as
 //! triggers change, and the dead-letter store behind `ferry dlq`.
 
 use crate::metrics::DispatchMetrics;
