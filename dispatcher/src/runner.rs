@@ -275,7 +275,14 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend_from_slice(partitions);
-            me.offsets().release(partitions)
+            let released = me.offsets().release(partitions);
+            // A runner replaced by a new instance of its trigger commits nothing more: its
+            // offsets would move the new one's back.
+            if me.superseded.load(std::sync::atomic::Ordering::Acquire) {
+                Vec::new()
+            } else {
+                released
+            }
         }));
         self.set_owned(consumer.assignment());
         if consumer.assignment().is_none() {
@@ -599,6 +606,9 @@ impl Runner {
             let id = delivery_id(&stored);
             let mut attempts = self.store.attempts(&self.key, &id).unwrap_or(0);
             let settled = loop {
+                if !mine() {
+                    return;
+                }
                 attempts += 1;
                 let attempt = self.attempt(&stored.event).await;
                 if !mine() {

@@ -163,6 +163,7 @@ async fn start(
     let latest = spec["initialOffset"].as_str() != Some("earliest");
     let ordered = spec["ordering"].as_str() != Some("unordered");
     let topics = topics_of(r);
+    let mut layout = Vec::new();
     for topic in &topics {
         let t = Topic::new("", topic);
         let unavailable = |e: broker::LogError| {
@@ -174,12 +175,29 @@ async fn start(
         };
         let ends = log.watermarks(&t).await.map_err(unavailable)?;
         let committed = log.committed(&t, &group).await.map_err(unavailable)?;
+        layout.push((t, ends, committed));
+    }
+    // A group with offsets already runs (here or on other nodes), and Kafka refuses commits
+    // from outside a group with members: a partition new to it then starts at its end when
+    // first assigned (`auto.offset.reset=latest`) instead.
+    let running = layout
+        .iter()
+        .any(|(_, _, committed)| committed.iter().any(Option::is_some));
+    for (t, ends, committed) in &layout {
+        let topic = &t.name;
+        let unavailable = |e: broker::LogError| {
+            NotReady(
+                "InitialOffsetsCommitted",
+                "TopicUnavailable",
+                format!("topic {topic:?}: {e}"),
+            )
+        };
         // KS-06: with `latest`, a partition the group never read starts at its end as of now,
         // committed before the source is Ready; with `earliest` it starts at the beginning.
         if latest {
             let missing: Vec<broker::Position> = ends
                 .iter()
-                .zip(&committed)
+                .zip(committed)
                 .enumerate()
                 .filter(|(_, (_, c))| c.is_none())
                 .map(|(p, (w, _))| broker::Position {
@@ -188,11 +206,14 @@ async fn start(
                 })
                 .collect();
             if !missing.is_empty() {
-                super::commit_patiently(&format!("kafkasource {ns}/{name}"), || {
-                    log.commit(&t, &group, &missing)
-                })
-                .await
-                .map_err(unavailable)?;
+                match log.commit(t, &group, &missing).await {
+                    Ok(()) => {}
+                    Err(e) if running => tracing::info!(
+                        source = %format!("{ns}/{name}"), topic = %topic, error = %e,
+                        "new partitions start at their end when first assigned"
+                    ),
+                    Err(e) => return Err(unavailable(e)),
+                }
             }
         }
     }

@@ -30,6 +30,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 struct State {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     own: HashMap<Vec<u8>, i64>,
+    /// The offset after the last record applied from the topic (loaded or followed).
+    next: i64,
 }
 
 impl State {
@@ -43,9 +45,23 @@ impl State {
         }
     }
 
+    /// This node's write of `key`, acknowledged at `offset`. When following, the follower may
+    /// have read it already (and what came after it): then the copy is as new, or newer.
+    fn acknowledged(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, following: bool) {
+        if following && offset < self.next {
+            return;
+        }
+        self.set(key, value);
+        if following {
+            let own = self.own.entry(key.to_vec()).or_insert(offset);
+            *own = (*own).max(offset);
+        }
+    }
+
     /// A record the follower read: applied unless this node wrote the key at this offset or
     /// later. True if it changed the copy.
     fn follow<M: Message>(&mut self, m: &M) -> bool {
+        self.next = self.next.max(m.offset() + 1);
         let Some(k) = m.key() else { return false };
         if let Some(&own) = self.own.get(k) {
             if m.offset() <= own {
@@ -124,8 +140,11 @@ impl CompactedTopic {
                 }
                 if let Some(m) = c.poll(Duration::from_millis(200)) {
                     let m = m.map_err(kafka_err)?;
-                    if let (Some(k), Ok(mut state)) = (m.key(), load_map.write()) {
-                        state.set(k, m.payload());
+                    if let Ok(mut state) = load_map.write() {
+                        if let Some(k) = m.key() {
+                            state.set(k, m.payload());
+                        }
+                        state.next = m.offset() + 1;
                     }
                     next = m.offset() + 1;
                 }
@@ -221,11 +240,7 @@ impl CompactedTopic {
                 .map_err(|(e, _)| kafka_err(e))?
                 .offset;
             if let Ok(mut state) = self.map.write() {
-                state.set(k, v.as_deref());
-                if self.follow {
-                    let own = state.own.entry(k.clone()).or_insert(offset);
-                    *own = (*own).max(offset);
-                }
+                state.acknowledged(k, v.as_deref(), offset, self.follow);
             }
         }
         Ok(())
@@ -252,8 +267,7 @@ mod tests {
 
     /// This node's write of `key` acknowledged at `offset`, as `write` records it.
     fn own_write(s: &mut State, key: &str, value: Option<&str>, offset: i64) {
-        s.set(key.as_bytes(), value.map(str::as_bytes));
-        s.own.insert(key.as_bytes().to_vec(), offset);
+        s.acknowledged(key.as_bytes(), value.map(str::as_bytes), offset, true);
     }
 
     fn get(s: &State, key: &str) -> Option<String> {
@@ -285,5 +299,13 @@ mod tests {
         assert!(s.follow(&record("other", Some("x"), 10)));
         assert!(s.follow(&record("other", None, 11)));
         assert_eq!(get(&s, "other"), None);
+
+        // The follower reads this node's write (12) and another's after it (13) before the
+        // write's acknowledgement comes back: the acknowledgement changes nothing.
+        assert!(s.follow(&record("k", Some("mine-2"), 12)));
+        assert!(s.follow(&record("k", Some("theirs-2"), 13)));
+        own_write(&mut s, "k", Some("mine-2"), 12);
+        assert_eq!(get(&s, "k").as_deref(), Some("theirs-2"));
+        assert!(s.own.is_empty(), "nothing left to skip");
     }
 }
