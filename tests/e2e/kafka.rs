@@ -10,15 +10,7 @@ use std::time::Duration;
 async fn the_same_ferry_on_kafka() {
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[
-            "--kafka",
-            &kafka.bootstrap,
-            "--kafka-max-batch-records",
-            "1",
-        ],
-    );
+    let server = Server::start(&dir.path().join("data"), &kafka_flags(&kafka.bootstrap));
     let sub = TestSubscriber::start().await;
     let yaml = format!(
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  filters:\n  - exact: {{type: e2e.test}}\n  subscriber:\n    uri: {}\n",
@@ -60,12 +52,7 @@ async fn the_same_ferry_on_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_and_events_live_in_kafka_not_on_the_node() {
     let kafka = Tansu::start();
-    let flags = [
-        "--kafka",
-        kafka.bootstrap.as_str(),
-        "--kafka-max-batch-records",
-        "1",
-    ];
+    let flags = kafka_flags(&kafka.bootstrap);
     let first = tempfile::tempdir().unwrap();
     let mut node = Server::start(&first.path().join("data"), &flags);
     let out = node.cli_stdin(
@@ -113,15 +100,7 @@ pub fn peer(args: &[&str]) -> std::process::Output {
 async fn another_kafka_client_reads_and_writes_ferrys_topics() {
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[
-            "--kafka",
-            &kafka.bootstrap,
-            "--kafka-max-batch-records",
-            "1",
-        ],
-    );
+    let server = Server::start(&dir.path().join("data"), &kafka_flags(&kafka.bootstrap));
     let resp = binary_post(
         &reqwest::Client::new(),
         &format!("{}/default/default", server.ingress),
@@ -235,12 +214,7 @@ async fn a_kafka_sink_writes_what_it_is_given_to_its_topic() {
 async fn dead_letters_live_in_kafka_too() {
     use super::subscriber::Behaviour;
     let kafka = Tansu::start();
-    let flags = [
-        "--kafka",
-        kafka.bootstrap.as_str(),
-        "--kafka-max-batch-records",
-        "1",
-    ];
+    let flags = kafka_flags(&kafka.bootstrap);
     let sub = TestSubscriber::start().await;
     sub.set("no", Behaviour::Status(422));
     let first = tempfile::tempdir().unwrap();

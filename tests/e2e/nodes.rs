@@ -42,12 +42,7 @@ fn ready(node: &Server, kind: &str, name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_a_trigger_and_lose_nothing_when_one_is_killed() {
     let kafka = Tansu::start();
-    let flags = [
-        "--kafka",
-        kafka.bootstrap.as_str(),
-        "--kafka-max-batch-records",
-        "1",
-    ];
+    let flags = kafka_flags(&kafka.bootstrap);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut victim = Server::start(&dirs[0].path().join("data"), &flags);
     let b = Server::start(&dirs[1].path().join("data"), &flags);
@@ -218,14 +213,8 @@ async fn three_nodes_share_a_trigger_and_lose_nothing_when_one_is_killed() {
 async fn a_retry_queued_by_a_killed_node_is_made_by_the_node_that_takes_its_partition() {
     use super::subscriber::Behaviour;
     let kafka = Tansu::start();
-    let flags = [
-        "--kafka",
-        kafka.bootstrap.as_str(),
-        "--kafka-max-batch-records",
-        "1",
-        "--partitions",
-        "2",
-    ];
+    let mut flags = kafka_flags(&kafka.bootstrap);
+    flags.extend(["--partitions", "2"]);
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = [
         Server::start(&dirs[0].path().join("data"), &flags),

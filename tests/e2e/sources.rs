@@ -21,12 +21,7 @@ async fn a_kafka_source_delivers_any_topics_records(kafka_mode: bool) {
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let flags: Vec<&str> = if kafka_mode {
-        vec![
-            "--kafka",
-            &kafka.bootstrap,
-            "--kafka-max-batch-records",
-            "1",
-        ]
+        kafka_flags(&kafka.bootstrap)
     } else {
         Vec::new()
     };

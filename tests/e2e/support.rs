@@ -226,3 +226,9 @@ pub fn binary_post(
     }
     req
 }
+
+/// `ferry serve` flags for Kafka mode on the test server at `bootstrap`: one record per producer
+/// batch, since tansu 0.6 reports a wrong log end after a multi-record batch.
+pub fn kafka_flags(bootstrap: &str) -> Vec<&str> {
+    vec!["--kafka", bootstrap, "--kafka-max-batch-records", "1"]
+}
