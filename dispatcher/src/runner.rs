@@ -23,7 +23,7 @@ use crate::policy::DeliveryPolicy;
 use crate::store::{DeliveryStore, ErrorInfo};
 use crate::subscriber::{Failure, Outcome, Subscriber};
 use base64::Engine as _;
-use broker::{AttrValue, Event, EventLog, StartAt, Stored, Topic};
+use broker::{AttrValue, Event, EventLog, Position, StartAt, Stored, Topic};
 use dead_letter::SinkRetries;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -240,6 +240,40 @@ impl Runner {
         }
     }
 
+    /// Partitions going to another node (Kafka mode): returns their settled prefix, to commit
+    /// before they go. Events of theirs still in flight here are the next owner's to deliver:
+    /// ordered workers of these partitions stop (epoch), the run loop drops their queues.
+    fn revoke(&self, partitions: &[u32]) -> Vec<Position> {
+        if let Some(owned) = self
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            for p in partitions {
+                owned.remove(p);
+            }
+        }
+        {
+            let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            for p in partitions {
+                *epochs.entry(*p).or_default() += 1;
+            }
+        }
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(partitions);
+        let released = self.offsets().release(partitions);
+        // A runner replaced by a new instance of its trigger commits nothing more: its offsets
+        // would move the new one's back.
+        if self.superseded.load(std::sync::atomic::Ordering::Acquire) {
+            Vec::new()
+        } else {
+            released
+        }
+    }
+
     /// Runs until `stop`, then drains (up to `grace`) and commits.
     pub(crate) async fn run(self: Arc<Self>, grace: Duration) {
         let group = self.spec.group();
@@ -256,34 +290,8 @@ impl Runner {
                 }
             }
         };
-        // Partitions going to another node: their settled prefix is committed before they go;
-        // events of theirs still in flight here are the next owner's to deliver.
         let me = self.clone();
-        consumer.on_revoke(Arc::new(move |partitions: &[u32]| {
-            if let Some(owned) = me.owned.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                for p in partitions {
-                    owned.remove(p);
-                }
-            }
-            {
-                let mut epochs = me.epochs.lock().unwrap_or_else(|p| p.into_inner());
-                for p in partitions {
-                    *epochs.entry(*p).or_default() += 1;
-                }
-            }
-            me.revoked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(partitions);
-            let released = me.offsets().release(partitions);
-            // A runner replaced by a new instance of its trigger commits nothing more: its
-            // offsets would move the new one's back.
-            if me.superseded.load(std::sync::atomic::Ordering::Acquire) {
-                Vec::new()
-            } else {
-                released
-            }
-        }));
+        consumer.on_revoke(Arc::new(move |partitions: &[u32]| me.revoke(partitions)));
         self.set_owned(consumer.assignment());
         if consumer.assignment().is_none() {
             if let Ok(marks) = self.log.watermarks(&self.spec.topic).await {
