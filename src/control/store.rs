@@ -50,6 +50,16 @@ pub(super) fn key(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{}/{namespace}/{name}", kind.name())
 }
 
+/// A resource's key and stored form (its JSON), as both stores keep it.
+pub(super) fn entry(r: &Resource) -> Result<(String, Vec<u8>), StoreError> {
+    let k = key(r.kind, &r.metadata.namespace, &r.metadata.name);
+    let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
+        key: k.clone(),
+        source,
+    })?;
+    Ok((k, v))
+}
+
 /// The kind, namespace and name a key names (`None` for Ferry's own markers).
 pub(super) fn parse_key(key: &[u8]) -> Option<(Kind, String, String)> {
     let text = std::str::from_utf8(key).ok()?;
@@ -90,11 +100,7 @@ impl ResourceStore for RocksStore {
     }
 
     async fn put(&self, r: &Resource) -> Result<(), StoreError> {
-        let k = key(r.kind, &r.metadata.namespace, &r.metadata.name);
-        let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
-            key: k.clone(),
-            source,
-        })?;
+        let (k, v) = entry(r)?;
         self.db.put_opt(k.as_bytes(), v, &Self::synced())?;
         Ok(())
     }

@@ -58,11 +58,7 @@ impl ResourceStore for KafkaStore {
     }
 
     async fn put(&self, r: &Resource) -> Result<(), StoreError> {
-        let k = key(r.kind, &r.metadata.namespace, &r.metadata.name);
-        let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
-            key: k.clone(),
-            source,
-        })?;
+        let (k, v) = super::entry(r)?;
         self.topic
             .write(vec![(k.into_bytes(), Some(v))])
             .await
