@@ -250,13 +250,21 @@ async fn a_retry_queued_by_a_killed_node_is_made_by_the_node_that_takes_its_part
     sub.wait_for("flaky", 1, Duration::from_secs(30)).await;
     // The node that failed the first attempt queued the retry, and settled and committed the
     // event: only the queued retry can bring it again.
-    let mut owner = None;
-    for (i, n) in nodes.iter().enumerate() {
-        if metric(n, "ferry_dispatch_retries_total").await == 1 {
-            owner = Some(i);
-        }
-    }
-    let owner = owner.expect("one node queued the retry");
+    // (The subscriber records the request before the node has its answer: wait for the count.)
+    let owner = eventually(
+        Duration::from_secs(30),
+        "one node queued the retry",
+        || async {
+            let mut owner = None;
+            for (i, n) in nodes.iter().enumerate() {
+                if metric(n, "ferry_dispatch_retries_total").await == 1 {
+                    owner = Some(i);
+                }
+            }
+            owner
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(30),
         "the event's offset committed",
