@@ -40,8 +40,21 @@ async fn a_kafka_source_delivers_any_topics_records(kafka_mode: bool) {
     peer(&["create", &kafka.bootstrap, "orders", "2"]);
     peer(&["records", &kafka.bootstrap, "orders", "before"]);
 
+    // The trigger first: a trigger gets what its broker receives after it is Ready, and the
+    // `earliest` source starts delivering into the broker as soon as it is applied.
     let yaml = format!(
-        r#"apiVersion: sources.knative.dev/v1beta1
+        r#"apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: replayed
+spec:
+  broker: default
+  filters:
+  - exact: {{via: replay}}
+  subscriber:
+    uri: {replayed}
+---
+apiVersion: sources.knative.dev/v1beta1
 kind: KafkaSource
 metadata:
   name: from-orders
@@ -82,17 +95,6 @@ spec:
   initialOffset: earliest
   sink:
     uri: {reject}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: replayed
-spec:
-  broker: default
-  filters:
-  - exact: {{via: replay}}
-  subscriber:
-    uri: {replayed}
 "#,
         b = kafka.bootstrap,
         direct = sub.at("direct"),
