@@ -3,9 +3,9 @@
 //!
 //! - `client.rs`: the API client and its error messages.
 //! - `apply.rs`: reading YAML files/directories/stdin and applying them.
-//! - `get.rs`: get, describe, delete, and the table/YAML/JSON output.
+//! - `get.rs`: get, describe, delete, api-resources, and the table/YAML/JSON output.
 //! - `send.rs`, `tail.rs`: producing and reading events.
-//! - `dlq.rs`: a trigger's dead letters.
+//! - `dlq.rs`: a trigger's (or a source's) dead letters.
 
 pub mod apply;
 pub mod client;

@@ -3,7 +3,6 @@
 
 mod bench;
 mod cli;
-mod control;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -19,7 +18,7 @@ use std::process::ExitCode;
 #[command(
     name = "ferry",
     version,
-    about = "Knative-style eventing in one Rust binary"
+    about = "Knative-style eventing, serving and pipelines in one Rust binary"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +37,8 @@ enum Command {
     Describe(cli::get::DescribeArgs),
     /// Delete a resource.
     Delete(cli::get::DeleteArgs),
+    /// List the resource types the server serves.
+    ApiResources(cli::get::ApiResourcesArgs),
     /// Send one CloudEvent to a broker (binary mode).
     Send(cli::send::SendArgs),
     /// Print a broker's events, one per line.
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
             Command::Get(args) => cli::get::get(args).await,
             Command::Describe(args) => cli::get::describe(args).await,
             Command::Delete(args) => cli::get::delete(args).await,
+            Command::ApiResources(args) => cli::get::api_resources(args).await,
             Command::Send(args) => cli::send::run(args).await,
             Command::Tail(args) => cli::tail::run(args).await,
             Command::Dlq(cmd) => cli::dlq::run(cmd).await,

@@ -7,13 +7,13 @@
 
 pub mod config;
 
-use crate::control::api::{self, ApiState};
-use crate::control::store::{KafkaStore, ResourceStore, RocksStore};
-use crate::control::ControlPlane;
 use anyhow::Context;
 use broker::metrics::LogMetrics;
-use broker::{EventLog, KafkaLog, Retention, RocksLog, RocksOptions, TopicConfig};
+use broker::{EventLog, KafkaLog, Publisher, Retention, RocksLog, RocksOptions, TopicConfig};
 pub use config::{ServeArgs, ServeConfig};
+use control::api::{self, ApiState};
+use control::store::{KafkaStore, ResourceStore, RocksStore};
+use control::{ControlConfig, ControlPlane, Parts, Registry};
 use dispatcher::Dispatcher;
 use ingress::{IngressConfig, IngressMetrics, IngressState};
 use std::net::SocketAddr;
@@ -36,6 +36,7 @@ pub struct Running {
     tasks: JoinSet<anyhow::Result<()>>,
     log: Arc<dyn EventLog>,
     dispatcher: Arc<Dispatcher>,
+    control: Arc<ControlPlane>,
     grace: Duration,
 }
 
@@ -122,23 +123,31 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             })?
         }
     };
+    // The one path into every broker: the ingress, replies and the control plane's events.
+    let publisher = Arc::new(Publisher::new(log.clone(), config.max_event_size));
     let dispatcher = Dispatcher::with_store(
-        log.clone(),
+        publisher.clone(),
         delivery_store,
         &registry,
         config.shutdown_grace,
     )
     .context("starting the dispatcher")?;
     let sinks = ingress::Sinks::default();
-    let control = ControlPlane::start(
+    // Every kind this server serves; Serving and Pipelines add theirs here.
+    let mut kinds = Registry::new();
+    control::kinds::register_eventing(&mut kinds);
+    let control = ControlPlane::start(Parts {
         store,
-        log.clone(),
-        dispatcher.clone(),
-        sinks.clone(),
-        config.kafka.as_ref().and_then(|k| k.max_batch_records),
-        topic_defaults,
-        ingress_url,
-    )
+        registry: kinds,
+        publisher: publisher.clone(),
+        dispatcher: dispatcher.clone(),
+        sinks: sinks.clone(),
+        config: ControlConfig {
+            ingress_url: ingress_url.trim_end_matches('/').to_string(),
+            topic_defaults,
+            sink_batch_records: config.kafka.as_ref().and_then(|k| k.max_batch_records),
+        },
+    })
     .await
     .context("starting the control plane")?;
 
@@ -147,12 +156,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let mut tasks = JoinSet::new();
 
     let ingress_state = IngressState {
-        log: log.clone(),
+        publisher,
         sinks,
-        config: IngressConfig {
-            max_event_size: config.max_event_size,
-            ..IngressConfig::default()
-        },
+        config: IngressConfig::default(),
         metrics: IngressMetrics::new(&registry).context("registering ingress metrics")?,
     };
     let token = shutdown.clone();
@@ -164,9 +170,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     });
 
     let api_state = ApiState {
-        control,
-        log: log.clone(),
-        dispatcher: dispatcher.clone(),
+        control: control.clone(),
         registry,
         shutdown: shutdown.clone(),
         ready: ready.clone(),
@@ -205,6 +209,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         tasks,
         log,
         dispatcher,
+        control,
         grace: config.shutdown_grace,
     })
 }
@@ -229,6 +234,7 @@ impl Running {
             tracing::warn!(grace = ?self.grace, "in-flight work did not finish in the grace period");
             self.tasks.abort_all();
         }
+        self.control.stop();
         self.dispatcher.shutdown().await;
         self.log.close().await.context("flushing the event log")?;
         Ok(())

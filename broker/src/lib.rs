@@ -5,7 +5,8 @@
 //! and retention by age and by size. Callers (the ingress, the control plane, `ferry tail`, the
 //! dispatcher) see only the trait; the engine behind it is chosen at start-up.
 //!
-//! - [`event`]: the stored CloudEvent record ([`Event`]): attributes as received, data as bytes.
+//! - [`event`]: which partition an event goes to; the event itself is [`cloudevent::Event`].
+//! - [`publish`]: the [`Publisher`], the one path into a broker: validate, limit, stamp, append.
 //! - [`codec`]: the compact binary encoding of a record (what the RocksDB engine writes).
 //! - [`log`]: the [`EventLog`] and [`Consumer`] traits, topic and position types, [`LogError`].
 //! - [`rocks`]: the embedded engine on RocksDB, with group commit (one fsync per batch of appends).
@@ -25,6 +26,7 @@ pub mod event;
 pub mod kafka;
 pub mod log;
 pub mod metrics;
+pub mod publish;
 pub mod rocks;
 
 pub use event::{AttrValue, Event};
@@ -33,4 +35,5 @@ pub use log::{
     Consumer, EventLog, Keep, LogError, Position, Retention, RevokeHook, StartAt, Stored, Topic,
     TopicConfig, Watermarks,
 };
+pub use publish::{PublishError, Publisher, Replied};
 pub use rocks::{FsyncMode, RocksLog, RocksOptions};

@@ -1,6 +1,7 @@
 //! Ferry's dispatcher: triggers filter a broker's events and deliver them to subscribers, with
 //! retries, dead letters and replies.
 //!
+//! - [`clock`]: the one clock (tokio's), so backoff and windows run on paused time in tests.
 //! - [`cesql`]: CloudEvents SQL, compiled once per trigger, evaluated per event.
 //! - [`filter`]: trigger filters (attributes and the Subscriptions API dialects).
 //! - [`policy`]: delivery policy: retries, backoff, timeout, Retry-After.
@@ -15,6 +16,7 @@
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod cesql;
+pub mod clock;
 pub mod filter;
 pub mod metrics;
 pub mod offsets;

@@ -17,6 +17,9 @@ pub struct DispatchMetrics {
     /// `ferry_dispatch_replies_total{namespace,trigger,outcome}`: replies `stored` in the broker,
     /// or `dropped` by the loop guard.
     pub replies: IntCounterVec,
+    /// `ferry_dispatch_expired_total{namespace,trigger}`: events dropped undelivered because
+    /// they were older than the trigger's `ferry.dev/max-event-age`.
+    pub expired: IntCounterVec,
     /// `ferry_dispatch_lag{namespace,trigger}`: events in the broker not yet settled by the trigger.
     pub lag: IntGaugeVec,
     /// `ferry_dispatch_partitions{namespace,trigger}`: partitions of the broker this node
@@ -64,6 +67,13 @@ impl DispatchMetrics {
                 ),
                 &["namespace", "trigger", "outcome"],
             )?,
+            expired: IntCounterVec::new(
+                Opts::new(
+                    "ferry_dispatch_expired_total",
+                    "Events dropped undelivered: older than the trigger's max event age.",
+                ),
+                labels,
+            )?,
             lag: IntGaugeVec::new(
                 Opts::new(
                     "ferry_dispatch_lag",
@@ -86,6 +96,7 @@ impl DispatchMetrics {
         registry.register(Box::new(m.dead_letters.clone()))?;
         registry.register(Box::new(m.replies.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
+        registry.register(Box::new(m.expired.clone()))?;
         Ok(m)
     }
 }

@@ -37,6 +37,9 @@ pub struct DeliveryPolicy {
     /// Cap on a `Retry-After` wait; `None` ignores `Retry-After`, as Knative does by default.
     pub retry_after_max: Option<Duration>,
     pub format: Format,
+    /// Events older than this (since they reached the broker) are dropped, not delivered
+    /// (`ferry.dev/max-event-age`: samples worthless when late).
+    pub max_age: Option<Duration>,
 }
 
 impl Default for DeliveryPolicy {
@@ -50,6 +53,7 @@ impl Default for DeliveryPolicy {
             timeout: DEFAULT_TIMEOUT,
             retry_after_max: None,
             format: Format::Binary,
+            max_age: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl DeliveryPolicy {
                 Some("json") => Format::Structured,
                 _ => Format::Binary,
             },
+            max_age: None,
         }
     }
 

@@ -23,18 +23,18 @@ use crate::policy::DeliveryPolicy;
 use crate::store::{DeliveryStore, ErrorInfo};
 use crate::subscriber::{Failure, Outcome, Subscriber};
 use base64::Engine as _;
-use broker::{AttrValue, Event, EventLog, Position, StartAt, Stored, Topic};
+use broker::{Event, EventLog, Position, Publisher, Replied, StartAt, Stored, Topic};
 use dead_letter::SinkRetries;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Loop guard (I-11): replies carry `knativebrokerttl`, one less each time round.
-pub const TTL: &str = ingress::parse::BROKER_TTL;
-pub const MAX_TTL: i64 = 255;
+pub use cloudevent::ext::{BROKER_TTL as TTL, MAX_TTL};
 const POLL_MAX: usize = 256;
 const POLL_WAIT: Duration = Duration::from_millis(200);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
@@ -115,20 +115,19 @@ fn partition_of(id: &str) -> Option<u32> {
     id.split('-').next()?.parse().ok()
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::clock::now_ms;
 
 fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub(crate) struct Runner {
     spec: Arc<TriggerSpec>,
     key: String,
+    /// Where the events come from: the broker's log, or a feed's.
     log: Arc<dyn EventLog>,
+    /// Where replies go.
+    publisher: Arc<Publisher>,
     store: Arc<DeliveryStore>,
     metrics: DispatchMetrics,
     offsets: Mutex<Offsets>,
@@ -166,17 +165,21 @@ enum Attempt {
 impl Runner {
     pub(crate) fn new(
         spec: TriggerSpec,
-        log: Arc<dyn EventLog>,
+        publisher: Arc<Publisher>,
         store: Arc<DeliveryStore>,
         metrics: DispatchMetrics,
         stop: CancellationToken,
     ) -> Arc<Self> {
         let permits = Arc::new(Semaphore::new(spec.max_in_flight.max(1)));
-        let log = spec.feed.as_ref().map_or(log, |f| f.log.clone());
+        let log = spec
+            .feed
+            .as_ref()
+            .map_or_else(|| publisher.log().clone(), |f| f.log.clone());
         Arc::new(Self {
             key: spec.key(),
             spec: Arc::new(spec),
             log,
+            publisher,
             store,
             metrics,
             offsets: Mutex::new(Offsets::default()),
@@ -464,8 +467,27 @@ impl Runner {
         }
     }
 
+    /// Whether `event` is past the policy's maximum age (by its arrival time in the broker).
+    fn expired(&self, event: &Event) -> bool {
+        let Some(max) = self.spec.policy.max_age else {
+            return false;
+        };
+        let Some(arrived) = event
+            .attr_text(cloudevent::ext::ARRIVAL_TIME)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        else {
+            return false;
+        };
+        let age = crate::clock::now_utc() - arrived.with_timezone(&chrono::Utc);
+        age.to_std().is_ok_and(|age| age > max)
+    }
+
     /// One delivery attempt, reply included.
     async fn attempt(&self, event: &Event) -> Attempt {
+        if self.expired(event) {
+            self.metrics.expired.with_label_values(&self.labels()).inc();
+            return Attempt::Done;
+        }
         let mut outgoing = event.clone();
         outgoing.remove_attr(TTL);
         let started = Instant::now();
@@ -508,37 +530,19 @@ impl Runner {
         }
     }
 
-    /// Appends a reply to the broker, one step further along the loop guard.
-    async fn store_reply(&self, event: &Event, mut reply: Event) -> Result<(), broker::LogError> {
-        let ttl = event
-            .attr(TTL)
-            .and_then(|v| match v {
-                AttrValue::Integer(i) => Some(*i),
-                other => other.to_text().parse().ok(),
-            })
-            .unwrap_or(MAX_TTL)
-            .clamp(0, MAX_TTL)
-            - 1;
+    /// Publishes a reply to the broker, one step further along the loop guard.
+    async fn store_reply(&self, event: &Event, reply: Event) -> Result<(), broker::PublishError> {
+        let outcome = match self.publisher.reply(&self.spec.topic, event, reply).await? {
+            Replied::Stored(_) => "stored",
+            Replied::Dropped => {
+                tracing::warn!(trigger = %self.key, "reply dropped: {TTL} reached 0 (an event loop?)");
+                "dropped"
+            }
+        };
         let labels = self.labels();
-        if ttl <= 0 {
-            tracing::warn!(trigger = %self.key, "reply dropped: {TTL} reached 0 (an event loop?)");
-            self.metrics
-                .replies
-                .with_label_values(&[labels[0], labels[1], "dropped"])
-                .inc();
-            return Ok(());
-        }
-        reply.set_attr(TTL, AttrValue::String(ttl.to_string()));
-        reply.set_attr(
-            ingress::service::ARRIVAL_TIME,
-            AttrValue::String(
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            ),
-        );
-        self.log.append(&self.spec.topic, vec![reply]).await?;
         self.metrics
             .replies
-            .with_label_values(&[labels[0], labels[1], "stored"])
+            .with_label_values(&[labels[0], labels[1], outcome])
             .inc();
         Ok(())
     }

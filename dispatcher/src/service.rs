@@ -6,7 +6,7 @@ use crate::policy::DeliveryPolicy;
 use crate::runner::{self, Runner, TriggerSpec};
 use crate::store::{DeadLetter, DeliveryStore, StoreError};
 use crate::subscriber::{HttpSubscriber, Subscriber};
-use broker::{EventLog, LogError, Position, Topic};
+use broker::{EventLog, LogError, Position, Publisher, Topic};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +36,8 @@ struct Running {
 }
 
 pub struct Dispatcher {
-    log: Arc<dyn EventLog>,
+    /// Where replies go; its log is where triggers read.
+    publisher: Arc<Publisher>,
     store: Arc<DeliveryStore>,
     metrics: DispatchMetrics,
     client: reqwest::Client,
@@ -48,17 +49,17 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher whose retries and dead letters are kept in RocksDB at `store_path`.
     pub fn open(
-        log: Arc<dyn EventLog>,
+        publisher: Arc<Publisher>,
         store_path: &Path,
         registry: &prometheus::Registry,
         grace: Duration,
     ) -> Result<Arc<Self>, DispatchError> {
-        Self::with_store(log, DeliveryStore::open(store_path)?, registry, grace)
+        Self::with_store(publisher, DeliveryStore::open(store_path)?, registry, grace)
     }
 
     /// A dispatcher on a given delivery store (RocksDB or Kafka).
     pub fn with_store(
-        log: Arc<dyn EventLog>,
+        publisher: Arc<Publisher>,
         store: DeliveryStore,
         registry: &prometheus::Registry,
         grace: Duration,
@@ -69,7 +70,7 @@ impl Dispatcher {
             .build()
             .map_err(|e| DispatchError::Client(e.to_string()))?;
         Ok(Arc::new(Self {
-            log,
+            publisher,
             store: Arc::new(store),
             metrics: DispatchMetrics::new(registry)?,
             client,
@@ -96,7 +97,12 @@ impl Dispatcher {
         namespace: &str,
         name: &str,
     ) -> Result<(), DispatchError> {
-        commit_at_end(self.log.as_ref(), topic, &runner::group(namespace, name)).await
+        commit_at_end(
+            self.publisher.log().as_ref(),
+            topic,
+            &runner::group(namespace, name),
+        )
+        .await
     }
 }
 
@@ -151,7 +157,7 @@ impl Dispatcher {
         let stop_token = CancellationToken::new();
         let runner = Runner::new(
             spec,
-            self.log.clone(),
+            self.publisher.clone(),
             self.store.clone(),
             self.metrics.clone(),
             stop_token.clone(),

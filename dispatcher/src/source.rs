@@ -77,20 +77,11 @@ fn content_type<'a>(record: &RawRecord<'a>) -> Option<&'a str> {
         .and_then(|(_, v)| std::str::from_utf8((*v)?).ok())
 }
 
-/// KS-02: the record is a valid CloudEvent already.
+/// KS-02: the record is a valid CloudEvent already (binary or structured mode).
 fn passthrough(record: &RawRecord<'_>) -> Option<Event> {
-    let structured = content_type(record).is_some_and(|ct| {
-        ct.trim()
-            .to_ascii_lowercase()
-            .starts_with("application/cloudevents+json")
-    });
-    let event = if structured {
-        ingress::parse::structured(record.value.unwrap_or_default()).ok()?
-    } else {
-        broker::kafka::record::event_from(record.headers.iter().copied(), record.value)?
-    };
-    ingress::parse::validate(&event).ok()?;
-    Some(event)
+    cloudevent::kafka::decode(record.headers.iter().copied(), record.value)
+        .ok()
+        .flatten()
 }
 
 /// KS-03..KS-05: any other record.
@@ -250,7 +241,7 @@ mod tests {
         assert_eq!(text(&e, "kafkaheaderempty").as_deref(), Some(""));
         assert!(e.attr("kafkaheadercontenttype").is_none());
         assert_eq!(e.data.as_deref(), Some(&b"{\"n\":1}"[..]));
-        ingress::parse::validate(&e).unwrap();
+        cloudevent::validate(&e).unwrap();
     }
 
     #[test]

@@ -75,18 +75,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Outcome
             // A 202 is never a reply (D-03); a body that is not an event is ignored.
             return Outcome::Delivered { reply: None };
         }
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let parsed = match ingress::parse::mode(ct) {
-            Ok(ingress::parse::Mode::Binary) => ingress::parse::binary(headers, body.clone()),
-            Ok(ingress::parse::Mode::Structured) => ingress::parse::structured(&body),
-            Ok(ingress::parse::Mode::Batch) => Err(ingress::parse::InvalidEvent::Format(
-                "application/cloudevents-batch+json".into(),
-            )),
-            Err(e) => Err(e),
-        };
-        return match parsed {
+        return match cloudevent::http::decode_one(headers, body.clone()) {
             Ok(reply) => Outcome::Delivered { reply: Some(reply) },
             Err(e) => Outcome::Fail(Failure::new(
                 Some(code),
@@ -174,14 +163,14 @@ impl Subscriber for HttpSubscriber {
             .header("prefer", "reply");
         let request = match self.format {
             Format::Binary => request
-                .headers(ingress::format::binary_headers(event))
+                .headers(cloudevent::http::binary_headers(event))
                 .body(event.data.clone().unwrap_or_default()),
             Format::Structured => request
                 .header(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/cloudevents+json"),
                 )
-                .body(ingress::format::structured_json(event)),
+                .body(cloudevent::json::encode(event)),
         };
         let response = match request.send().await {
             Ok(r) => r,

@@ -62,7 +62,7 @@ async fn setup(
     .await
     .unwrap();
     let dispatcher = Dispatcher::open(
-        log.clone(),
+        Arc::new(broker::Publisher::with_default_limit(log.clone())),
         &dir.path().join("dispatch"),
         &registry,
         Duration::from_secs(1),
@@ -261,5 +261,75 @@ async fn an_ordered_partition_stuck_on_one_event_holds_up_no_other_partition() {
         "in order"
     );
     release.notify_waiters();
+    dispatcher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_older_than_the_max_age_are_dropped_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::new("ferry-system", "samples");
+    let (log, dispatcher) = setup(&dir, &topic, 1).await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        Handler::new("sampler", move |e: Event| {
+            seen.lock()
+                .unwrap()
+                .push(e.attr_text("id").unwrap().into_owned());
+            async { Ok(None) }.boxed()
+        })
+    };
+    dispatcher
+        .start_at_end(&topic, "ferry-system", "sampler")
+        .await
+        .unwrap();
+    let mut policy = DeliveryPolicy::from_spec(&json!({"retry": 0}));
+    policy.max_age = Some(Duration::from_secs(10));
+    dispatcher
+        .run(
+            TriggerSpec {
+                namespace: "ferry-system".into(),
+                name: "sampler".into(),
+                topic: topic.clone(),
+                filter: Filter::Everything,
+                subscriber: Arc::new(handler),
+                dead_letter: None,
+                policy,
+                ordered: true,
+                max_in_flight: 1,
+                feed: None,
+                instance: "1".into(),
+            },
+            "v1".into(),
+        )
+        .await;
+    let arrived = |id: &str, ago: chrono::Duration| {
+        let mut e = event(id, "sample");
+        let at = (chrono::Utc::now() - ago).to_rfc3339();
+        e.set_attr("knativearrivaltime", AttrValue::String(at));
+        e
+    };
+    log.append(
+        &topic,
+        vec![
+            arrived("stale", chrono::Duration::seconds(3600)),
+            arrived("fresh", chrono::Duration::zero()),
+        ],
+    )
+    .await
+    .unwrap();
+    eventually("the fresh sample", || {
+        seen.lock().unwrap().contains(&"fresh".to_string())
+    })
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["fresh"],
+        "the stale one was dropped"
+    );
+    assert!(dispatcher
+        .dead_letters("ferry-system", "sampler")
+        .unwrap()
+        .is_empty());
     dispatcher.shutdown().await;
 }

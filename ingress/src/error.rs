@@ -1,8 +1,8 @@
 //! Ingress failures and their HTTP statuses (the only place that maps one to the other).
 
-use crate::parse::InvalidEvent;
 use axum::response::{IntoResponse, Response};
-use broker::LogError;
+use broker::{LogError, PublishError};
+use cloudevent::InvalidEvent;
 use http::{header, HeaderValue, StatusCode};
 
 /// Why the ingress refused a request.
@@ -39,6 +39,17 @@ impl IngressError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Maps a publishing failure; `batch`: the request was a batch, whose errors name the
+    /// event by its index.
+    pub fn from_publish(e: PublishError, batch: bool, namespace: &str, name: &str) -> Self {
+        match e {
+            PublishError::Invalid { index, source } if batch => source.in_batch(index).into(),
+            PublishError::Invalid { source, .. } => source.into(),
+            PublishError::TooLarge { size, max, .. } => IngressError::TooLarge { size, max },
+            PublishError::Log(e) => Self::from_log(e, namespace, name),
         }
     }
 

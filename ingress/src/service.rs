@@ -2,7 +2,6 @@
 
 use crate::error::{IngressError, ALLOW};
 use crate::metrics::IngressMetrics;
-use crate::parse::{self, Mode};
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -10,23 +9,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use broker::kafka::{ContentMode, TopicWriter};
-use broker::{AttrValue, Event, EventLog, Topic};
+use broker::{EventLog, Publisher, Topic};
+use cloudevent::ext::SYSTEM_NAMESPACE;
+use cloudevent::http::{decode_binary, mode, Mode};
+use cloudevent::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Instant;
 
-/// Namespace of Ferry's own brokers: not open to producers.
-pub const RESERVED_NAMESPACE: &str = "ferry-system";
-
-/// Extension the ingress stamps on every event: when the broker received it.
-pub const ARRIVAL_TIME: &str = "knativearrivaltime";
-
-/// Limits of the ingress.
+/// Limits of the ingress (the largest event is the [`Publisher`]'s).
 #[derive(Clone, Debug)]
 pub struct IngressConfig {
-    /// Largest event accepted (attributes plus data), in bytes; larger ones get 413.
-    pub max_event_size: usize,
     /// Largest batched-mode request body, in bytes.
     pub max_batch_size: usize,
 }
@@ -34,7 +28,6 @@ pub struct IngressConfig {
 impl Default for IngressConfig {
     fn default() -> Self {
         Self {
-            max_event_size: 1024 * 1024,
             max_batch_size: 16 * 1024 * 1024,
         }
     }
@@ -43,10 +36,17 @@ impl Default for IngressConfig {
 /// What the handler needs.
 #[derive(Clone)]
 pub struct IngressState {
-    pub log: Arc<dyn EventLog>,
+    /// Validates, limits, stamps and appends what producers send.
+    pub publisher: Arc<Publisher>,
     pub sinks: Sinks,
     pub config: IngressConfig,
     pub metrics: IngressMetrics,
+}
+
+impl IngressState {
+    fn log(&self) -> &Arc<dyn EventLog> {
+        self.publisher.log()
+    }
 }
 
 /// The ingress routes: `/{namespace}/{broker}`; anything else is 404.
@@ -66,7 +66,7 @@ async fn handle(
     let started = Instant::now();
     let (count, result) = match *request.method() {
         // Ferry's own brokers take events from Ferry only.
-        _ if namespace == RESERVED_NAMESPACE => (1, Err(IngressError::Reserved)),
+        _ if namespace == SYSTEM_NAMESPACE => (1, Err(IngressError::Reserved)),
         Method::POST => accept(&state, &namespace, &name, request).await,
         Method::OPTIONS => return options(),
         ref m => (1, Err(IngressError::Method(m.clone()))),
@@ -82,7 +82,7 @@ async fn handle(
         Ok(()) | Err(IngressError::Unavailable(_)) => true,
         Err(IngressError::UnknownBroker { .. } | IngressError::Reserved) => false,
         Err(_) => state
-            .log
+            .log()
             .watermarks(&Topic::new(&namespace, &name))
             .await
             .is_ok(),
@@ -148,23 +148,24 @@ async fn accept_into(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let mode = match parse::mode(content_type) {
+    let mode = match mode(content_type) {
         Ok(m) => m,
         Err(e) => return (1, Err(e.into())),
     };
     let limit = match mode {
         Mode::Batch => state.config.max_batch_size,
         // Attributes travel in headers in binary mode; the body alone must fit.
-        Mode::Binary | Mode::Structured => state.config.max_event_size,
+        Mode::Binary | Mode::Structured => state.publisher.max_event_size(),
     };
     let body = match read_body(body, limit).await {
         Ok(b) => b,
         Err(e) => return (1, Err(e)),
     };
+    // Decoding checks the encoding; the publisher validates, limits and stamps.
     let events = match mode {
-        Mode::Binary => parse::binary(&parts.headers, body).map(|e| vec![e]),
-        Mode::Structured => parse::structured(&body).map(|e| vec![e]),
-        Mode::Batch => parse::batch(&body),
+        Mode::Binary => decode_binary(&parts.headers, body).map(|e| vec![e]),
+        Mode::Structured => json::decode(&body).map(|e| vec![e]),
+        Mode::Batch => json::decode_batch(&body),
     };
     let mut events = match events {
         Ok(e) => e,
@@ -174,39 +175,27 @@ async fn accept_into(
     if count == 0 {
         return (0, Ok(()));
     }
-    let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    for event in &mut events {
-        let size = event.size();
-        if size > state.config.max_event_size {
-            return (
-                count,
-                Err(IngressError::TooLarge {
-                    size,
-                    max: state.config.max_event_size,
-                }),
-            );
-        }
-        stamp(event, &arrival);
-    }
+    let batch = mode == Mode::Batch;
     let result = match target {
         Target::Broker { namespace, name } => state
-            .log
-            .append(&Topic::new(namespace, name), events)
+            .publisher
+            .publish(&Topic::new(namespace, name), events)
             .await
             .map(|_| ())
-            .map_err(|e| IngressError::from_log(e, namespace, name)),
-        Target::Sink(writer) => {
-            let structured: Vec<String> = match writer.mode() {
-                ContentMode::Structured => {
-                    events.iter().map(crate::format::structured_json).collect()
-                }
-                ContentMode::Binary => Vec::new(),
-            };
-            writer
-                .write(&events, &structured)
-                .await
-                .map_err(IngressError::Unavailable)
-        }
+            .map_err(|e| IngressError::from_publish(e, batch, namespace, name)),
+        Target::Sink(writer) => match state.publisher.prepare(&mut events) {
+            Err(e) => Err(IngressError::from_publish(e, batch, "", "")),
+            Ok(()) => {
+                let structured: Vec<String> = match writer.mode() {
+                    ContentMode::Structured => events.iter().map(json::encode).collect(),
+                    ContentMode::Binary => Vec::new(),
+                };
+                writer
+                    .write(&events, &structured)
+                    .await
+                    .map_err(IngressError::Unavailable)
+            }
+        },
     };
     (count, result)
 }
@@ -259,10 +248,6 @@ async fn handle_sink(
     }
 }
 
-fn stamp(event: &mut Event, arrival: &str) {
-    event.set_attr(ARRIVAL_TIME, AttrValue::String(arrival.to_string()));
-}
-
 async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, IngressError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         // `to_bytes` reports an over-long body as a `LengthLimitError` somewhere in its chain.
@@ -308,7 +293,7 @@ mod tests {
         };
         log.create_topic(&topic, config).await.unwrap();
         let state = IngressState {
-            log: Arc::new(log.clone()),
+            publisher: Arc::new(Publisher::with_default_limit(Arc::new(log.clone()))),
             sinks: Sinks::default(),
             config: IngressConfig::default(),
             metrics: IngressMetrics::new(&registry).unwrap(),
@@ -361,7 +346,7 @@ mod tests {
         assert_eq!(stored.len(), 1);
         let e = &stored[0].event;
         assert_eq!(e.attr_text("id").as_deref(), Some("1"));
-        let arrival = e.attr_text(ARRIVAL_TIME).unwrap();
+        let arrival = e.attr_text(cloudevent::ext::ARRIVAL_TIME).unwrap();
         assert!(
             chrono::DateTime::parse_from_rfc3339(&arrival).is_ok(),
             "{arrival}"

@@ -1,5 +1,6 @@
-//! `ferry dlq`: a trigger's (or a KafkaSource's) dead letters, kept by Ferry when no
-//! dead-letter sink took them. `TRIGGER` is a trigger's name, or `kafkasource/NAME`.
+//! `ferry dlq`: the dead letters of a trigger (or a source: `kafkasource/NAME`,
+//! `pingsource/NAME`), kept by Ferry when no dead-letter sink took them. `TRIGGER` is a
+//! trigger's name, or `TYPE/NAME` for any kind that delivers.
 
 use super::client::{Client, ServerArg};
 use super::get::Output;
@@ -43,18 +44,15 @@ pub enum DlqCommand {
     },
 }
 
-/// The API path of the dead letters of `target` (`NAME`, `trigger/NAME`, `kafkasource/NAME`).
+/// The API path of the dead letters of `target` (`NAME`, a trigger's, or `TYPE/NAME`); the
+/// server says whether that kind has dead letters.
 fn dead_letters_path(namespace: &str, target: &str) -> anyhow::Result<String> {
-    let (plural, name) = match target.split_once('/') {
-        None => ("triggers", target),
-        Some(("trigger" | "triggers", name)) => ("triggers", name),
-        Some(("kafkasource" | "kafkasources", name)) => ("kafkasources", name),
-        Some((kind, _)) => {
-            bail!("{kind:?} has no dead letters: give a trigger's name or kafkasource/NAME")
-        }
-    };
+    let (kind, name) = target.split_once('/').unwrap_or(("triggers", target));
+    if kind.is_empty() || name.is_empty() || name.contains('/') {
+        bail!("{target:?}: give a trigger's name, or TYPE/NAME (kafkasource/orders)");
+    }
     Ok(format!(
-        "/api/v1/namespaces/{namespace}/{plural}/{name}/deadletters"
+        "/api/v1/namespaces/{namespace}/{kind}/{name}/deadletters"
     ))
 }
 

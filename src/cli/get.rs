@@ -1,8 +1,10 @@
-//! `ferry get`, `ferry describe`, `ferry delete`.
+//! `ferry get`, `ferry describe`, `ferry delete`, `ferry api-resources`: generic over every kind
+//! the server registers. The server resolves the type name (plural, singular, kind or short
+//! name) and fills in each kind's printer columns (kubectl's server-side printing), so the CLI
+//! has no per-kind code.
 
 use super::client::{Client, ServerArg};
-use crate::control::resource::Kind;
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -16,7 +18,7 @@ pub enum Output {
 
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
-    /// Resource type: brokers or triggers.
+    /// Resource type: plural, singular, kind or short name (`ferry api-resources` lists them).
     pub kind: String,
     /// One resource's name (all of the namespace if omitted).
     pub name: Option<String>,
@@ -29,6 +31,12 @@ pub struct GetArgs {
     /// Output format; yaml and json can be given back to `ferry apply`.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApiResourcesArgs {
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -53,46 +61,43 @@ pub struct DeleteArgs {
     pub server: ServerArg,
 }
 
-fn kind(s: &str) -> anyhow::Result<Kind> {
-    Kind::parse(s).ok_or_else(|| {
-        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
-        anyhow!("unknown resource type {s:?} (known: {})", known.join(", "))
-    })
-}
-
-/// The API path of one resource.
-fn resource_path(namespace: &str, kind: Kind, name: &str) -> String {
-    format!("/api/v1/namespaces/{namespace}/{}/{name}", kind.plural())
+/// The API path of one resource (`kind` as the user typed it; the server resolves it).
+fn resource_path(namespace: &str, kind: &str, name: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/{kind}/{name}")
 }
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let kind = kind(&args.kind)?;
     let client = Client::new(&args.server)?;
-    let items: Vec<Value> = match &args.name {
-        Some(name) => {
-            let path = resource_path(&args.namespace, kind, name);
-            vec![client.request(Method::GET, &path, None).await?]
-        }
-        None => {
-            let mut path = format!("/api/v1/{}", kind.plural());
-            if !args.all_namespaces {
-                path.push_str(&format!("?namespace={}", args.namespace));
-            }
-            let answer = client.request(Method::GET, &path, None).await?;
-            answer["items"].as_array().cloned().unwrap_or_default()
-        }
+    let view = if args.output == Output::Table {
+        "view=table"
+    } else {
+        ""
     };
+    let path = match &args.name {
+        Some(name) => format!(
+            "{}?{view}",
+            resource_path(&args.namespace, &args.kind, name)
+        ),
+        None if args.all_namespaces => format!("/api/v1/{}?{view}", args.kind),
+        None => format!("/api/v1/{}?namespace={}&{view}", args.kind, args.namespace),
+    };
+    let answer = client.request(Method::GET, &path, None).await?;
     let single = args.name.is_some();
     match args.output {
         Output::Json => {
             let v = if single {
-                items.into_iter().next().unwrap_or(Value::Null)
+                answer
             } else {
-                json!({"apiVersion": "v1", "kind": "List", "items": items})
+                json!({"apiVersion": "v1", "kind": "List", "items": answer["items"]})
             };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Yaml => {
+            let items = if single {
+                vec![answer]
+            } else {
+                answer["items"].as_array().cloned().unwrap_or_default()
+            };
             let docs: Vec<String> = items
                 .iter()
                 .map(serde_yaml_ng::to_string)
@@ -101,79 +106,43 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             print!("{}", docs.join("---\n"));
         }
         Output::Table => {
-            if items.is_empty() {
-                eprintln!("No {} found.", kind.plural());
+            let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                let plural = answer["plural"].as_str().unwrap_or(&args.kind);
+                match args.all_namespaces {
+                    true => eprintln!("No {plural} found."),
+                    false => eprintln!("No {plural} found in namespace {}.", args.namespace),
+                }
                 return Ok(());
             }
-            print!("{}", table(kind, &items));
+            print!("{}", table(&answer["columns"], &rows));
         }
     }
     Ok(())
 }
 
-/// The table of a kind (brokers and sinks: `NAMESPACE NAME READY URL AGE`; triggers:
-/// `NAMESPACE NAME BROKER SUBSCRIBER READY LAG AGE`; sources: `NAMESPACE NAME TOPICS SINK
-/// READY AGE`), columns padded to their widest cell.
-fn table(kind: Kind, items: &[Value]) -> String {
-    let headers: &[&str] = match kind {
-        Kind::Broker | Kind::KafkaSink => &["NAMESPACE", "NAME", "READY", "URL", "AGE"],
-        Kind::Trigger => &[
-            "NAMESPACE",
-            "NAME",
-            "BROKER",
-            "SUBSCRIBER",
-            "READY",
-            "LAG",
-            "AGE",
-        ],
-        Kind::KafkaSource => &["NAMESPACE", "NAME", "TOPICS", "SINK", "READY", "AGE"],
+/// Columns padded to their widest cell, three spaces apart.
+fn table(columns: &Value, rows: &[Value]) -> String {
+    let cells = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c.as_str().unwrap_or("").to_string())
+            .collect()
     };
-    let mut rows = vec![headers.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
-    for r in items {
-        let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-        let (ns, name, age) = (
-            s(&r["metadata"]["namespace"]),
-            s(&r["metadata"]["name"]),
-            age(r["metadata"]["creationTimestamp"].as_str()),
-        );
-        rows.push(match kind {
-            Kind::Broker | Kind::KafkaSink => {
-                vec![ns, name, ready(r).0, s(&r["status"]["address"]["url"]), age]
-            }
-            Kind::Trigger => vec![
-                ns,
-                name,
-                s(&r["spec"]["broker"]),
-                s(&r["status"]["subscriberUri"]),
-                ready(r).0,
-                r["status"]["lag"]
-                    .as_u64()
-                    .map_or("-".into(), |l| l.to_string()),
-                age,
-            ],
-            Kind::KafkaSource => vec![
-                ns,
-                name,
-                r["spec"]["topics"]
-                    .as_array()
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
-                s(&r["status"]["sinkUri"]),
-                ready(r).0,
-                age,
-            ],
-        });
-    }
-    let widths: Vec<usize> = (0..headers.len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+    let mut all = vec![cells(columns)];
+    all.extend(rows.iter().map(cells));
+    let n = all.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|c| {
+            all.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
-    for row in rows {
+    for row in all {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -185,41 +154,44 @@ fn table(kind: Kind, items: &[Value]) -> String {
     out
 }
 
-/// The Ready condition: status, reason, message.
-fn ready(r: &Value) -> (String, String, String) {
-    let cond = r["status"]["conditions"]
+/// `ferry api-resources`: the kinds the server serves, as kubectl lists them.
+pub async fn api_resources(args: ApiResourcesArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server)?;
+    let answer = client
+        .request(Method::GET, "/api/v1/api-resources", None)
+        .await?;
+    let rows: Vec<Value> = answer["resources"]
         .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
-    match cond {
-        Some(c) => (
-            c["status"].as_str().unwrap_or("Unknown").to_string(),
-            c["reason"].as_str().unwrap_or("").to_string(),
-            c["message"].as_str().unwrap_or("").to_string(),
-        ),
-        None => ("Unknown".into(), String::new(), String::new()),
-    }
-}
-
-/// Age like kubectl shows it: 42s, 5m, 3h, 2d.
-fn age(created: Option<&str>) -> String {
-    let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
-        return "<unknown>".into();
-    };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let short: Vec<&str> = r["shortNames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            json!([
+                r["name"],
+                short.join(","),
+                r["apiVersion"],
+                if r["namespaced"] == true {
+                    "true"
+                } else {
+                    "false"
+                },
+                r["kind"],
+            ])
+        })
+        .collect();
+    let columns = json!(["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]);
+    print!("{}", table(&columns, &rows));
+    Ok(())
 }
 
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
-    let kind = kind(&args.kind)?;
     let client = Client::new(&args.server)?;
-    let path = resource_path(&args.namespace, kind, &args.name);
+    let path = resource_path(&args.namespace, &args.kind, &args.name);
     let r = client.request(Method::GET, &path, None).await?;
     let m = &r["metadata"];
     let map = |v: &Value| -> String {
@@ -241,7 +213,7 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     println!(
         "Created:      {} ({} ago)",
         m["creationTimestamp"].as_str().unwrap_or(""),
-        age(m["creationTimestamp"].as_str())
+        control::api::age(m["creationTimestamp"].as_str().unwrap_or(""))
     );
     println!("Labels:       {}", map(&m["labels"]));
     println!("Annotations:  {}", map(&m["annotations"]));
@@ -263,6 +235,10 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
         (
             "Dead letters:",
             status["deadLetterSinkUri"].as_str().map(str::to_string),
+        ),
+        (
+            "Sink:        ",
+            status["sinkUri"].as_str().map(str::to_string),
         ),
         (
             "Lag:         ",
@@ -292,13 +268,17 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let kind = kind(&args.kind)?;
     let client = Client::new(&args.server)?;
-    let path = resource_path(&args.namespace, kind, &args.name);
-    client.request(Method::DELETE, &path, None).await?;
+    let path = resource_path(&args.namespace, &args.kind, &args.name);
+    let answer = client.request(Method::DELETE, &path, None).await?;
+    let d = &answer["deleted"];
     println!(
-        "{}.eventing.knative.dev/{} deleted (namespace {})",
-        kind.name().to_ascii_lowercase(),
+        "{}.{}/{} deleted (namespace {})",
+        d["kind"]
+            .as_str()
+            .unwrap_or(&args.kind)
+            .to_ascii_lowercase(),
+        d["group"].as_str().unwrap_or(""),
         args.name,
         args.namespace
     );
@@ -311,17 +291,23 @@ mod tests {
 
     #[test]
     fn table_aligns_columns() {
-        let items = vec![json!({
-            "metadata": {"namespace": "default", "name": "default", "creationTimestamp": chrono::Utc::now().to_rfc3339()},
-            "status": {"conditions": [{"type": "Ready", "status": "True"}], "address": {"url": "http://127.0.0.1:8080/default/default"}}
-        })];
-        let t = table(Kind::Broker, &items);
+        let columns = json!(["NAMESPACE", "NAME", "READY", "URL", "AGE"]);
+        let rows = vec![json!([
+            "default",
+            "default",
+            "True",
+            "http://127.0.0.1:8080/default/default",
+            "5s"
+        ])];
+        let t = table(&columns, &rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
             "NAMESPACE   NAME      READY   URL                                     AGE"
         );
-        assert!(lines[1]
-            .starts_with("default     default   True    http://127.0.0.1:8080/default/default   "));
+        assert_eq!(
+            lines[1],
+            "default     default   True    http://127.0.0.1:8080/default/default   5s"
+        );
     }
 }

@@ -83,7 +83,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         event.set_attr("datacontenttype", s(&args.content_type));
         event.data = Some(data.into());
     }
-    let headers = ingress::format::binary_headers(&event);
+    let headers = cloudevent::http::binary_headers(&event);
     let resp = client
         .http()
         .post(&url)

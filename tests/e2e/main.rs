@@ -15,4 +15,5 @@ mod ingress;
 mod kafka;
 mod nodes;
 mod sources;
+mod system;
 mod triggers;

@@ -291,3 +291,43 @@ async fn a_retry_queued_by_a_killed_node_is_made_by_the_node_that_takes_its_part
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_fire_each_ping_tick_once() {
+    let kafka = Tansu::start();
+    let flags = kafka_flags(&kafka.bootstrap);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Server::start(&dirs[0].path().join("data"), &flags);
+    let b = Server::start(&dirs[1].path().join("data"), &flags);
+    let sub = TestSubscriber::start().await;
+    let yaml = format!(
+        "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata:\n  name: tick\nspec:\n  schedule: '@every 1s'\n  sink:\n    uri: {}\n",
+        sub.at("ticks")
+    );
+    let out = a.cli_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(
+        Duration::from_secs(60),
+        "the source Ready on the other node",
+        || {
+            let r = ready(&b, "pingsource", "tick");
+            async move { r.then_some(()) }
+        },
+    )
+    .await;
+    // Both nodes run the schedule, each on its own phase; the lease lets one of them fire, so
+    // the ticks that arrive are a second apart, never closer.
+    let got = sub.wait_for("ticks", 6, Duration::from_secs(60)).await;
+    let mut times: Vec<chrono::DateTime<chrono::FixedOffset>> = got
+        .iter()
+        .map(|r| chrono::DateTime::parse_from_rfc3339(&r.header("ce-time").unwrap()).unwrap())
+        .collect();
+    times.sort();
+    for pair in times.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        assert!(
+            gap >= 900,
+            "two ticks {gap} ms apart: both nodes fired ({times:?})"
+        );
+    }
+}

@@ -5,6 +5,7 @@ use super::{now_ms, Runner, TTL};
 use crate::store::{DeadLetter, ErrorInfo, Retry};
 use crate::subscriber::{Failure, Outcome, Subscriber};
 use broker::{AttrValue, Event};
+use cloudevent::ext::{ERROR_CODE, ERROR_DATA, ERROR_DEST};
 
 impl Runner {
     /// The event as the dead-letter sink gets it: the `knativeerror*` extensions added.
@@ -12,14 +13,14 @@ impl Runner {
         let mut dl = event.clone();
         dl.remove_attr(TTL);
         dl.set_attr(
-            "knativeerrordest",
+            ERROR_DEST,
             AttrValue::String(self.spec.subscriber.destination()),
         );
         if let Some(code) = failure.code {
-            dl.set_attr("knativeerrorcode", AttrValue::String(code.to_string()));
+            dl.set_attr(ERROR_CODE, AttrValue::String(code.to_string()));
         }
         if !failure.body.is_empty() {
-            dl.set_attr("knativeerrordata", AttrValue::String(info.body.clone()));
+            dl.set_attr(ERROR_DATA, AttrValue::String(info.body.clone()));
         }
         dl
     }
@@ -199,7 +200,7 @@ pub(super) enum SinkRetries {
 
 /// The event as it was before the `knativeerror*` extensions were added for the sink.
 fn without_error_extensions(mut event: Event) -> Event {
-    for ext in ["knativeerrordest", "knativeerrorcode", "knativeerrordata"] {
+    for ext in [ERROR_DEST, ERROR_CODE, ERROR_DATA] {
         event.remove_attr(ext);
     }
     event

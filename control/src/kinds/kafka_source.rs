@@ -3,8 +3,13 @@
 //! (`dispatcher::source`) delivered to the sink with the source's delivery policy. In Kafka
 //! mode every node runs the runners, and the group shares the partitions among the nodes.
 
-use super::resource::Resource;
-use super::{condition, ControlPlane};
+use super::kafka_validate::{kafka_options, validate_kafka_source};
+use super::trigger::DEFAULT_MAX_IN_FLIGHT;
+use crate::kind::{cell, ready_cell, Kind, KindInfo, Reconciled};
+use crate::plane::{ControlError, ControlPlane};
+use crate::resource::{FieldErrors, Key, Resource};
+use crate::status::{self, NotReady};
+use async_trait::async_trait;
 use broker::{EventLog, StartAt, Topic};
 use dispatcher::filter::Filter;
 use dispatcher::policy::DeliveryPolicy;
@@ -13,7 +18,94 @@ use dispatcher::{Feed, TriggerSpec};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::trigger::DEFAULT_MAX_IN_FLIGHT;
+pub struct KafkaSource;
+
+static INFO: KindInfo = KindInfo {
+    group: "sources.knative.dev",
+    version: "v1beta1",
+    kind: "KafkaSource",
+    plural: "kafkasources",
+    short_names: &[],
+    addressable: false,
+    columns: &["TOPICS", "SINK", "READY"],
+};
+
+const CONDITIONS: &[&str] = &["SinkProvided", "InitialOffsetsCommitted", "Ready"];
+
+#[async_trait]
+impl Kind for KafkaSource {
+    fn info(&self) -> &'static KindInfo {
+        &INFO
+    }
+
+    fn validate(&self, r: &Resource, errors: &mut FieldErrors) {
+        validate_kafka_source(&r.spec, &r.metadata.labels, &mut errors.sink());
+    }
+
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _created: bool) -> Reconciled {
+        let mut sink_uri = None;
+        let outcome = start(cp, r, &mut sink_uri).await;
+        if outcome.is_err() {
+            stop(cp, &r.metadata.namespace, &r.metadata.name, &[]).await;
+        }
+        let failure = outcome.as_ref().err();
+        let mut s = status::status(&r.status, r.metadata.generation, CONDITIONS, failure);
+        if let Some(uri) = sink_uri {
+            s["sinkUri"] = Value::String(uri);
+        }
+        let retry = failure.is_some_and(|f| f.condition == "InitialOffsetsCommitted");
+        Reconciled {
+            status: s,
+            retry,
+            requeue_after: None,
+        }
+    }
+
+    /// Stops the runners of a deleted source and forgets their retries and dead letters (of
+    /// its topics, whether they run on this node or not). Its topics and its group's offsets
+    /// are the user's: left alone.
+    async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
+        let ns = &r.metadata.namespace;
+        let prefix = runner_name(&r.metadata.name, "");
+        let mut names = runner_names(r);
+        names.extend(cp.dispatcher().running(ns, &prefix).await);
+        names.sort();
+        names.dedup();
+        for name in names {
+            cp.dispatcher().forget(ns, &name).await?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, cp: &ControlPlane, key: &Key) {
+        stop(cp, &key.namespace, &key.name, &[]).await;
+    }
+
+    fn depends_on(&self, cp: &ControlPlane, r: &Resource) -> Vec<Key> {
+        let ns = &r.metadata.namespace;
+        let mut keys: Vec<Key> = cp.referenced(r.spec.get("sink"), ns).into_iter().collect();
+        keys.extend(cp.referenced(r.spec.pointer("/delivery/deadLetterSink"), ns));
+        keys
+    }
+
+    fn row(&self, r: &Resource) -> Vec<String> {
+        vec![
+            cell(r, "/spec/topics"),
+            cell(r, "/status/sinkUri"),
+            ready_cell(r),
+        ]
+    }
+
+    fn deliveries(&self, r: &Resource) -> Option<Vec<(String, String)>> {
+        let ns = &r.metadata.namespace;
+        Some(
+            runner_names(r)
+                .into_iter()
+                .map(|n| (ns.clone(), n))
+                .collect(),
+        )
+    }
+}
 
 /// The name of the runner of one topic of a source (its key in metrics and the delivery
 /// store): `<source>#<topic>`, as in the events' `source`.
@@ -22,7 +114,7 @@ fn runner_name(source: &str, topic: &str) -> String {
 }
 
 /// The source's consumer group: `spec.consumerGroup`, else `knative-kafka-source-<uid>`.
-pub fn group_of(r: &Resource) -> String {
+fn group_of(r: &Resource) -> String {
     r.spec["consumerGroup"].as_str().map_or_else(
         || format!("knative-kafka-source-{}", r.metadata.uid),
         str::to_string,
@@ -30,7 +122,7 @@ pub fn group_of(r: &Resource) -> String {
 }
 
 /// The names of a source's runners, one per topic.
-pub fn runner_names(r: &Resource) -> Vec<String> {
+fn runner_names(r: &Resource) -> Vec<String> {
     topics_of(r)
         .iter()
         .map(|t| runner_name(&r.metadata.name, t))
@@ -47,69 +139,14 @@ fn topics_of(r: &Resource) -> Vec<String> {
         .collect()
 }
 
-/// Why a source is not Ready: the condition that failed, its reason and message.
-struct NotReady(&'static str, &'static str, String);
-
-pub async fn reconcile(cp: &ControlPlane, r: &mut Resource) {
-    let mut sink_uri = None;
-    let outcome = start(cp, r, &mut sink_uri).await;
-    if outcome.is_err() {
-        stop(cp, r, &[]).await;
-    }
-    let old = &r.status;
-    let order = ["SinkProvided", "InitialOffsetsCommitted", "Ready"];
-    let failed_at = match &outcome {
-        Ok(()) => order.len(),
-        Err(NotReady(c, _, _)) => order.iter().position(|o| o == c).unwrap_or(0),
-    };
-    let conditions: Vec<Value> = order
-        .iter()
-        .enumerate()
-        .map(|(i, c)| match &outcome {
-            Err(NotReady(_, reason, message)) if i >= failed_at || *c == "Ready" => {
-                if i == failed_at || *c == "Ready" {
-                    condition(old, c, "False", Some(reason), Some(message))
-                } else {
-                    condition(old, c, "Unknown", None, None)
-                }
-            }
-            _ => condition(old, c, "True", None, None),
-        })
-        .collect();
-    let mut status = json!({
-        "observedGeneration": r.metadata.generation,
-        "conditions": conditions,
-    });
-    if let Some(uri) = sink_uri {
-        status["sinkUri"] = Value::String(uri);
-    }
-    r.status = status;
-}
-
-/// Stops the runners of `r`'s topics, but those in `keep`.
-pub async fn stop(cp: &ControlPlane, r: &Resource, keep: &[String]) {
-    let ns = &r.metadata.namespace;
-    let prefix = runner_name(&r.metadata.name, "");
-    for name in cp.dispatcher.running(ns, &prefix).await {
-        if !keep.contains(&name) {
-            cp.dispatcher.stop(ns, &name).await;
+/// Stops the runners of source `ns/name`'s topics, but those in `keep`.
+async fn stop(cp: &ControlPlane, ns: &str, name: &str, keep: &[String]) {
+    let prefix = runner_name(name, "");
+    for runner in cp.dispatcher().running(ns, &prefix).await {
+        if !keep.contains(&runner) {
+            cp.dispatcher().stop(ns, &runner).await;
         }
     }
-}
-
-/// Stops the runners of a deleted source and forgets their retries and dead letters (of its
-/// topics, whether they run on this node or not).
-pub async fn forget(cp: &ControlPlane, r: &Resource) -> Result<(), dispatcher::DispatchError> {
-    let ns = &r.metadata.namespace;
-    let prefix = runner_name(&r.metadata.name, "");
-    let mut names = runner_names(r);
-    names.extend(cp.dispatcher.running(ns, &prefix).await);
-    names.sort();
-    names.dedup();
-    for name in names {
-        cp.dispatcher.forget(ns, &name).await?;
-    }
-    Ok(())
 }
 
 async fn start(
@@ -121,7 +158,7 @@ async fn start(
     let spec = &r.spec;
     let sink = cp
         .resolve(&spec["sink"], ns)
-        .map_err(|m| NotReady("SinkProvided", "SinkNotFound", m))?;
+        .map_err(|m| NotReady::new("SinkProvided", "SinkNotFound", m))?;
     *sink_uri = Some(sink.clone());
     let policy = spec
         .get("delivery")
@@ -130,7 +167,7 @@ async fn start(
         None => None,
         Some(dls) => Some(
             cp.resolve(dls, ns)
-                .map_err(|m| NotReady("SinkProvided", "DeadLetterSinkNotFound", m))?,
+                .map_err(|m| NotReady::new("SinkProvided", "DeadLetterSinkNotFound", m))?,
         ),
     };
     let key_type = r
@@ -148,7 +185,7 @@ async fn start(
                 .collect()
         })
         .unwrap_or_default();
-    let options = cp.kafka_options_of(spec);
+    let options = kafka_options(spec, cp.config().sink_batch_records);
     let info = SourceInfo {
         namespace: ns.clone(),
         name: name.clone(),
@@ -156,8 +193,9 @@ async fn start(
         overrides,
     };
     let log: Arc<dyn EventLog> = Arc::new(
-        broker::KafkaLog::external(options, decoder(info))
-            .map_err(|e| NotReady("InitialOffsetsCommitted", "KafkaUnavailable", e.to_string()))?,
+        broker::KafkaLog::external(options, decoder(info)).map_err(|e| {
+            NotReady::new("InitialOffsetsCommitted", "KafkaUnavailable", e.to_string())
+        })?,
     );
     let group = group_of(r);
     let latest = spec["initialOffset"].as_str() != Some("earliest");
@@ -167,7 +205,7 @@ async fn start(
     for topic in &topics {
         let t = Topic::new("", topic);
         let unavailable = |e: broker::LogError| {
-            NotReady(
+            NotReady::new(
                 "InitialOffsetsCommitted",
                 "TopicUnavailable",
                 format!("topic {topic:?}: {e}"),
@@ -186,7 +224,7 @@ async fn start(
     for (t, ends, committed) in &layout {
         let topic = &t.name;
         let unavailable = |e: broker::LogError| {
-            NotReady(
+            NotReady::new(
                 "InitialOffsetsCommitted",
                 "TopicUnavailable",
                 format!("topic {topic:?}: {e}"),
@@ -217,7 +255,7 @@ async fn start(
             }
         }
     }
-    stop(cp, r, &runner_names(r)).await;
+    stop(cp, ns, name, &runner_names(r)).await;
     let fingerprint_base = json!({
         "spec": spec,
         "labels": r.metadata.labels,
@@ -233,10 +271,10 @@ async fn start(
             name: runner_name(name, topic),
             topic: Topic::new("", topic),
             filter: Filter::Everything,
-            subscriber: cp.dispatcher.http_subscriber(&sink, &policy),
+            subscriber: cp.dispatcher().http_subscriber(&sink, &policy),
             dead_letter: dead_letter
                 .as_ref()
-                .map(|url| cp.dispatcher.http_subscriber(url, &policy)),
+                .map(|url| cp.dispatcher().http_subscriber(url, &policy)),
             policy: policy.clone(),
             ordered,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -252,7 +290,7 @@ async fn start(
             instance: r.metadata.uid.clone(),
         };
         let fingerprint = json!({"base": fingerprint_base, "topic": topic}).to_string();
-        cp.dispatcher.run(runner, fingerprint).await;
+        cp.dispatcher().run(runner, fingerprint).await;
     }
     Ok(())
 }

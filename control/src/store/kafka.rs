@@ -3,7 +3,7 @@
 //! follows it, so it sees what other nodes apply; reads are served from that copy.
 
 use super::{key, ResourceStore, StoreError, INITIALIZED};
-use crate::control::resource::{Kind, Resource};
+use crate::resource::Resource;
 use broker::kafka::compacted::CompactedTopic;
 
 /// The topic that holds every resource.
@@ -37,7 +37,7 @@ impl KafkaStore {
 
 #[async_trait::async_trait]
 impl ResourceStore for KafkaStore {
-    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError> {
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError> {
         let k = key(kind, namespace, name);
         self.topic
             .get(k.as_bytes())
@@ -45,10 +45,10 @@ impl ResourceStore for KafkaStore {
             .transpose()
     }
 
-    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError> {
+    fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError> {
         let prefix = match namespace {
-            Some(ns) => format!("{}/{ns}/", kind.name()),
-            None => format!("{}/", kind.name()),
+            Some(ns) => format!("{kind}/{ns}/"),
+            None => format!("{kind}/"),
         };
         self.topic
             .scan(prefix.as_bytes())
@@ -65,7 +65,7 @@ impl ResourceStore for KafkaStore {
             .map_err(err)
     }
 
-    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
+    async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<(), StoreError> {
         self.topic
             .write(vec![(key(kind, namespace, name).into_bytes(), None)])
             .await

@@ -4,7 +4,7 @@
 //! - [`KafkaStore`] (`store/kafka.rs`): a compacted topic, so the resources live in Kafka,
 //!   not on a node (Kafka mode).
 
-use super::resource::{Kind, Resource};
+use crate::resource::{Key, Resource};
 use rocksdb::{Direction, IteratorMode, Options, WriteOptions, DB};
 use std::path::Path;
 
@@ -14,12 +14,13 @@ pub use kafka::KafkaStore;
 /// Resources, by kind, namespace and name.
 #[async_trait::async_trait]
 pub trait ResourceStore: Send + Sync {
-    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError>;
+    /// The resource of kind `kind` (its name, `Broker`) named `namespace/name`.
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError>;
     /// Every resource of `kind`, in `namespace` if given, sorted by namespace and name.
-    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError>;
+    fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError>;
     /// Stores `r`, durably, before returning.
     async fn put(&self, r: &Resource) -> Result<(), StoreError>;
-    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError>;
+    async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<(), StoreError>;
     /// True the first time it is called on a store.
     async fn first_start(&self) -> Result<bool, StoreError>;
     /// The keys (`Kind/namespace/name`) other nodes change, as this store sees the changes;
@@ -46,13 +47,13 @@ pub struct RocksStore {
     db: DB,
 }
 
-pub(super) fn key(kind: Kind, namespace: &str, name: &str) -> String {
-    format!("{}/{namespace}/{name}", kind.name())
+pub(crate) fn key(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
 }
 
 /// A resource's key and stored form (its JSON), as both stores keep it.
-pub(super) fn entry(r: &Resource) -> Result<(String, Vec<u8>), StoreError> {
-    let k = key(r.kind, &r.metadata.namespace, &r.metadata.name);
+pub(crate) fn entry(r: &Resource) -> Result<(String, Vec<u8>), StoreError> {
+    let k = key(&r.kind, &r.metadata.namespace, &r.metadata.name);
     let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
         key: k.clone(),
         source,
@@ -60,16 +61,18 @@ pub(super) fn entry(r: &Resource) -> Result<(String, Vec<u8>), StoreError> {
     Ok((k, v))
 }
 
-/// The kind, namespace and name a key names (`None` for Ferry's own markers).
-pub(super) fn parse_key(key: &[u8]) -> Option<(Kind, String, String)> {
+/// The resource a store key names (`None` for Ferry's own markers, which start with `!`).
+pub(crate) fn parse_key(key: &[u8]) -> Option<Key> {
     let text = std::str::from_utf8(key).ok()?;
+    if text.starts_with('!') {
+        return None;
+    }
     let mut parts = text.splitn(3, '/');
-    let kind = Kind::parse(parts.next()?)?;
-    Some((kind, parts.next()?.to_string(), parts.next()?.to_string()))
+    Some(Key::new(parts.next()?, parts.next()?, parts.next()?))
 }
 
 /// Marks a store whose first start is done (the default broker was created once).
-pub(super) const INITIALIZED: &[u8] = b"!initialized";
+pub(crate) const INITIALIZED: &[u8] = b"!initialized";
 
 impl RocksStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -89,7 +92,7 @@ impl RocksStore {
 
 #[async_trait::async_trait]
 impl ResourceStore for RocksStore {
-    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError> {
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Option<Resource>, StoreError> {
         let k = key(kind, namespace, name);
         match self.db.get_pinned(k.as_bytes())? {
             None => Ok(None),
@@ -105,16 +108,16 @@ impl ResourceStore for RocksStore {
         Ok(())
     }
 
-    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
+    async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<(), StoreError> {
         self.db
             .delete_opt(key(kind, namespace, name).as_bytes(), &Self::synced())?;
         Ok(())
     }
 
-    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError> {
+    fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Resource>, StoreError> {
         let prefix = match namespace {
-            Some(ns) => format!("{}/{ns}/", kind.name()),
-            None => format!("{}/", kind.name()),
+            Some(ns) => format!("{kind}/{ns}/"),
+            None => format!("{kind}/"),
         };
         let mut out = Vec::new();
         for item in self

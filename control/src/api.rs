@@ -1,21 +1,24 @@
 //! The control-plane HTTP API (what every CLI verb but `serve` talks to), and the operational
-//! endpoints: `/metrics`, `/healthz`, `/readyz`.
+//! endpoints: `/metrics`, `/healthz`, `/readyz`. `{type}` is any name of a registered kind
+//! (plural, singular, kind or short name): the API serves every kind the registry holds.
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `POST /api/v1/apply` `{"documents": [...]}` | validate all, apply all (422 with every error) |
-//! | `GET /api/v1/{plural}?namespace=NS` | list |
-//! | `GET /api/v1/namespaces/{ns}/{plural}/{name}` | one resource |
-//! | `DELETE /api/v1/namespaces/{ns}/{plural}/{name}` | delete |
+//! | `POST /api/v1/apply` `{"documents": [...]}` | validate all, apply all (422 with every error); answers once they are reconciled (at most 10 s) |
+//! | `GET /api/v1/api-resources` | the registered kinds |
+//! | `GET /api/v1/{type}?namespace=NS[&view=table]` | list (every namespace without `namespace`); `view=table`: the printer columns, filled in |
+//! | `GET /api/v1/namespaces/{ns}/{type}/{name}[?view=table]` | one resource |
+//! | `DELETE /api/v1/namespaces/{ns}/{type}/{name}` | delete |
 //! | `GET /api/v1/namespaces/{ns}/brokers/{name}/events?from=beginning\|end&follow=BOOL` | NDJSON stream of structured CloudEvents |
-//! | `GET /api/v1/namespaces/{ns}/{triggers\|kafkasources}/{name}/deadletters` | the trigger's (source's) dead letters |
-//! | `POST /api/v1/namespaces/{ns}/{triggers\|kafkasources}/{name}/deadletters/replay` `{"id": ID}` or `{"all": true}` | deliver them again |
-//! | `DELETE /api/v1/namespaces/{ns}/{triggers\|kafkasources}/{name}/deadletters` | purge |
+//! | `GET /api/v1/namespaces/{ns}/{type}/{name}/deadletters` | the resource's dead letters (triggers, sources) |
+//! | `POST /api/v1/namespaces/{ns}/{type}/{name}/deadletters/replay` `{"id": ID}` or `{"all": true}` | deliver them again |
+//! | `DELETE /api/v1/namespaces/{ns}/{type}/{name}/deadletters` | purge |
 //!
-//! Triggers are returned with `status.lag`: events of their broker not yet settled.
+//! Resources are returned with what their kind observes live (a trigger's `status.lag`).
 
-use super::resource::Kind;
-use super::{ControlError, ControlPlane};
+use crate::kind::Kind;
+use crate::plane::{ControlError, ControlPlane};
+use crate::resource::Resource;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -31,11 +34,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long `apply` waits for the first reconcile of what it applied before it answers.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct ApiState {
     pub control: Arc<ControlPlane>,
-    pub log: Arc<dyn EventLog>,
-    pub dispatcher: Arc<dispatcher::Dispatcher>,
     pub registry: prometheus::Registry,
     /// Cancelled at shutdown: ends `tail` streams.
     pub shutdown: CancellationToken,
@@ -43,9 +47,16 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
 }
 
+impl ApiState {
+    fn log(&self) -> &Arc<dyn EventLog> {
+        self.control.log()
+    }
+}
+
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/apply", post(apply))
+        .route("/api/v1/api-resources", get(api_resources))
         .route("/api/v1/{plural}", get(list))
         .route(
             "/api/v1/namespaces/{ns}/{plural}/{name}",
@@ -71,7 +82,9 @@ impl IntoResponse for ControlError {
         let status = match &self {
             ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ControlError::NotFound { .. } | ControlError::UnknownType(_) => StatusCode::NOT_FOUND,
+            ControlError::NotFound { .. } | ControlError::UnknownType { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ControlError::Reserved => StatusCode::FORBIDDEN,
             ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::Log(_) | ControlError::Dispatch(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -86,8 +99,8 @@ impl IntoResponse for ControlError {
     }
 }
 
-fn kind(plural: &str) -> Result<Kind, ControlError> {
-    Kind::parse(plural).ok_or_else(|| ControlError::UnknownType(plural.to_string()))
+fn kind<'a>(s: &'a ApiState, plural: &str) -> Result<&'a Arc<dyn Kind>, ControlError> {
+    s.control.kind(plural)
 }
 
 #[derive(Deserialize)]
@@ -100,12 +113,38 @@ async fn apply(
     Json(req): Json<ApplyRequest>,
 ) -> Result<Json<Value>, ControlError> {
     let applied = s.control.apply(&req.documents).await?;
-    Ok(Json(json!({ "applied": applied })))
+    let reconciled = s.control.wait_reconciled(&applied, APPLY_WAIT).await;
+    Ok(Json(
+        json!({ "applied": applied, "reconciled": reconciled }),
+    ))
+}
+
+async fn api_resources(State(s): State<ApiState>) -> Json<Value> {
+    let resources: Vec<Value> = s
+        .control
+        .registry()
+        .all()
+        .iter()
+        .map(|k| {
+            let i = k.info();
+            json!({
+                "name": i.plural,
+                "shortNames": i.short_names,
+                "apiVersion": i.api_version(),
+                "namespaced": true,
+                "kind": i.kind,
+                "addressable": i.addressable,
+            })
+        })
+        .collect();
+    Json(json!({ "resources": resources }))
 }
 
 #[derive(Deserialize)]
 struct ListQuery {
     namespace: Option<String>,
+    /// `table`: the printer columns, filled in.
+    view: Option<String>,
 }
 
 async fn list(
@@ -113,66 +152,95 @@ async fn list(
     Path(plural): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ControlError> {
-    let mut items = s.control.list(kind(&plural)?, q.namespace.as_deref())?;
+    let kind = kind(&s, &plural)?;
+    let mut items = s.control.list(kind.info().kind, q.namespace.as_deref())?;
     for r in &mut items {
-        with_lag(s.log.as_ref(), r).await;
+        kind.observe(&s.control, r).await;
     }
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(view(kind, items, q.view.as_deref())?))
+}
+
+#[derive(Deserialize)]
+struct ViewQuery {
+    view: Option<String>,
 }
 
 async fn get_one(
     State(s): State<ApiState>,
     Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Result<Json<super::resource::Resource>, ControlError> {
-    let mut r = s.control.get(kind(&plural)?, &ns, &name)?;
-    with_lag(s.log.as_ref(), &mut r).await;
-    Ok(Json(r))
-}
-
-/// Adds `status.lag` to a trigger: its broker's events past the trigger's committed offsets.
-async fn with_lag(log: &dyn EventLog, r: &mut super::resource::Resource) {
-    if r.kind != Kind::Trigger {
-        return;
-    }
-    let Some(broker) = r.spec.get("broker").and_then(Value::as_str) else {
-        return;
-    };
-    let topic = Topic::new(&r.metadata.namespace, broker);
-    let group = dispatcher::group(&r.metadata.namespace, &r.metadata.name);
-    let (Ok(ends), Ok(committed)) = (
-        log.watermarks(&topic).await,
-        log.committed(&topic, &group).await,
-    ) else {
-        return;
-    };
-    let lag: u64 = ends
-        .iter()
-        .zip(committed)
-        .map(|(w, c)| w.end.saturating_sub(c.unwrap_or(w.end)))
-        .sum();
-    if let Some(status) = r.status.as_object_mut() {
-        status.insert("lag".into(), json!(lag));
+    Query(q): Query<ViewQuery>,
+) -> Result<Json<Value>, ControlError> {
+    let kind = kind(&s, &plural)?;
+    let mut r = s.control.get(kind.info().kind, &ns, &name)?;
+    kind.observe(&s.control, &mut r).await;
+    match q.view.as_deref() {
+        None => Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null))),
+        v => Ok(Json(view(kind, vec![r], v)?)),
     }
 }
 
-/// The runners whose dead letters are a resource's: a trigger's one, a KafkaSource's one per
-/// topic. The resource must exist for its dead letters to be asked about.
+/// Resources as `{"items": [...]}`, or with `view=table` as the kind's printer columns
+/// (kubectl's server-side printing): `NAMESPACE NAME <kind's columns> AGE`.
+fn view(
+    kind: &Arc<dyn Kind>,
+    items: Vec<Resource>,
+    view: Option<&str>,
+) -> Result<Value, ControlError> {
+    match view {
+        None => Ok(json!({ "items": items })),
+        Some("table") => {
+            let info = kind.info();
+            let mut columns = vec!["NAMESPACE", "NAME"];
+            columns.extend(info.columns);
+            columns.push("AGE");
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let mut row = vec![r.metadata.namespace.clone(), r.metadata.name.clone()];
+                    row.extend(kind.row(r));
+                    row.push(age(&r.metadata.creation_timestamp));
+                    row
+                })
+                .collect();
+            Ok(json!({"kind": info.kind, "plural": info.plural, "columns": columns, "rows": rows}))
+        }
+        Some(other) => Err(ControlError::BadRequest(format!(
+            "view={other:?}: the only view is table"
+        ))),
+    }
+}
+
+/// Age like kubectl shows it: 42s, 5m, 3h, 2d.
+pub fn age(created: &str) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(created) else {
+        return "<unknown>".into();
+    };
+    let secs = (dispatcher::clock::now_utc() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The runners whose dead letters are a resource's (the resource must exist).
 fn delivery_names(
     s: &ApiState,
     ns: &str,
     plural: &str,
     name: &str,
-) -> Result<Vec<String>, ControlError> {
-    let k = kind(plural)?;
-    let r = s.control.get(k, ns, name)?;
-    match k {
-        Kind::Trigger => Ok(vec![name.to_string()]),
-        Kind::KafkaSource => Ok(super::source::runner_names(&r)),
-        _ => Err(ControlError::BadRequest(format!(
-            "{} have no dead letters: triggers and kafkasources do",
-            k.plural()
-        ))),
-    }
+) -> Result<Vec<(String, String)>, ControlError> {
+    let kind = kind(s, plural)?;
+    let r = s.control.get(kind.info().kind, ns, name)?;
+    kind.deliveries(&r).ok_or_else(|| {
+        ControlError::BadRequest(format!(
+            "{} have no dead letters: triggers and sources do",
+            kind.info().plural
+        ))
+    })
 }
 
 async fn dead_letters(
@@ -180,14 +248,14 @@ async fn dead_letters(
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ControlError> {
     let mut all = Vec::new();
-    for runner in delivery_names(&s, &ns, &plural, &name)? {
-        all.extend(s.dispatcher.dead_letters(&ns, &runner)?);
+    for (runner_ns, runner) in delivery_names(&s, &ns, &plural, &name)? {
+        all.extend(s.control.dispatcher().dead_letters(&runner_ns, &runner)?);
     }
     let items: Vec<Value> = all
         .into_iter()
         .map(|dl| {
-            let event: Value = serde_json::from_str(&ingress::format::structured_json(&dl.event))
-                .unwrap_or(Value::Null);
+            let event: Value =
+                serde_json::from_str(&cloudevent::json::encode(&dl.event)).unwrap_or(Value::Null);
             json!({"id": dl.id, "error": dl.error, "event": event})
         })
         .collect();
@@ -217,12 +285,12 @@ async fn replay_dead_letters(
         }
     };
     let mut n = 0;
-    for runner in &runners {
-        n += s.dispatcher.replay(&ns, runner, id)?;
+    for (runner_ns, runner) in &runners {
+        n += s.control.dispatcher().replay(runner_ns, runner, id)?;
     }
     if n == 0 && id.is_some() {
         return Err(ControlError::NotFound {
-            kind: "dead letter",
+            kind: "dead letter".into(),
             namespace: ns,
             name: id.unwrap_or_default().to_string(),
         });
@@ -235,8 +303,8 @@ async fn purge_dead_letters(
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ControlError> {
     let mut n = 0;
-    for runner in delivery_names(&s, &ns, &plural, &name)? {
-        n += s.dispatcher.purge(&ns, &runner)?;
+    for (runner_ns, runner) in delivery_names(&s, &ns, &plural, &name)? {
+        n += s.control.dispatcher().purge(&runner_ns, &runner)?;
     }
     Ok(Json(json!({ "purged": n })))
 }
@@ -245,11 +313,12 @@ async fn delete(
     State(s): State<ApiState>,
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ControlError> {
-    let k = kind(&plural)?;
-    s.control.delete(k, &ns, &name).await?;
-    Ok(Json(
-        json!({"deleted": {"kind": k.name(), "namespace": ns, "name": name}}),
-    ))
+    kind(&s, &plural)?;
+    let info = s.control.delete(&plural, &ns, &name).await?;
+    Ok(Json(json!({"deleted": {
+        "kind": info.kind, "group": info.group, "plural": info.plural,
+        "namespace": ns, "name": name,
+    }})))
 }
 
 #[derive(Deserialize)]
@@ -280,7 +349,7 @@ async fn events(
     };
     let not_found = |e: LogError| match e {
         LogError::UnknownTopic(_) => ControlError::NotFound {
-            kind: "Broker",
+            kind: "Broker".into(),
             namespace: ns.clone(),
             name: name.clone(),
         },
@@ -288,7 +357,7 @@ async fn events(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     if q.follow.unwrap_or(true) {
-        let mut consumer = match s.log.consumer(&topic, None, start).await {
+        let mut consumer = match s.log().consumer(&topic, None, start).await {
             Ok(c) => c,
             Err(e) => return not_found(e).into_response(),
         };
@@ -317,11 +386,11 @@ async fn events(
         });
     } else {
         // Everything up to now, oldest first across partitions, merged as it is read.
-        let ends = match s.log.watermarks(&topic).await {
+        let ends = match s.log().watermarks(&topic).await {
             Ok(w) => w,
             Err(e) => return not_found(e).into_response(),
         };
-        let log = s.log.clone();
+        let log = s.log().clone();
         tokio::spawn(async move {
             if start == StartAt::Earliest {
                 if let Err(e) = merge_partitions(log.as_ref(), &topic, &ends, &tx).await {
@@ -377,7 +446,7 @@ async fn merge_partitions(
 }
 
 fn line(s: &Stored) -> Bytes {
-    let mut l = ingress::format::structured_json(&s.event);
+    let mut l = cloudevent::json::encode(&s.event);
     l.push('\n');
     Bytes::from(l)
 }

@@ -1,9 +1,29 @@
 //! Validation of the Kafka kinds: KafkaSink (`eventing.knative.dev/v1alpha1`) and KafkaSource
 //! (`sources.knative.dev/v1beta1`).
 
-use super::{validate_delivery, validate_destination};
+use crate::resource::{validate_delivery, validate_destination};
 use dispatcher::source::KEY_TYPE_LABEL;
 use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Client options for the cluster a sink or source names in `spec.bootstrapServers`.
+pub(super) fn kafka_options(
+    spec: &Value,
+    max_batch_records: Option<usize>,
+) -> broker::KafkaOptions {
+    let bootstrap: Vec<&str> = spec["bootstrapServers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    broker::KafkaOptions {
+        bootstrap: bootstrap.join(","),
+        replication_factor: 1,
+        max_batch_records,
+        fetch_wait: None,
+    }
+}
 
 /// A KafkaSink: `topic`, `bootstrapServers`, `contentMode` (binary|structured),
 /// `numPartitions`, `replicationFactor`.
@@ -61,7 +81,7 @@ fn bootstrap_servers_ok(v: &Value) -> bool {
 /// said so, rather than connecting without it.
 pub(super) fn validate_kafka_source(
     spec: &Value,
-    metadata: Option<&Value>,
+    labels: &BTreeMap<String, String>,
     err: &mut impl FnMut(&str, String),
 ) {
     let Some(obj) = spec.as_object() else {
@@ -141,17 +161,11 @@ pub(super) fn validate_kafka_source(
             err(&format!("spec.{required}"), "required".into());
         }
     }
-    let key_type = metadata
-        .and_then(|m| m.get("labels"))
-        .and_then(|l| l.get(KEY_TYPE_LABEL));
-    if let Some(t) = key_type {
-        if !t
-            .as_str()
-            .is_some_and(|t| matches!(t, "string" | "int" | "float" | "byte-array"))
-        {
+    if let Some(t) = labels.get(KEY_TYPE_LABEL) {
+        if !matches!(t.as_str(), "string" | "int" | "float" | "byte-array") {
             err(
                 &format!("metadata.labels.{KEY_TYPE_LABEL}"),
-                format!("{t} must be string, int, float or byte-array"),
+                format!("{t:?} must be string, int, float or byte-array"),
             );
         }
     }

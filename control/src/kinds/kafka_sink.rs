@@ -1,0 +1,91 @@
+//! KafkaSink (`eventing.knative.dev/v1alpha1`): its topic exists and the ingress writes to it
+//! at `{ingress}/kafkasinks/{namespace}/{name}`.
+
+use super::kafka_validate::{kafka_options, validate_kafka_sink};
+use crate::kind::{ready_cell, Kind, KindInfo, Reconciled};
+use crate::plane::ControlPlane;
+use crate::resource::{FieldErrors, Key, Resource};
+use crate::status::{status, NotReady};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+pub struct KafkaSink;
+
+static INFO: KindInfo = KindInfo {
+    group: "eventing.knative.dev",
+    version: "v1alpha1",
+    kind: "KafkaSink",
+    plural: "kafkasinks",
+    short_names: &[],
+    addressable: true,
+    columns: &["READY", "URL"],
+};
+
+const CONDITIONS: &[&str] = &["TopicReady", "Addressable", "Ready"];
+
+#[async_trait]
+impl Kind for KafkaSink {
+    fn info(&self) -> &'static KindInfo {
+        &INFO
+    }
+
+    fn validate(&self, r: &Resource, errors: &mut FieldErrors) {
+        validate_kafka_sink(&r.spec, &mut errors.sink());
+    }
+
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _created: bool) -> Reconciled {
+        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+        let spec = &r.spec;
+        let options = kafka_options(spec, cp.config().sink_batch_records);
+        let mode = match spec["contentMode"].as_str() {
+            Some("structured") => broker::kafka::ContentMode::Structured,
+            _ => broker::kafka::ContentMode::Binary,
+        };
+        let topic = spec["topic"].as_str().unwrap_or_default();
+        let opened = broker::kafka::TopicWriter::open(
+            &options,
+            topic,
+            mode,
+            spec["numPartitions"].as_i64().map(|n| n as i32),
+            spec["replicationFactor"].as_i64().map(|n| n as i32),
+        )
+        .await;
+        match opened {
+            Ok(writer) => {
+                cp.sinks().set(ns, name, writer);
+                let mut s = status(&r.status, r.metadata.generation, CONDITIONS, None);
+                s["address"] = json!({
+                    "name": "http",
+                    "url": format!("{}/kafkasinks/{ns}/{name}", cp.config().ingress_url),
+                });
+                Reconciled::done(s)
+            }
+            Err(e) => {
+                cp.sinks().remove(ns, name);
+                let f = NotReady::new("TopicReady", "TopicUnavailable", e.to_string());
+                Reconciled::retry(status(
+                    &r.status,
+                    r.metadata.generation,
+                    CONDITIONS,
+                    Some(&f),
+                ))
+            }
+        }
+    }
+
+    async fn release(&self, cp: &ControlPlane, key: &Key) {
+        // The topic is the user's: deleting the sink leaves it (and its records) alone.
+        cp.sinks().remove(&key.namespace, &key.name);
+    }
+
+    fn row(&self, r: &Resource) -> Vec<String> {
+        vec![
+            ready_cell(r),
+            r.status
+                .pointer("/address/url")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        ]
+    }
+}

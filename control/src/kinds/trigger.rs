@@ -1,0 +1,350 @@
+//! Trigger (`eventing.knative.dev/v1`): resolve its broker, subscriber and dead-letter sink,
+//! compile its filter and policy, and (re)start its runner in the dispatcher; Knative's status.
+//! A subscriber `handler:NAME` is one of Ferry's in-process controllers (a system trigger).
+
+use crate::kind::{cell, ready_cell, Kind, KindInfo, Reconciled};
+use crate::plane::{commit_patiently, ControlError, ControlPlane};
+use crate::resolve::HANDLER_SCHEME;
+use crate::resource::{
+    dns_label_problem, validate_delivery, validate_destination, validate_duration_annotation,
+    FieldErrors, Key, Resource,
+};
+use crate::status::{self, NotReady};
+use async_trait::async_trait;
+use broker::Topic;
+use dispatcher::filter::Filter;
+use dispatcher::policy::DeliveryPolicy;
+use dispatcher::subscriber::Subscriber;
+use dispatcher::TriggerSpec;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Annotation choosing ordered or unordered delivery (K-07).
+pub const DELIVERY_ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Annotation setting a trigger's in-flight limit (unordered delivery).
+pub const MAX_IN_FLIGHT: &str = "ferry.dev/max-in-flight";
+/// Annotation: events older than this (ISO-8601, since they reached the broker) are dropped.
+pub const MAX_EVENT_AGE: &str = "ferry.dev/max-event-age";
+/// Default in-flight limit of an unordered trigger.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 50;
+
+pub struct Trigger;
+
+static INFO: KindInfo = KindInfo {
+    group: "eventing.knative.dev",
+    version: "v1",
+    kind: "Trigger",
+    plural: "triggers",
+    short_names: &[],
+    addressable: false,
+    columns: &["BROKER", "SUBSCRIBER", "READY", "LAG"],
+};
+
+const CONDITIONS: &[&str] = &[
+    "BrokerReady",
+    "SubscriberResolved",
+    "DeadLetterSinkResolved",
+    "Ready",
+];
+
+#[async_trait]
+impl Kind for Trigger {
+    fn info(&self) -> &'static KindInfo {
+        &INFO
+    }
+
+    fn validate(&self, r: &Resource, errors: &mut FieldErrors) {
+        let mut err = errors.sink();
+        let Some(obj) = r.spec.as_object() else {
+            err(
+                "spec",
+                "must be a mapping with broker and subscriber".into(),
+            );
+            return;
+        };
+        for (key, value) in obj {
+            match key.as_str() {
+                "broker" => match value.as_str() {
+                    Some(b) if dns_label_problem(b).is_none() => {}
+                    _ => err("spec.broker", format!("{value} is not a broker name")),
+                },
+                "subscriber" => validate_destination("spec.subscriber", value, &mut err),
+                "delivery" => validate_delivery("spec.delivery", value, &mut err),
+                "filter" | "filters" => {}
+                other => err(&format!("spec.{other}"), "unknown field".into()),
+            }
+        }
+        if !obj.contains_key("broker") {
+            err("spec.broker", "required".into());
+        }
+        if !obj.contains_key("subscriber") {
+            err("spec.subscriber", "required".into());
+        }
+        if let Err(errors) = Filter::compile(obj.get("filter"), obj.get("filters")) {
+            for e in errors {
+                err(&e.field, e.message);
+            }
+        }
+        let annotations = &r.metadata.annotations;
+        if let Some(order) = annotations.get(DELIVERY_ORDER) {
+            if !matches!(order.as_str(), "ordered" | "unordered") {
+                err(
+                    &format!("metadata.annotations.{DELIVERY_ORDER}"),
+                    format!("{order:?} must be \"ordered\" or \"unordered\""),
+                );
+            }
+        }
+        if let Some(n) = annotations.get(MAX_IN_FLIGHT) {
+            if !n.parse::<u32>().is_ok_and(|n| (1..=10_000).contains(&n)) {
+                err(
+                    &format!("metadata.annotations.{MAX_IN_FLIGHT}"),
+                    format!("{n:?} must be a number from 1 to 10000 (as a string)"),
+                );
+            }
+        }
+        validate_duration_annotation(annotations, MAX_EVENT_AGE, &mut err);
+    }
+
+    fn validate_update(&self, old: &Resource, new: &Resource, errors: &mut FieldErrors) {
+        // S-05: a trigger's broker is immutable.
+        if old.spec.get("broker") != new.spec.get("broker") {
+            errors.push(
+                "spec.broker",
+                "is immutable: delete the trigger and create it again",
+            );
+        }
+    }
+
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, created: bool) -> Reconciled {
+        let mut resolved = json!({});
+        let outcome = start(cp, r, created, &mut resolved).await;
+        if outcome.is_err() {
+            cp.dispatcher()
+                .stop(&r.metadata.namespace, &r.metadata.name)
+                .await;
+        }
+        let failure = outcome.as_ref().err();
+        let mut s = status::status(&r.status, r.metadata.generation, CONDITIONS, failure);
+        s["subscriberUri"] = resolved
+            .get("subscriber")
+            .cloned()
+            .unwrap_or(Value::String(String::new()));
+        if let Some(dls) = resolved.get("deadLetterSink") {
+            s["deadLetterSinkUri"] = dls.clone();
+        }
+        // Offsets or the log unavailable: worth another try; the rest waits for a change.
+        let retry = failure.is_some_and(|f| {
+            matches!(
+                f.reason,
+                "BrokerUnavailable" | "OffsetsUnavailable" | "OffsetsNotCommitted"
+            )
+        });
+        Reconciled {
+            status: s,
+            retry,
+            requeue_after: None,
+        }
+    }
+
+    async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
+        cp.dispatcher()
+            .forget(&r.metadata.namespace, &r.metadata.name)
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, cp: &ControlPlane, key: &Key) {
+        cp.dispatcher().stop(&key.namespace, &key.name).await;
+    }
+
+    fn depends_on(&self, cp: &ControlPlane, r: &Resource) -> Vec<Key> {
+        let ns = &r.metadata.namespace;
+        let mut keys = Vec::new();
+        if let Some(b) = r.spec.get("broker").and_then(Value::as_str) {
+            keys.push(Key::new("Broker", ns, b));
+        }
+        keys.extend(cp.referenced(r.spec.get("subscriber"), ns));
+        keys.extend(cp.referenced(r.spec.pointer("/delivery/deadLetterSink"), ns));
+        // Without a delivery of its own, the broker's dead-letter sink is the trigger's.
+        if r.spec.get("delivery").is_none() {
+            if let Some(b) = r.spec.get("broker").and_then(Value::as_str) {
+                if let Ok(Some(broker)) = cp.find("Broker", ns, b) {
+                    keys.extend(cp.referenced(broker.spec.pointer("/delivery/deadLetterSink"), ns));
+                }
+            }
+        }
+        keys
+    }
+
+    fn row(&self, r: &Resource) -> Vec<String> {
+        vec![
+            cell(r, "/spec/broker"),
+            cell(r, "/status/subscriberUri"),
+            ready_cell(r),
+            r.status
+                .get("lag")
+                .and_then(Value::as_u64)
+                .map_or("-".into(), |l| l.to_string()),
+        ]
+    }
+
+    /// Adds `status.lag`: the broker's events past the trigger's committed offsets.
+    async fn observe(&self, cp: &ControlPlane, r: &mut Resource) {
+        let Some(broker) = r.spec.get("broker").and_then(Value::as_str) else {
+            return;
+        };
+        let topic = Topic::new(&r.metadata.namespace, broker);
+        let group = dispatcher::group(&r.metadata.namespace, &r.metadata.name);
+        let log = cp.log();
+        let (Ok(ends), Ok(committed)) = (
+            log.watermarks(&topic).await,
+            log.committed(&topic, &group).await,
+        ) else {
+            return;
+        };
+        let lag: u64 = ends
+            .iter()
+            .zip(committed)
+            .map(|(w, c)| w.end.saturating_sub(c.unwrap_or(w.end)))
+            .sum();
+        if let Some(status) = r.status.as_object_mut() {
+            status.insert("lag".into(), json!(lag));
+        }
+    }
+
+    fn deliveries(&self, r: &Resource) -> Option<Vec<(String, String)>> {
+        Some(vec![(
+            r.metadata.namespace.clone(),
+            r.metadata.name.clone(),
+        )])
+    }
+}
+
+/// A subscriber at `url`: an in-process handler for `handler:NAME`, else HTTP.
+fn subscriber_at(
+    cp: &ControlPlane,
+    url: &str,
+    policy: &DeliveryPolicy,
+    condition: &'static str,
+) -> Result<Arc<dyn Subscriber>, NotReady> {
+    match url.strip_prefix(HANDLER_SCHEME) {
+        Some(name) => cp.handlers.get(name).ok_or_else(|| {
+            NotReady::new(
+                condition,
+                "HandlerNotRegistered",
+                format!("no in-process handler {name:?} runs on this node"),
+            )
+        }),
+        None => Ok(cp.dispatcher().http_subscriber(url, policy)),
+    }
+}
+
+async fn start(
+    cp: &ControlPlane,
+    r: &Resource,
+    created: bool,
+    resolved: &mut Value,
+) -> Result<(), NotReady> {
+    let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+    let spec = &r.spec;
+    let broker_name = spec["broker"].as_str().unwrap_or_default();
+    let broker = cp
+        .find("Broker", ns, broker_name)
+        .map_err(|e| NotReady::new("BrokerReady", "BrokerUnavailable", e.to_string()))?
+        .ok_or_else(|| {
+            NotReady::new(
+                "BrokerReady",
+                "BrokerDoesNotExist",
+                format!("Broker {broker_name:?} does not exist in namespace {ns:?}"),
+            )
+        })?;
+    if broker.ready() != Some(true) {
+        return Err(NotReady::new(
+            "BrokerReady",
+            "BrokerNotReady",
+            format!("Broker {broker_name:?} is not Ready"),
+        ));
+    }
+    let subscriber_url = cp
+        .resolve(&spec["subscriber"], ns)
+        .map_err(|m| NotReady::new("SubscriberResolved", "Unresolved", m))?;
+    resolved["subscriber"] = Value::String(subscriber_url.clone());
+
+    // D-06: a trigger's delivery replaces its broker's whole.
+    let delivery = spec.get("delivery").or_else(|| broker.spec.get("delivery"));
+    let mut policy = delivery.map_or_else(DeliveryPolicy::default, DeliveryPolicy::from_spec);
+    let annotations = &r.metadata.annotations;
+    policy.max_age = annotations
+        .get(MAX_EVENT_AGE)
+        .and_then(|d| crate::resource::parse_duration(d).ok());
+    let subscriber = subscriber_at(cp, &subscriber_url, &policy, "SubscriberResolved")?;
+    let dead_letter = match delivery.and_then(|d| d.get("deadLetterSink")) {
+        None => None,
+        Some(dls) => {
+            let url = cp
+                .resolve(dls, ns)
+                .map_err(|m| NotReady::new("DeadLetterSinkResolved", "Unresolved", m))?;
+            resolved["deadLetterSink"] = Value::String(url.clone());
+            Some(subscriber_at(cp, &url, &policy, "DeadLetterSinkResolved")?)
+        }
+    };
+    let filter = Filter::compile(spec.get("filter"), spec.get("filters")).map_err(|errors| {
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        NotReady::new("Ready", "InvalidFilter", text.join("; "))
+    })?;
+    let ordered = annotations
+        .get(DELIVERY_ORDER)
+        .is_some_and(|o| o == "ordered");
+    let max_in_flight = annotations
+        .get(MAX_IN_FLIGHT)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+
+    let topic = Topic::new(ns, broker_name);
+    let group = dispatcher::group(ns, name);
+    let never_started = cp
+        .log()
+        .committed(&topic, &group)
+        .await
+        .map(|c| c.iter().all(Option::is_none))
+        .map_err(|e| NotReady::new("Ready", "OffsetsUnavailable", e.to_string()))?;
+    // K-06: a new trigger receives every event after it is Ready, none from before. A runner
+    // of an earlier trigger of that name is stopped first, so its last commit comes before.
+    if created || never_started {
+        cp.dispatcher().stop(ns, name).await;
+        commit_patiently(&format!("trigger {ns}/{name}"), || {
+            cp.dispatcher().start_at_end(&topic, ns, name)
+        })
+        .await
+        .map_err(|e| NotReady::new("Ready", "OffsetsNotCommitted", e.to_string()))?;
+    }
+    // Everything the runner is built from: the same again (a label-only change of the trigger
+    // or its broker) leaves the running trigger alone.
+    let fingerprint = json!({
+        "spec": spec,
+        "annotations": annotations,
+        "delivery": delivery,
+        "subscriber": subscriber_url,
+        "deadLetterSink": resolved.get("deadLetterSink"),
+        "uid": r.metadata.uid,
+    })
+    .to_string();
+    let trigger = TriggerSpec {
+        namespace: ns.clone(),
+        name: name.clone(),
+        topic,
+        filter,
+        subscriber,
+        dead_letter,
+        policy,
+        ordered,
+        max_in_flight,
+        feed: None,
+        instance: r.metadata.uid.clone(),
+    };
+    cp.dispatcher().run(trigger, fingerprint).await;
+    Ok(())
+}

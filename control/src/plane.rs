@@ -1,0 +1,634 @@
+//! The control plane: validates and stores resources, reconciles each through its kind's
+//! work queue, writes back what reconcile observed, and publishes every change as a
+//! CloudEvent into the system broker `ferry-system/resources`.
+//!
+//! Apply and delete are quick: validate, store, publish, queue. The queues' workers reconcile
+//! (never one key on two tasks at once, retried with backoff), so a slow reconcile never holds
+//! up another apply. A reconcile whose status changes queues what depends on the resource
+//! (triggers on a broker, sources whose sink it is). In Kafka mode the store tells of changes
+//! other nodes made; they are queued the same way, to converge what runs here, but only the
+//! node that made a change writes statuses.
+
+use crate::kind::{Kind, KindInfo};
+use crate::queue::{Flags, WorkQueue};
+use crate::registry::Registry;
+use crate::resource::{FieldError, FieldErrors, Key, Resource, SYSTEM_LABEL};
+use crate::store::{ResourceStore, StoreError};
+use broker::{EventLog, LogError, Publisher, Topic, TopicConfig};
+use cloudevent::ext::SYSTEM_NAMESPACE;
+use cloudevent::EventBuilder;
+use dispatcher::Dispatcher;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The system broker that receives every resource change.
+pub const RESOURCES_BROKER: &str = "resources";
+
+/// How many keys of one kind are reconciled at once.
+const WORKERS_PER_KIND: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid resources")]
+    Invalid(Vec<FieldError>),
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unknown resource type {name:?} (known: {known})")]
+    UnknownType { name: String, known: String },
+    #[error("namespace {SYSTEM_NAMESPACE} is reserved for Ferry's system brokers and triggers (you may add and delete your own triggers there)")]
+    Reserved,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    #[error("dispatcher: {0}")]
+    Dispatch(#[from] dispatcher::DispatchError),
+}
+
+/// What `apply` did with one resource.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Applied {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// `created`, `configured` or `unchanged` (as kubectl says it).
+    pub action: String,
+}
+
+/// What the control plane's kinds need to know of the server.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Base URL of the ingress, for brokers' and sinks' `status.address.url`.
+    pub ingress_url: String,
+    /// Layout of new brokers' logs.
+    pub topic_defaults: TopicConfig,
+    /// `batch.num.messages` for KafkaSinks' producers (see `--kafka-max-batch-records`).
+    pub sink_batch_records: Option<usize>,
+}
+
+/// The parts of the server the control plane drives.
+pub struct Parts {
+    pub store: Box<dyn ResourceStore>,
+    pub registry: Registry,
+    pub publisher: Arc<Publisher>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// The KafkaSinks the ingress writes to.
+    pub sinks: ingress::Sinks,
+    pub config: ControlConfig,
+}
+
+pub struct ControlPlane {
+    store: Box<dyn ResourceStore>,
+    registry: Registry,
+    log: Arc<dyn EventLog>,
+    publisher: Arc<Publisher>,
+    dispatcher: Arc<Dispatcher>,
+    sinks: ingress::Sinks,
+    config: ControlConfig,
+    /// One queue per kind, by kind name.
+    queues: HashMap<&'static str, Arc<WorkQueue>>,
+    /// In-process subscribers of system triggers, by name (`handler:NAME`).
+    pub(crate) handlers: crate::system::Handlers,
+    /// Read-modify-write of a stored resource is one at a time (short: no reconcile inside).
+    writes: tokio::sync::Mutex<()>,
+    /// Cancelled when the server stops: schedulers and leases end.
+    shutdown: CancellationToken,
+}
+
+pub(crate) fn now() -> String {
+    dispatcher::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl ControlPlane {
+    /// Starts the control plane: the queues' workers, the system broker `resources`, the
+    /// broker `default/default` on the first start of a store, every stored resource queued
+    /// for reconcile, and (Kafka mode) following other nodes' changes.
+    pub async fn start(parts: Parts) -> Result<Arc<Self>, ControlError> {
+        let queues = parts
+            .registry
+            .all()
+            .iter()
+            .map(|k| (k.info().kind, Arc::new(WorkQueue::default())))
+            .collect();
+        let cp = Arc::new(Self {
+            log: parts.publisher.log().clone(),
+            store: parts.store,
+            registry: parts.registry,
+            publisher: parts.publisher,
+            dispatcher: parts.dispatcher,
+            sinks: parts.sinks,
+            config: parts.config,
+            queues,
+            handlers: Default::default(),
+            writes: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+        });
+        for (kind, queue) in &cp.queues {
+            for _ in 0..WORKERS_PER_KIND {
+                tokio::spawn(work(Arc::downgrade(&cp), kind, queue.clone()));
+            }
+        }
+        // Listen before converging, so what other nodes change meanwhile is not missed.
+        let changes = cp.store.changes();
+        let first = cp.store.first_start().await?;
+        cp.ensure_system_broker(RESOURCES_BROKER, crate::system::BrokerLayout::default())
+            .await?;
+        if first {
+            let doc = serde_json::json!({
+                "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                "metadata": {"name": "default", "namespace": "default"}, "spec": {},
+            });
+            let applied = cp.apply(&[doc]).await?;
+            cp.wait_reconciled(&applied, Duration::from_secs(30)).await;
+        }
+        // Converge: every stored resource reconciled, in registration order (brokers first).
+        for kind in cp.registry.all() {
+            for r in cp.store.list(kind.info().kind, None)? {
+                cp.enqueue(r.key(), Flags::WRITE);
+            }
+        }
+        if let Some(changes) = changes {
+            tokio::spawn(follow(Arc::downgrade(&cp), changes));
+        }
+        Ok(cp)
+    }
+
+    /// Stops the queues' workers and everything the kinds run on their own (schedules).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+        for q in self.queues.values() {
+            q.close();
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+    pub fn publisher(&self) -> &Arc<Publisher> {
+        &self.publisher
+    }
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+    pub fn sinks(&self) -> &ingress::Sinks {
+        &self.sinks
+    }
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+    /// Cancelled when the server stops.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// The kind `name` names (kind, plural, singular or short name).
+    pub fn kind(&self, name: &str) -> Result<&Arc<dyn Kind>, ControlError> {
+        self.registry
+            .find(name)
+            .ok_or_else(|| ControlError::UnknownType {
+                name: name.to_string(),
+                known: self.registry.plurals().join(", "),
+            })
+    }
+
+    fn queue(&self, kind: &str) -> Option<&Arc<WorkQueue>> {
+        self.queues.get(kind)
+    }
+
+    pub(crate) fn enqueue(&self, key: Key, flags: Flags) {
+        if let Some(q) = self.queue(&key.kind) {
+            q.add(key, flags);
+        }
+    }
+
+    /// Validates every document, then stores them all and queues their reconcile; nothing is
+    /// applied if any is invalid. Returns at once: [`wait_reconciled`](Self::wait_reconciled)
+    /// waits for the outcome.
+    pub async fn apply(&self, documents: &[Value]) -> Result<Vec<Applied>, ControlError> {
+        let mut resources = Vec::new();
+        let mut errors = Vec::new();
+        for (i, doc) in documents.iter().enumerate() {
+            let mut errs = FieldErrors::new(i + 1);
+            if let Some(r) = self.validate(&mut errs, doc)? {
+                self.check_system_rules(&r, &mut errs)?;
+                if errs.is_empty() {
+                    resources.push(r);
+                }
+            }
+            errors.extend(errs.list);
+        }
+        if !errors.is_empty() {
+            return Err(ControlError::Invalid(errors));
+        }
+        let mut applied = Vec::new();
+        for r in resources {
+            applied.push(self.store_one(r).await?);
+        }
+        Ok(applied)
+    }
+
+    /// One document as a resource of a registered kind, every problem reported, a change
+    /// checked against what is stored.
+    pub(crate) fn validate(
+        &self,
+        errors: &mut FieldErrors,
+        doc: &Value,
+    ) -> Result<Option<Resource>, ControlError> {
+        let Some(r) = self.registry.validate(errors, doc) else {
+            return Ok(None);
+        };
+        if let Some(kind) = self.registry.kind(&r.kind) {
+            if let Some(old) = self
+                .store
+                .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?
+            {
+                kind.validate_update(&old, &r, errors);
+            }
+        }
+        Ok(Some(r))
+    }
+
+    /// What users may do in `ferry-system`: add, change and delete Triggers of their own (on
+    /// system brokers); give back a system resource unchanged (`get -o yaml | apply`).
+    fn check_system_rules(
+        &self,
+        r: &Resource,
+        errors: &mut FieldErrors,
+    ) -> Result<(), ControlError> {
+        let old = self
+            .store
+            .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?;
+        let unchanged = old.as_ref().is_some_and(|old| same_content(old, r));
+        if unchanged {
+            return Ok(());
+        }
+        if r.is_system() || old.as_ref().is_some_and(Resource::is_system) {
+            errors.push(
+                &format!("metadata.labels.{SYSTEM_LABEL}"),
+                "marks a resource Ferry made itself; it cannot be applied",
+            );
+        } else if r.metadata.namespace == SYSTEM_NAMESPACE && r.kind != "Trigger" {
+            errors.push("metadata.namespace", ControlError::Reserved.to_string());
+        }
+        Ok(())
+    }
+
+    /// Stores one validated resource (server-owned fields set), publishes the change and
+    /// queues its reconcile and its dependents'.
+    pub(crate) async fn store_one(&self, mut r: Resource) -> Result<Applied, ControlError> {
+        let action = {
+            let _guard = self.writes.lock().await;
+            let existing = self
+                .store
+                .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?;
+            let action = match &existing {
+                None => {
+                    r.metadata.uid = uuid::Uuid::new_v4().to_string();
+                    r.metadata.generation = 1;
+                    r.metadata.creation_timestamp = now();
+                    "created"
+                }
+                Some(old) => {
+                    r.metadata.uid = old.metadata.uid.clone();
+                    r.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+                    r.metadata.generation = old.metadata.generation;
+                    r.status = old.status.clone();
+                    if old.spec != r.spec {
+                        r.metadata.generation += 1;
+                    }
+                    if same_content(old, &r) {
+                        "unchanged"
+                    } else {
+                        "configured"
+                    }
+                }
+            };
+            if action != "unchanged" {
+                self.store.put(&r).await?;
+            }
+            action
+        };
+        if action != "unchanged" {
+            let change = if action == "created" {
+                "created"
+            } else {
+                "updated"
+            };
+            self.publish_change(change, &r).await;
+            let flags = Flags {
+                write: true,
+                created: action == "created",
+            };
+            self.enqueue(r.key(), flags);
+            self.enqueue_dependents(&r.key(), Flags::WRITE)?;
+        }
+        Ok(Applied {
+            kind: r.kind,
+            namespace: r.metadata.namespace,
+            name: r.metadata.name,
+            action: action.to_string(),
+        })
+    }
+
+    /// Waits until the applied resources have been reconciled (or `limit` passed).
+    pub async fn wait_reconciled(&self, applied: &[Applied], limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut all = true;
+        for a in applied {
+            if let Some(q) = self.queue(&a.kind) {
+                let key = Key::new(&a.kind, &a.namespace, &a.name);
+                all &= q.wait_idle(&[key], deadline).await;
+            }
+        }
+        all
+    }
+
+    /// Deletes a resource: its kind finalizes it (stops what runs, releases topics, dead
+    /// letters, what it owns), then it leaves the store and the change is published.
+    pub async fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<&'static KindInfo, ControlError> {
+        let kind = self.kind(kind)?.clone();
+        let info = kind.info();
+        let r = self.get(info.kind, namespace, name)?;
+        if r.is_system() || (namespace == SYSTEM_NAMESPACE && info.kind != "Trigger") {
+            return Err(ControlError::Reserved);
+        }
+        self.delete_resource(&kind, r).await?;
+        Ok(info)
+    }
+
+    /// Deletes `r` whatever it is (system resources too).
+    pub(crate) async fn delete_resource(
+        &self,
+        kind: &Arc<dyn Kind>,
+        r: Resource,
+    ) -> Result<(), ControlError> {
+        let key = r.key();
+        let guard = match self.queue(&key.kind) {
+            Some(q) => Some(q.exclusive(&key).await),
+            None => None,
+        };
+        kind.finalize(self, &r).await?;
+        {
+            let _w = self.writes.lock().await;
+            self.store
+                .delete(&key.kind, &key.namespace, &key.name)
+                .await?;
+        }
+        drop(guard);
+        self.publish_change("deleted", &r).await;
+        self.enqueue_dependents(&key, Flags::WRITE)?;
+        Ok(())
+    }
+
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Resource, ControlError> {
+        self.store
+            .get(kind, namespace, name)?
+            .ok_or_else(|| ControlError::NotFound {
+                kind: kind.to_string(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    /// The stored resource, if any.
+    pub fn find(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Resource>, ControlError> {
+        Ok(self.store.get(kind, namespace, name)?)
+    }
+
+    pub fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Resource>, ControlError> {
+        Ok(self.store.list(kind, namespace)?)
+    }
+
+    /// Queues everything that depends on `changed`.
+    fn enqueue_dependents(&self, changed: &Key, flags: Flags) -> Result<(), ControlError> {
+        for kind in self.registry.all() {
+            for r in self.store.list(kind.info().kind, None)? {
+                if kind.depends_on(self, &r).contains(changed) {
+                    self.enqueue(r.key(), flags);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One reconcile of `key`, as a queue's worker runs it.
+    async fn reconcile_key(self: &Arc<Self>, kind: &Arc<dyn Kind>, key: &Key, flags: Flags) {
+        let Some(queue) = self.queue(&key.kind).cloned() else {
+            return;
+        };
+        let r = match self.store.get(&key.kind, &key.namespace, &key.name) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                kind.release(self, key).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(resource = %key, error = %e, "cannot read the resource to reconcile it");
+                if let Some(wait) = queue.outcome(key, true) {
+                    queue.add_after(key.clone(), flags, wait);
+                }
+                return;
+            }
+        };
+        let out = kind.reconcile(self, &r, flags.created).await;
+        if flags.write {
+            if let Err(e) = self.write_status(&r, out.status).await {
+                tracing::warn!(resource = %key, error = %e, "cannot store the status");
+            }
+        }
+        match queue.outcome(key, out.retry) {
+            Some(wait) => {
+                tracing::debug!(resource = %key, ?wait, "reconcile failed; trying again");
+                queue.add_after(key.clone(), flags, wait);
+            }
+            None => {
+                if let Some(after) = out.requeue_after {
+                    queue.add_after(
+                        key.clone(),
+                        Flags {
+                            created: false,
+                            ..flags
+                        },
+                        after,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes back an observed status, if the resource is still the one reconciled and the
+    /// status changed; then what depends on it is reconciled again.
+    async fn write_status(&self, r: &Resource, status: Value) -> Result<(), ControlError> {
+        let written = {
+            let _guard = self.writes.lock().await;
+            match self
+                .store
+                .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?
+            {
+                Some(mut cur)
+                    if cur.metadata.uid == r.metadata.uid
+                        && cur.metadata.generation == r.metadata.generation
+                        && cur.status != status =>
+                {
+                    cur.status = status;
+                    self.store.put(&cur).await?;
+                    Some(cur)
+                }
+                _ => None,
+            }
+        };
+        if let Some(cur) = written {
+            self.publish_change("updated", &cur).await;
+            self.enqueue_dependents(&cur.key(), Flags::WRITE)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a resource change to `ferry-system/resources`. A failure is logged: the change
+    /// itself has happened and is stored.
+    async fn publish_change(&self, change: &str, r: &Resource) {
+        let topic = Topic::new(SYSTEM_NAMESPACE, RESOURCES_BROKER);
+        let plural = self
+            .registry
+            .kind(&r.kind)
+            .map_or("resources", |k| k.info().plural);
+        let source = format!(
+            "/apis/{}/namespaces/{}/{plural}/{}",
+            r.api_version, r.metadata.namespace, r.metadata.name
+        );
+        let published = match serde_json::to_vec(r) {
+            Err(e) => Err(e.to_string()),
+            Ok(data) => match EventBuilder::new(&format!("dev.ferry.resource.{change}"), &source)
+                .subject(format!("{}/{}", r.metadata.namespace, r.metadata.name))
+                .attr("resourcekind", r.kind.to_ascii_lowercase())
+                .data("application/json", data)
+                .build()
+            {
+                Err(e) => Err(e.to_string()),
+                Ok(event) => self
+                    .publisher
+                    .publish_one(&topic, event)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            },
+        };
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "cannot publish resource change to {topic}");
+        }
+    }
+
+    /// Converges this node on a change another node made: its reconcile (no status written)
+    /// and its dependents'.
+    fn converge(&self, key: Key) -> Result<(), ControlError> {
+        tracing::debug!(resource = %key, "changed on another node");
+        self.enqueue_dependents(&key, Flags::OBSERVE)?;
+        self.enqueue(key, Flags::OBSERVE);
+        Ok(())
+    }
+
+    /// Converges every stored resource (after missing some changes).
+    fn converge_all(&self) -> Result<(), ControlError> {
+        for kind in self.registry.all() {
+            for r in self.store.list(kind.info().kind, None)? {
+                self.enqueue(r.key(), Flags::OBSERVE);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two versions of a resource with the same spec, labels and annotations.
+fn same_content(a: &Resource, b: &Resource) -> bool {
+    a.spec == b.spec
+        && a.metadata.labels == b.metadata.labels
+        && a.metadata.annotations == b.metadata.annotations
+}
+
+/// A queue's worker: reconciles the keys of one kind until the queue closes or the control
+/// plane is gone.
+async fn work(cp: Weak<ControlPlane>, kind: &'static str, queue: Arc<WorkQueue>) {
+    while let Some((key, flags)) = queue.next().await {
+        let Some(cp) = cp.upgrade() else { return };
+        if let Some(k) = cp.registry.kind(kind).cloned() {
+            cp.reconcile_key(&k, &key, flags).await;
+        }
+        queue.done(&key);
+    }
+}
+
+/// Follows the resources other nodes apply and delete (Kafka mode), converging this node on
+/// each change, until the control plane is dropped.
+async fn follow(cp: Weak<ControlPlane>, mut changes: tokio::sync::broadcast::Receiver<Vec<u8>>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = changes.recv().await;
+        let Some(cp) = cp.upgrade() else { return };
+        let outcome = match change {
+            Ok(key) => match crate::store::parse_key(&key) {
+                Some(key) => cp.converge(key),
+                None => Ok(()),
+            },
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed resource changes; converging everything");
+                cp.converge_all()
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "converging on another node's change failed");
+        }
+    }
+}
+
+/// How long a start-offset commit is tried again: on Kafka a commit from outside a consumer
+/// group is refused while the group still has members — other nodes still running an earlier
+/// trigger of the same name, until they see its delete (well under a second) or their session
+/// times out (10 s).
+const START_COMMIT_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Runs `commit` until it succeeds or `START_COMMIT_PATIENCE` has passed; the last error then.
+pub(crate) async fn commit_patiently<E: std::fmt::Display, F, Fut>(
+    what: &str,
+    mut commit: F,
+) -> Result<(), E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let deadline = Instant::now() + START_COMMIT_PATIENCE;
+    loop {
+        match commit().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "committing the start offsets of {what} failed; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Addresses: a Knative `Destination` resolved to a URL. A `ref` names any resource whose
+//! kind is addressable, and resolves to its `status.address.url` (Knative's duck type), with a
+//! `uri` beside it taken relative to that address (D-07). `handler:NAME` names one of Ferry's
+//! in-process subscribers (a system trigger's controller).
+
+use crate::plane::ControlPlane;
+use crate::resource::{Destination, Key};
+use serde_json::Value;
+
+/// The scheme of an in-process subscriber's address.
+pub const HANDLER_SCHEME: &str = "handler:";
+
+impl ControlPlane {
+    /// The URL a `Destination` (as stored, JSON) stands for in `namespace`.
+    pub fn resolve(&self, dest: &Value, namespace: &str) -> Result<String, String> {
+        let dest: Destination =
+            serde_json::from_value(dest.clone()).map_err(|e| format!("not a destination: {e}"))?;
+        self.resolve_destination(&dest, namespace)
+    }
+
+    pub fn resolve_destination(
+        &self,
+        dest: &Destination,
+        namespace: &str,
+    ) -> Result<String, String> {
+        let Some(r) = &dest.reference else {
+            return dest
+                .uri
+                .clone()
+                .ok_or_else(|| "the destination has neither uri nor ref".to_string());
+        };
+        let kind_name = &r.kind;
+        let ns = r.namespace.as_deref().unwrap_or(namespace);
+        let kind = self.registry().find(kind_name).ok_or_else(|| {
+            format!("cannot resolve a {kind_name}: Ferry has no resources of that kind")
+        })?;
+        let info = kind.info();
+        if !info.addressable {
+            return Err(format!("a {} has no address", info.kind));
+        }
+        let target = self
+            .find(info.kind, ns, &r.name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{} {ns}/{} does not exist", info.kind, r.name))?;
+        let base = target
+            .status
+            .pointer("/address/url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                format!(
+                    "{} {ns}/{} has no address (not Ready, or not addressable)",
+                    info.kind, r.name
+                )
+            })?;
+        match &dest.uri {
+            None => Ok(base.to_string()),
+            Some(rel) => url::Url::parse(&format!("{}/", base.trim_end_matches('/')))
+                .and_then(|b| b.join(rel.trim_start_matches('/')))
+                .map(|u| u.to_string())
+                .map_err(|e| format!("uri {rel:?} relative to {base}: {e}")),
+        }
+    }
+
+    /// The resource a destination's `ref` names, as a dependency (`None` for a plain URI or a
+    /// kind Ferry does not have).
+    pub fn referenced(&self, dest: Option<&Value>, namespace: &str) -> Option<Key> {
+        let r = dest?.get("ref")?;
+        let kind = self.registry().find(r.get("kind")?.as_str()?)?;
+        let ns = r
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(namespace);
+        Some(Key::new(kind.info().kind, ns, r.get("name")?.as_str()?))
+    }
+}
