@@ -71,21 +71,18 @@ impl Publisher {
     /// Validates, limits and stamps events in place: what [`publish`](Self::publish) does
     /// before it appends, for a caller that writes them elsewhere (a KafkaSink's topic).
     pub fn prepare(&self, events: &mut [Event]) -> Result<(), PublishError> {
-        let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        for (index, event) in events.iter_mut().enumerate() {
-            cloudevent::validate(event)
-                .map_err(|source| PublishError::Invalid { index, source })?;
-            let size = event.size();
-            if size > self.max_event_size {
-                return Err(PublishError::TooLarge {
-                    index,
-                    size,
-                    max: self.max_event_size,
-                });
-            }
-            event.set_attr(ARRIVAL_TIME, AttrValue::String(arrival.clone()));
-        }
-        Ok(())
+        stamp(events, self.max_event_size)
+    }
+
+    /// Publishes one of Ferry's own events (a resource change): validated and stamped like
+    /// any, but not held to the producers' size limit (a resource's JSON may be larger).
+    pub async fn publish_own(
+        &self,
+        topic: &Topic,
+        mut event: Event,
+    ) -> Result<Position, PublishError> {
+        stamp(std::slice::from_mut(&mut event), usize::MAX)?;
+        first(self.log.append(topic, vec![event]).await?)
     }
 
     /// Publishes events to a broker's topic: all stored durably, or none (an error).
@@ -103,10 +100,7 @@ impl Publisher {
 
     /// Publishes one event.
     pub async fn publish_one(&self, topic: &Topic, event: Event) -> Result<Position, PublishError> {
-        let positions = self.publish(topic, vec![event]).await?;
-        positions.into_iter().next().ok_or_else(|| {
-            LogError::Storage("the log returned no position for the event".into()).into()
-        })
+        first(self.publish(topic, vec![event]).await?)
     }
 
     /// Publishes a subscriber's reply to `parent`: one step further along Knative's loop guard
@@ -125,6 +119,27 @@ impl Publisher {
         reply.set_attr(BROKER_TTL, AttrValue::String(ttl.to_string()));
         self.publish_one(topic, reply).await.map(Replied::Stored)
     }
+}
+
+/// Validates, limits (at `max` bytes) and stamps events in place.
+fn stamp(events: &mut [Event], max: usize) -> Result<(), PublishError> {
+    let arrival = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for (index, event) in events.iter_mut().enumerate() {
+        cloudevent::validate(event).map_err(|source| PublishError::Invalid { index, source })?;
+        let size = event.size();
+        if size > max {
+            return Err(PublishError::TooLarge { index, size, max });
+        }
+        event.set_attr(ARRIVAL_TIME, AttrValue::String(arrival.clone()));
+    }
+    Ok(())
+}
+
+/// The one position of a one-event append.
+fn first(positions: Vec<Position>) -> Result<Position, PublishError> {
+    positions.into_iter().next().ok_or_else(|| {
+        LogError::Storage("the log returned no position for the event".into()).into()
+    })
 }
 
 /// The loop guard of a reply to `parent`.

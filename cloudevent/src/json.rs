@@ -106,8 +106,9 @@ fn json_data(event: &Event, raw: &RawValue) -> Result<Bytes, InvalidEvent> {
 }
 
 /// The event as one JSON object, attributes in their stored order and with their JSON types.
-/// Data is embedded as JSON when it is JSON, as a string when it is text, else as
-/// `data_base64`: decoding gives back the same bytes.
+/// Data is embedded as JSON when it is JSON (without the white space around it), as a string
+/// when it is text, else as `data_base64`: decoding gives back the same bytes, but for white
+/// space around JSON data.
 pub fn encode(event: &Event) -> String {
     let mut out = String::with_capacity(128 + event.size() * 4 / 3);
     out.push('{');
@@ -131,14 +132,12 @@ pub fn encode(event: &Event) -> String {
     }
     if let Some(data) = &event.data {
         let ct = event.attr_text("datacontenttype");
-        // JSON data is embedded as it is, so it must have no white space around it (the
-        // decoder keeps the value's own bytes only); otherwise base64 keeps every byte.
+        // JSON data is embedded as a JSON value (white space around it is not part of the
+        // value, and the decoder gives back the value's own bytes).
         let as_json = ct.as_deref().is_none_or(is_json)
-            && !data.first().is_some_and(u8::is_ascii_whitespace)
-            && !data.last().is_some_and(u8::is_ascii_whitespace)
             && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
         match std::str::from_utf8(data) {
-            Ok(text) if as_json => member(&mut out, "data", text),
+            Ok(text) if as_json => member(&mut out, "data", text.trim()),
             Ok(text) if ct.as_deref().is_some_and(is_text) => {
                 member(&mut out, "data", &json_string(text))
             }

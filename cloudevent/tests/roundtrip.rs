@@ -1,5 +1,7 @@
 //! Any valid event, through each binding and back: the same attributes (binary HTTP keeps
-//! their text, every other binding their JSON types too) and byte-identical data.
+//! their text, every other binding their JSON types too) and byte-identical data. (The JSON
+//! format embeds JSON data as a value, without white space around it, so the generated JSON
+//! data has none, as any JSON encoder writes it.)
 
 // Test harness code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -72,7 +74,11 @@ fn data() -> impl Strategy<Value = (Option<String>, Option<Vec<u8>>)> {
         )),
         prop::collection::vec(any::<u8>(), 1..64)
             .prop_map(|d| (Some("application/octet-stream".into()), Some(d))),
-        prop::collection::vec(any::<u8>(), 1..64).prop_map(|d| (None, Some(d))),
+        prop::collection::vec(any::<u8>(), 1..64)
+            .prop_filter("not JSON", |d| {
+                serde_json::from_slice::<serde::de::IgnoredAny>(d).is_err()
+            })
+            .prop_map(|d| (None, Some(d))),
     ]
 }
 

@@ -4,6 +4,7 @@
 //! touches only its own module and its registration.
 
 use crate::plane::{ControlError, ControlPlane};
+pub use crate::queue::Flags;
 use crate::resource::{FieldErrors, Key, Resource};
 use async_trait::async_trait;
 use serde::Serialize;
@@ -90,9 +91,12 @@ pub trait Kind: Send + Sync + 'static {
     fn validate_update(&self, _old: &Resource, _new: &Resource, _errors: &mut FieldErrors) {}
 
     /// Makes what runs on this node match `r` and says what it observed. Level-triggered: it
-    /// looks at what is, whatever happened before, so running it twice is harmless. `created`:
-    /// `r` was just created by this node (not an update, not a restart).
-    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, created: bool) -> Reconciled;
+    /// looks at what is, whatever happened before, so running it twice is harmless.
+    /// `pass.created`: `r` was just created by this node (not an update, not a restart);
+    /// `pass.write`: this node made the change (or is starting), so it is the one to write
+    /// shared state (the status, resources `r` owns); without it (another node's change, in
+    /// Kafka mode) only what runs on this node is converged.
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled;
 
     /// `r` is being deleted by this node: release what it holds for good (topics, offsets,
     /// dead letters, the resources it owns). Runs before the resource leaves the store.

@@ -102,6 +102,8 @@ pub struct ControlPlane {
     pub(crate) handlers: crate::system::Handlers,
     /// Read-modify-write of a stored resource is one at a time (short: no reconcile inside).
     writes: tokio::sync::Mutex<()>,
+    /// Resources created here whose reconciles have not yet made them Ready, by uid.
+    created_pending: std::sync::Mutex<HashMap<Key, String>>,
     /// Cancelled when the server stops: schedulers and leases end.
     shutdown: CancellationToken,
 }
@@ -132,6 +134,7 @@ impl ControlPlane {
             queues,
             handlers: Default::default(),
             writes: tokio::sync::Mutex::new(()),
+            created_pending: Default::default(),
             shutdown: CancellationToken::new(),
         });
         for (kind, queue) in &cp.queues {
@@ -283,6 +286,23 @@ impl ControlPlane {
             );
         } else if r.metadata.namespace == SYSTEM_NAMESPACE && r.kind != "Trigger" {
             errors.push("metadata.namespace", ControlError::Reserved.to_string());
+        } else if r.metadata.namespace == SYSTEM_NAMESPACE
+            && crate::system::reserved_trigger_name(self, &r.metadata.name)
+        {
+            errors.push(
+                "metadata.name",
+                format!(
+                    "{:?} is a name Ferry keeps for its own triggers in {SYSTEM_NAMESPACE}",
+                    r.metadata.name
+                ),
+            );
+        }
+        // In-process handlers are Ferry's controllers: only its own triggers deliver to them.
+        for path in crate::resolve::handler_uris(&r.spec, "spec") {
+            errors.push(
+                &path,
+                "handler: addresses are Ferry's in-process controllers; give an http(s) URL or a ref",
+            );
         }
         Ok(())
     }
@@ -371,21 +391,22 @@ impl ControlPlane {
         if r.is_system() || (namespace == SYSTEM_NAMESPACE && info.kind != "Trigger") {
             return Err(ControlError::Reserved);
         }
-        self.delete_resource(&kind, r).await?;
+        self.delete_resource(&kind, r.key()).await?;
         Ok(info)
     }
 
-    /// Deletes `r` whatever it is (system resources too).
+    /// Deletes the resource `key` whatever it is (system resources too).
     pub(crate) async fn delete_resource(
         &self,
         kind: &Arc<dyn Kind>,
-        r: Resource,
+        key: Key,
     ) -> Result<(), ControlError> {
-        let key = r.key();
         let guard = match self.queue(&key.kind) {
             Some(q) => Some(q.exclusive(&key).await),
             None => None,
         };
+        // Read again under the hold: another delete may have gone first.
+        let r = self.get(&key.kind, &key.namespace, &key.name)?;
         kind.finalize(self, &r).await?;
         {
             let _w = self.writes.lock().await;
@@ -436,13 +457,14 @@ impl ControlPlane {
     }
 
     /// One reconcile of `key`, as a queue's worker runs it.
-    async fn reconcile_key(self: &Arc<Self>, kind: &Arc<dyn Kind>, key: &Key, flags: Flags) {
+    async fn reconcile_key(self: &Arc<Self>, kind: &Arc<dyn Kind>, key: &Key, mut flags: Flags) {
         let Some(queue) = self.queue(&key.kind).cloned() else {
             return;
         };
         let r = match self.store.get(&key.kind, &key.namespace, &key.name) {
             Ok(Some(r)) => r,
             Ok(None) => {
+                self.created_pending().remove(key);
                 kind.release(self, key).await;
                 return;
             }
@@ -454,13 +476,30 @@ impl ControlPlane {
                 return;
             }
         };
-        let out = kind.reconcile(self, &r, flags.created).await;
-        if flags.write {
-            if let Err(e) = self.write_status(&r, out.status).await {
-                tracing::warn!(resource = %key, error = %e, "cannot store the status");
+        // "Just created here" holds until a pass makes the resource Ready (a new trigger
+        // starts at the log end even when its first passes wait for a broker or a sink).
+        {
+            let mut pending = self.created_pending();
+            if flags.created {
+                pending.insert(key.clone(), r.metadata.uid.clone());
+            } else if pending.get(key) == Some(&r.metadata.uid) {
+                flags.created = true;
+            } else {
+                pending.remove(key);
             }
         }
-        match queue.outcome(key, out.retry) {
+        let out = kind.reconcile(self, &r, flags).await;
+        if crate::status::ready(&out.status) == Some(true) {
+            self.created_pending().remove(key);
+        }
+        let mut failed = out.retry;
+        if flags.write {
+            if let Err(e) = self.write_status(&r, out.status).await {
+                tracing::warn!(resource = %key, error = %e, "cannot store the status; trying again");
+                failed = true;
+            }
+        }
+        match queue.outcome(key, failed) {
             Some(wait) => {
                 tracing::debug!(resource = %key, ?wait, "reconcile failed; trying again");
                 queue.add_after(key.clone(), flags, wait);
@@ -478,6 +517,12 @@ impl ControlPlane {
                 }
             }
         }
+    }
+
+    fn created_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Key, String>> {
+        self.created_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes back an observed status, if the resource is still the one reconciled and the
@@ -570,12 +615,23 @@ fn same_content(a: &Resource, b: &Resource) -> bool {
 }
 
 /// A queue's worker: reconciles the keys of one kind until the queue closes or the control
-/// plane is gone.
+/// plane is gone. A reconcile that panics is logged and counts as failed (tried again with
+/// backoff); the key is released either way.
 async fn work(cp: Weak<ControlPlane>, kind: &'static str, queue: Arc<WorkQueue>) {
+    use futures::FutureExt;
     while let Some((key, flags)) = queue.next().await {
-        let Some(cp) = cp.upgrade() else { return };
+        let Some(cp) = cp.upgrade() else {
+            queue.done(&key);
+            return;
+        };
         if let Some(k) = cp.registry.kind(kind).cloned() {
-            cp.reconcile_key(&k, &key, flags).await;
+            let pass = std::panic::AssertUnwindSafe(cp.reconcile_key(&k, &key, flags));
+            if pass.catch_unwind().await.is_err() {
+                tracing::error!(resource = %key, "reconcile panicked; trying again later");
+                if let Some(wait) = queue.outcome(&key, true) {
+                    queue.add_after(key.clone(), flags, wait);
+                }
+            }
         }
         queue.done(&key);
     }

@@ -46,8 +46,8 @@ struct State {
     running: HashSet<Key>,
     /// Keys added while running: queued again when they finish.
     again: HashMap<Key, Flags>,
-    /// Keys with a delayed add pending.
-    delayed: HashSet<Key>,
+    /// Keys with a delayed add pending, and the flags it will add with.
+    delayed: HashMap<Key, Flags>,
     /// Consecutive failed reconciles, for the backoff.
     failures: HashMap<Key, u32>,
     closed: bool,
@@ -103,16 +103,22 @@ impl WorkQueue {
         }
     }
 
-    /// Queues `key` after `delay` (one delayed add per key at a time).
+    /// Queues `key` after `delay`. One delayed add per key at a time: another while one is
+    /// pending merges its flags into it.
     pub fn add_after(self: &Arc<Self>, key: Key, flags: Flags, delay: Duration) {
-        if !self.state().delayed.insert(key.clone()) {
-            return;
+        {
+            let mut s = self.state();
+            if let Some(pending) = s.delayed.get_mut(&key) {
+                *pending = pending.merge(flags);
+                return;
+            }
+            s.delayed.insert(key.clone(), flags);
         }
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             if let Some(q) = me.upgrade() {
-                q.state().delayed.remove(&key);
+                let flags = q.state().delayed.remove(&key).unwrap_or(flags);
                 q.add(key, flags);
             }
         });

@@ -73,3 +73,45 @@ impl ControlPlane {
         Some(Key::new(kind.info().kind, ns, r.get("name")?.as_str()?))
     }
 }
+
+/// The paths of every `uri` under `value` that names an in-process handler (`handler:NAME`).
+pub fn handler_uris(value: &Value, path: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    match value {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let here = format!("{path}.{k}");
+                if k == "uri" && v.as_str().is_some_and(|u| u.starts_with(HANDLER_SCHEME)) {
+                    found.push(here);
+                } else {
+                    found.extend(handler_uris(v, &here));
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                found.extend(handler_uris(v, &format!("{path}[{i}]")));
+            }
+        }
+        _ => {}
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn handler_uris_are_found_wherever_they_are() {
+        let spec = json!({
+            "subscriber": {"uri": "handler:autoscaler"},
+            "delivery": {"deadLetterSink": {"uri": "http://x/"}},
+            "list": [{"uri": "handler:x"}],
+        });
+        let mut found = handler_uris(&spec, "spec");
+        found.sort();
+        assert_eq!(found, ["spec.list[0].uri", "spec.subscriber.uri"]);
+    }
+}

@@ -166,6 +166,12 @@ impl SystemTrigger {
     }
 }
 
+/// Whether `name` is kept for Ferry's own triggers in `ferry-system`: a registered system
+/// trigger's, or a PingSource's (`pingsource-…`).
+pub(crate) fn reserved_trigger_name(cp: &ControlPlane, name: &str) -> bool {
+    name.starts_with(crate::kinds::ping_source::TRIGGER_PREFIX) || cp.handlers.get(name).is_some()
+}
+
 impl ControlPlane {
     /// Makes sure the system broker `ferry-system/{name}` exists with `layout`, and its log.
     pub async fn ensure_system_broker(

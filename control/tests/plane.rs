@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use broker::metrics::LogMetrics;
 use broker::{Event, EventLog, Publisher, Retention, RocksLog, RocksOptions, TopicConfig};
-use control::kind::ready_cell;
+use control::kind::{ready_cell, Flags};
 use control::store::RocksStore;
 use control::{
     ControlConfig, ControlError, ControlPlane, FieldErrors, Kind, KindInfo, Parts, Reconciled,
@@ -49,7 +49,7 @@ impl Kind for Gate {
         }
     }
 
-    async fn reconcile(&self, _cp: &ControlPlane, r: &Resource, _created: bool) -> Reconciled {
+    async fn reconcile(&self, _cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {
         let permit = self.permits.acquire().await;
         drop(permit);
         Reconciled::done(control::status::status(

@@ -23,7 +23,7 @@ use crate::policy::DeliveryPolicy;
 use crate::store::{DeliveryStore, ErrorInfo};
 use crate::subscriber::{Failure, Outcome, Subscriber};
 use base64::Engine as _;
-use broker::{Event, EventLog, Position, Publisher, Replied, StartAt, Stored, Topic};
+use broker::{Event, EventLog, Position, PublishError, Publisher, Replied, StartAt, Stored, Topic};
 use dead_letter::SinkRetries;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -518,6 +518,15 @@ impl Runner {
             Outcome::Delivered { reply: Some(reply) } => match self.store_reply(event, reply).await
             {
                 Ok(()) => Attempt::Done,
+                // A reply no broker takes (invalid, too large) fails for good: asking the
+                // subscriber again would only repeat its side effects.
+                Err(e @ (PublishError::Invalid { .. } | PublishError::TooLarge { .. })) => {
+                    Attempt::Fail(Failure::new(
+                        Some(200),
+                        bytes::Bytes::new(),
+                        format!("the reply was refused: {e}"),
+                    ))
+                }
                 // RP-02: if the reply cannot be stored, the delivery failed.
                 Err(e) => Attempt::Retry(Failure::new(
                     None,
@@ -531,7 +540,7 @@ impl Runner {
     }
 
     /// Publishes a reply to the broker, one step further along the loop guard.
-    async fn store_reply(&self, event: &Event, reply: Event) -> Result<(), broker::PublishError> {
+    async fn store_reply(&self, event: &Event, reply: Event) -> Result<(), PublishError> {
         let outcome = match self.publisher.reply(&self.spec.topic, event, reply).await? {
             Replied::Stored(_) => "stored",
             Replied::Dropped => {

@@ -92,10 +92,27 @@ spec:
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["metadata"]["name"] == "pingsource-default-heartbeat")
+        .find(|t| t["metadata"]["labels"]["sources.knative.dev/pingsource"] == "default.heartbeat")
         .cloned()
         .unwrap_or_else(|| panic!("no system trigger for the source: {system}"));
     assert_eq!(ready(&trigger), Some("True"));
+    let trigger_name = trigger["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(
+        trigger_name.starts_with("pingsource-default-heartbeat-"),
+        "{trigger_name}"
+    );
+    // Users cannot change it, nor take the names kept for such triggers.
+    let out = server.cli(&["delete", "trigger", &trigger_name, "-n", "ferry-system"]);
+    assert!(!out.status.success());
+    let out = server.cli_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: pingsource-mine\n  namespace: ferry-system\nspec:\n  broker: pingsources\n  subscriber:\n    uri: {}\n",
+            sub.at("x")
+        ),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("metadata.name"), "{}", stderr(&out));
 
     // Deleting the source stops its ticks and removes its trigger.
     let out = server.cli(&["delete", "pingsource", "heartbeat"]);
@@ -105,13 +122,7 @@ spec:
         "{}",
         stdout(&out)
     );
-    let out = server.cli(&[
-        "get",
-        "trigger",
-        "pingsource-default-heartbeat",
-        "-n",
-        "ferry-system",
-    ]);
+    let out = server.cli(&["get", "trigger", &trigger_name, "-n", "ferry-system"]);
     assert!(!out.status.success(), "the source's trigger is gone");
     let before = sub.received("pings").len();
     // Three ticks' worth of time without a new event (an absence cannot be polled for).

@@ -2,7 +2,7 @@
 //! `{ingress}/{namespace}/{name}`. Annotations `ferry.dev/partitions` and `ferry.dev/retention`
 //! set its own layout (system brokers use them; they apply when the log is created).
 
-use crate::kind::{ready_cell, Kind, KindInfo, Reconciled};
+use crate::kind::{ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{
     validate_delivery, validate_duration_annotation, FieldErrors, Key, Resource,
@@ -80,7 +80,7 @@ impl Kind for Broker {
         validate_duration_annotation(a, RETENTION_ANNOTATION, &mut err);
     }
 
-    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _created: bool) -> Reconciled {
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {
         let topic = Topic::new(&r.metadata.namespace, &r.metadata.name);
         let config = layout(r).topic_config(cp.config().topic_defaults);
         match cp.log().create_topic(&topic, config).await {

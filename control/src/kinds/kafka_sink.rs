@@ -2,7 +2,7 @@
 //! at `{ingress}/kafkasinks/{namespace}/{name}`.
 
 use super::kafka_validate::{kafka_options, validate_kafka_sink};
-use crate::kind::{ready_cell, Kind, KindInfo, Reconciled};
+use crate::kind::{ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::ControlPlane;
 use crate::resource::{FieldErrors, Key, Resource};
 use crate::status::{status, NotReady};
@@ -33,7 +33,7 @@ impl Kind for KafkaSink {
         validate_kafka_sink(&r.spec, &mut errors.sink());
     }
 
-    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _created: bool) -> Reconciled {
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
         let spec = &r.spec;
         let options = kafka_options(spec, cp.config().sink_batch_records);

@@ -5,7 +5,7 @@
 
 use super::kafka_validate::{kafka_options, validate_kafka_source};
 use super::trigger::DEFAULT_MAX_IN_FLIGHT;
-use crate::kind::{cell, ready_cell, Kind, KindInfo, Reconciled};
+use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{FieldErrors, Key, Resource};
 use crate::status::{self, NotReady};
@@ -42,7 +42,7 @@ impl Kind for KafkaSource {
         validate_kafka_source(&r.spec, &r.metadata.labels, &mut errors.sink());
     }
 
-    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _created: bool) -> Reconciled {
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {
         let mut sink_uri = None;
         let outcome = start(cp, r, &mut sink_uri).await;
         if outcome.is_err() {

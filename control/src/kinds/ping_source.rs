@@ -12,7 +12,7 @@
 
 mod schedule;
 
-use crate::kind::{cell, ready_cell, Kind, KindInfo, Reconciled};
+use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::lease::Lease;
 use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{
@@ -114,19 +114,29 @@ pub struct PingSource {
     lease: tokio::sync::OnceCell<Lease>,
 }
 
-/// The system trigger that delivers a source's ticks: `pingsource-{ns}-{name}`, or with a hash
-/// in place of the end when that is longer than a name may be.
+/// The start of the names of PingSources' triggers in `ferry-system` (kept for them).
+pub const TRIGGER_PREFIX: &str = "pingsource-";
+
+/// The label of a PingSource's trigger that names its source (`ns.name`: both are DNS labels,
+/// so the dot is unambiguous).
+const OWNER_LABEL: &str = "sources.knative.dev/pingsource";
+
+/// The system trigger that delivers a source's ticks: `pingsource-{ns}-{name}-{hash}`, the hash
+/// of `ns/name` keeping `a-b/c` and `a/b-c` apart, the readable part cut to fit 63 characters.
 pub fn trigger_name(namespace: &str, name: &str) -> String {
-    let full = format!("pingsource-{namespace}-{name}");
-    if full.len() <= 63 {
-        return full;
-    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in format!("{namespace}/{name}").bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{}-{h:016x}", full[..46].trim_end_matches('-'))
+    let hash = format!("{:08x}", h as u32);
+    let mut readable = format!("{TRIGGER_PREFIX}{namespace}-{name}");
+    readable.truncate(63 - hash.len() - 1);
+    format!("{}-{hash}", readable.trim_end_matches('-'))
+}
+
+fn owner_label(namespace: &str, name: &str) -> String {
+    format!("{namespace}.{name}")
 }
 
 /// The `source` of a PingSource's events.
@@ -223,9 +233,13 @@ impl Ticker {
                 tracing::warn!(source = %self.key, "the schedule has no next tick");
                 return;
             };
-            let wait = (next - dispatcher::clock::now_utc())
-                .to_std()
-                .unwrap_or_default();
+            let now = dispatcher::clock::now_utc();
+            if next + chrono::Duration::seconds(1) < now {
+                // Ticks missed (the machine slept, a publish hung) are not made up for.
+                last = now;
+                continue;
+            }
+            let wait = (next - now).to_std().unwrap_or_default();
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -330,9 +344,9 @@ impl Kind for PingSource {
         }
     }
 
-    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _created: bool) -> Reconciled {
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
         let mut sink_uri = None;
-        let outcome = self.start(cp, r, &mut sink_uri).await;
+        let outcome = self.start(cp, r, pass.write, &mut sink_uri).await;
         if outcome.is_err() {
             self.stop_schedule(&r.key());
         }
@@ -343,7 +357,9 @@ impl Kind for PingSource {
         }
         Reconciled {
             status: s,
-            retry: failure.is_some_and(|f| f.reason == "SystemBrokerUnavailable"),
+            retry: failure.is_some_and(|f| {
+                matches!(f.reason, "SystemBrokerUnavailable" | "TriggerNotApplied")
+            }),
             requeue_after: None,
         }
     }
@@ -351,9 +367,12 @@ impl Kind for PingSource {
     async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
         self.stop_schedule(&r.key());
         let trigger = trigger_name(&r.metadata.namespace, &r.metadata.name);
+        let owner = owner_label(&r.metadata.namespace, &r.metadata.name);
         if let Some(t) = cp.find("Trigger", SYSTEM_NAMESPACE, &trigger)? {
-            if let Some(kind) = cp.registry().kind("Trigger").cloned() {
-                cp.delete_resource(&kind, t).await?;
+            if t.metadata.labels.get(OWNER_LABEL) == Some(&owner) {
+                if let Some(kind) = cp.registry().kind("Trigger").cloned() {
+                    cp.delete_resource(&kind, t.key()).await?;
+                }
             }
         }
         Ok(())
@@ -396,10 +415,13 @@ impl Kind for PingSource {
 }
 
 impl PingSource {
+    /// `owner`: this node writes what the source owns (its system broker and trigger);
+    /// another node's change only converges the schedule here.
     async fn start(
         &self,
         cp: &ControlPlane,
         r: &Resource,
+        owner: bool,
         sink_uri: &mut Option<String>,
     ) -> Result<(), NotReady> {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
@@ -412,14 +434,16 @@ impl PingSource {
             .resolve_destination(&spec.sink, ns)
             .map_err(|m| NotReady::new("SinkProvided", "NotFound", m))?;
         *sink_uri = Some(uri);
-        cp.ensure_system_broker(
-            PING_BROKER,
-            BrokerLayout::default()
-                .partitions(1)
-                .retention(PING_RETENTION),
-        )
-        .await
-        .map_err(|e| NotReady::new("Deployed", "SystemBrokerUnavailable", e.to_string()))?;
+        if owner {
+            cp.ensure_system_broker(
+                PING_BROKER,
+                BrokerLayout::default()
+                    .partitions(1)
+                    .retention(PING_RETENTION),
+            )
+            .await
+            .map_err(|e| NotReady::new("Deployed", "SystemBrokerUnavailable", e.to_string()))?;
+        }
         // The trigger that delivers this source's ticks: its sink, with refs made explicit
         // (the trigger lives in ferry-system).
         let mut sink = spec.sink.clone();
@@ -433,7 +457,7 @@ impl PingSource {
             "metadata": {
                 "name": trigger,
                 "namespace": SYSTEM_NAMESPACE,
-                "labels": {SYSTEM_LABEL: "true", "sources.knative.dev/pingsource": format!("{ns}.{name}")},
+                "labels": {SYSTEM_LABEL: "true", OWNER_LABEL: owner_label(ns, name)},
             },
             "spec": {
                 "broker": PING_BROKER,
@@ -441,13 +465,33 @@ impl PingSource {
                 "subscriber": sink,
             },
         });
-        cp.apply_system(&doc)
-            .await
-            .map_err(|e| NotReady::new("Deployed", "TriggerNotApplied", e.to_string()))?;
+        if owner {
+            cp.apply_system(&doc)
+                .await
+                .map_err(|e| NotReady::new("Deployed", "TriggerNotApplied", e.to_string()))?;
+        }
         let t = cp
             .find("Trigger", SYSTEM_NAMESPACE, &trigger)
             .map_err(|e| NotReady::new("Deployed", "TriggerNotApplied", e.to_string()))?;
-        if let Some(t) = t.filter(|t| t.ready() != Some(true)) {
+        let owner = owner_label(ns, name);
+        let t = match t {
+            None => {
+                return Err(NotReady::new(
+                    "Deployed",
+                    "TriggerNotReady",
+                    format!("trigger {SYSTEM_NAMESPACE}/{trigger} is not there yet"),
+                ))
+            }
+            Some(t) if t.metadata.labels.get(OWNER_LABEL) != Some(&owner) => {
+                return Err(NotReady::new(
+                    "Deployed",
+                    "TriggerNameTaken",
+                    format!("trigger {SYSTEM_NAMESPACE}/{trigger} belongs to something else"),
+                ))
+            }
+            Some(t) => t,
+        };
+        if t.ready() != Some(true) {
             let message = t
                 .status
                 .get("conditions")

@@ -2,7 +2,7 @@
 //! compile its filter and policy, and (re)start its runner in the dispatcher; Knative's status.
 //! A subscriber `handler:NAME` is one of Ferry's in-process controllers (a system trigger).
 
-use crate::kind::{cell, ready_cell, Kind, KindInfo, Reconciled};
+use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::{commit_patiently, ControlError, ControlPlane};
 use crate::resolve::HANDLER_SCHEME;
 use crate::resource::{
@@ -115,9 +115,25 @@ impl Kind for Trigger {
         }
     }
 
-    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, created: bool) -> Reconciled {
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
+        if !pass.write {
+            // Another node made this change (Kafka mode) and runs its reconcile first: a new
+            // trigger's start offsets are committed from outside the consumer group, which
+            // Kafka refuses once members have joined. This node follows what that node found.
+            let settled = r.status.get("observedGeneration").and_then(Value::as_i64)
+                == Some(r.metadata.generation);
+            if !settled {
+                return Reconciled::done(r.status.clone());
+            }
+            if r.ready() != Some(true) {
+                cp.dispatcher()
+                    .stop(&r.metadata.namespace, &r.metadata.name)
+                    .await;
+                return Reconciled::done(r.status.clone());
+            }
+        }
         let mut resolved = json!({});
-        let outcome = start(cp, r, created, &mut resolved).await;
+        let outcome = start(cp, r, pass.created, &mut resolved).await;
         if outcome.is_err() {
             cp.dispatcher()
                 .stop(&r.metadata.namespace, &r.metadata.name)

@@ -9,6 +9,9 @@ use chrono::{DateTime, Local, TimeZone, Utc};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The longest `@every`.
+const MAX_EVERY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 #[derive(Clone, Debug)]
 pub enum Schedule {
     /// Cron fields, read in a time zone.
@@ -54,6 +57,9 @@ impl Schedule {
             let d = go_duration(every.trim()).map_err(|e| {
                 format!("{schedule:?}: @every takes a duration like 2s or 1m30s: {e}")
             })?;
+            if d > MAX_EVERY {
+                return Err(format!("{schedule:?}: @every is at most 8760h (a year)"));
+            }
             return Ok(Schedule::Every(d.max(Duration::from_secs(1))));
         }
         let pattern = if text.eq_ignore_ascii_case("@midnight") {
@@ -76,7 +82,7 @@ impl Schedule {
     /// The first tick after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Schedule::Every(d) => Some(t + chrono::Duration::from_std(*d).ok()?),
+            Schedule::Every(d) => t.checked_add_signed(chrono::Duration::from_std(*d).ok()?),
             Schedule::Cron { cron, zone } => match zone {
                 Zone::Local => next_in(cron, &Local, t),
                 Zone::Named(tz) => next_in(cron, tz, t),
@@ -175,6 +181,7 @@ mod tests {
         assert!(go_duration("2 s").is_err());
         assert!(go_duration("2").is_err());
         assert!(go_duration("5d").is_err());
+        assert!(Schedule::parse("@every 3000000000h", None).is_err());
     }
 
     #[test]
