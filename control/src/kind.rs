@@ -116,6 +116,12 @@ pub trait Kind: Send + Sync + 'static {
     /// The cells of `r` under [`KindInfo::columns`].
     fn row(&self, r: &Resource) -> Vec<String>;
 
+    /// Whether the resource `kind/namespace/name` is a name this kind keeps for resources it
+    /// makes itself (a PingSource's trigger): users may not take it.
+    fn reserves(&self, _kind: &str, _namespace: &str, _name: &str) -> bool {
+        false
+    }
+
     /// Adds what is observed live, not stored, to a resource being read (a trigger's lag).
     async fn observe(&self, _cp: &ControlPlane, _r: &mut Resource) {}
 

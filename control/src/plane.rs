@@ -286,13 +286,16 @@ impl ControlPlane {
             );
         } else if r.metadata.namespace == SYSTEM_NAMESPACE && r.kind != "Trigger" {
             errors.push("metadata.namespace", ControlError::Reserved.to_string());
-        } else if r.metadata.namespace == SYSTEM_NAMESPACE
-            && crate::system::reserved_trigger_name(self, &r.metadata.name)
-        {
+        } else if crate::system::reserved_name(
+            self,
+            &r.kind,
+            &r.metadata.namespace,
+            &r.metadata.name,
+        ) {
             errors.push(
                 "metadata.name",
                 format!(
-                    "{:?} is a name Ferry keeps for its own triggers in {SYSTEM_NAMESPACE}",
+                    "{:?} is a name Ferry keeps for what it makes itself",
                     r.metadata.name
                 ),
             );
@@ -349,11 +352,11 @@ impl ControlPlane {
                 "updated"
             };
             self.publish_change(change, &r).await;
-            let flags = Flags {
-                write: true,
-                created: action == "created",
-            };
-            self.enqueue(r.key(), flags);
+            if action == "created" {
+                self.created_pending()
+                    .insert(r.key(), r.metadata.uid.clone());
+            }
+            self.enqueue(r.key(), Flags::WRITE);
             self.enqueue_dependents(&r.key(), Flags::WRITE)?;
         }
         Ok(Applied {
@@ -476,22 +479,31 @@ impl ControlPlane {
                 return;
             }
         };
-        // "Just created here" holds until a pass makes the resource Ready (a new trigger
-        // starts at the log end even when its first passes wait for a broker or a sink).
+        // "Just created here" holds from the apply that created the resource until one of this
+        // node's passes makes it Ready (a new trigger starts at the log end even when its first
+        // passes wait for a broker or a sink); it is this node's to act on, and only once.
         {
             let mut pending = self.created_pending();
-            if flags.created {
-                pending.insert(key.clone(), r.metadata.uid.clone());
-            } else if pending.get(key) == Some(&r.metadata.uid) {
-                flags.created = true;
-            } else {
+            let settled = r.ready() == Some(true)
+                && r.status.get("observedGeneration").and_then(Value::as_i64)
+                    == Some(r.metadata.generation);
+            if pending
+                .get(key)
+                .is_some_and(|uid| *uid != r.metadata.uid || settled)
+            {
                 pending.remove(key);
             }
+            flags.created = flags.write && pending.get(key) == Some(&r.metadata.uid);
         }
         let out = kind.reconcile(self, &r, flags).await;
         if crate::status::ready(&out.status) == Some(true) {
             self.created_pending().remove(key);
         }
+        // Retries re-add without `created`: whether it still holds is decided above.
+        let flags = Flags {
+            created: false,
+            ..flags
+        };
         let mut failed = out.retry;
         if flags.write {
             if let Err(e) = self.write_status(&r, out.status).await {
@@ -506,14 +518,7 @@ impl ControlPlane {
             }
             None => {
                 if let Some(after) = out.requeue_after {
-                    queue.add_after(
-                        key.clone(),
-                        Flags {
-                            created: false,
-                            ..flags
-                        },
-                        after,
-                    );
+                    queue.add_after(key.clone(), flags, after);
                 }
             }
         }
@@ -576,7 +581,7 @@ impl ControlPlane {
                 Err(e) => Err(e.to_string()),
                 Ok(event) => self
                     .publisher
-                    .publish_one(&topic, event)
+                    .publish_own(&topic, event)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),

@@ -328,6 +328,34 @@ pub struct Reference {
     pub api_version: Option<String>,
 }
 
+/// A Knative `DeliverySpec` (what `validate_delivery` checks the values of).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliverySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_max: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink: Option<Destination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+impl DeliverySpec {
+    /// The dispatcher's policy for it.
+    pub fn policy(&self) -> dispatcher::policy::DeliveryPolicy {
+        let json = serde_json::to_value(self).unwrap_or(Value::Null);
+        dispatcher::policy::DeliveryPolicy::from_spec(&json)
+    }
+}
+
 /// Checks a Knative `DeliverySpec` at `path`.
 pub fn validate_delivery(path: &str, value: &Value, err: &mut impl FnMut(&str, String)) {
     let Some(obj) = value.as_object() else {

@@ -166,10 +166,15 @@ impl SystemTrigger {
     }
 }
 
-/// Whether `name` is kept for Ferry's own triggers in `ferry-system`: a registered system
-/// trigger's, or a PingSource's (`pingsource-…`).
-pub(crate) fn reserved_trigger_name(cp: &ControlPlane, name: &str) -> bool {
-    name.starts_with(crate::kinds::ping_source::TRIGGER_PREFIX) || cp.handlers.get(name).is_some()
+/// Whether a resource name is kept for what Ferry makes itself: a registered system trigger's,
+/// or one a kind reserves (a PingSource's trigger).
+pub(crate) fn reserved_name(cp: &ControlPlane, kind: &str, namespace: &str, name: &str) -> bool {
+    (kind == "Trigger" && namespace == SYSTEM_NAMESPACE && cp.handlers.get(name).is_some())
+        || cp
+            .registry()
+            .all()
+            .iter()
+            .any(|k| k.reserves(kind, namespace, name))
 }
 
 impl ControlPlane {

@@ -5,12 +5,13 @@
 use crate::kind::{ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{
-    validate_delivery, validate_duration_annotation, FieldErrors, Key, Resource,
+    validate_delivery, validate_duration_annotation, DeliverySpec, FieldErrors, Key, Resource,
 };
 use crate::status::{status, NotReady};
 use crate::system::BrokerLayout;
 use async_trait::async_trait;
 use broker::{LogError, Topic};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Annotation: the broker's number of partitions (when its log is created).
@@ -19,6 +20,18 @@ pub const PARTITIONS_ANNOTATION: &str = "ferry.dev/partitions";
 pub const RETENTION_ANNOTATION: &str = "ferry.dev/retention";
 
 pub struct Broker;
+
+/// `spec` of a Broker.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSpec {
+    /// The default delivery of the broker's triggers that set none.
+    #[serde(default)]
+    pub delivery: Option<DeliverySpec>,
+    /// Knative's reference to a broker-class config; kept, not interpreted.
+    #[serde(default)]
+    pub config: Option<Value>,
+}
 
 static INFO: KindInfo = KindInfo {
     group: "eventing.knative.dev",
@@ -78,6 +91,11 @@ impl Kind for Broker {
             }
         }
         validate_duration_annotation(a, RETENTION_ANNOTATION, &mut err);
+        drop(err);
+        // Whatever the checks above let through decodes into the typed spec.
+        if errors.is_empty() {
+            errors.decode::<BrokerSpec>("spec", &r.spec);
+        }
     }
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {

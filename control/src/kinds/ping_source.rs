@@ -371,7 +371,11 @@ impl Kind for PingSource {
         if let Some(t) = cp.find("Trigger", SYSTEM_NAMESPACE, &trigger)? {
             if t.metadata.labels.get(OWNER_LABEL) == Some(&owner) {
                 if let Some(kind) = cp.registry().kind("Trigger").cloned() {
-                    cp.delete_resource(&kind, t.key()).await?;
+                    match cp.delete_resource(&kind, t.key()).await {
+                        // Gone meanwhile (deleted with another delete of the source).
+                        Ok(()) | Err(ControlError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
@@ -404,6 +408,10 @@ impl Kind for PingSource {
             cell(r, "/status/sinkUri"),
             ready_cell(r),
         ]
+    }
+
+    fn reserves(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        kind == "Trigger" && namespace == SYSTEM_NAMESPACE && name.starts_with(TRIGGER_PREFIX)
     }
 
     fn deliveries(&self, r: &Resource) -> Option<Vec<(String, String)>> {

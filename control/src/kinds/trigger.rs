@@ -3,11 +3,12 @@
 //! A subscriber `handler:NAME` is one of Ferry's in-process controllers (a system trigger).
 
 use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
+use crate::kinds::broker::BrokerSpec;
 use crate::plane::{commit_patiently, ControlError, ControlPlane};
 use crate::resolve::HANDLER_SCHEME;
 use crate::resource::{
     dns_label_problem, validate_delivery, validate_destination, validate_duration_annotation,
-    FieldErrors, Key, Resource,
+    DeliverySpec, Destination, FieldErrors, Key, Resource,
 };
 use crate::status::{self, NotReady};
 use async_trait::async_trait;
@@ -15,7 +16,8 @@ use broker::Topic;
 use dispatcher::filter::Filter;
 use dispatcher::policy::DeliveryPolicy;
 use dispatcher::subscriber::Subscriber;
-use dispatcher::TriggerSpec;
+use dispatcher::TriggerSpec as RunnerSpec;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -29,6 +31,22 @@ pub const MAX_EVENT_AGE: &str = "ferry.dev/max-event-age";
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 50;
 
 pub struct Trigger;
+
+/// `spec` of a Trigger (Knative's field names).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub broker: String,
+    /// `filter.attributes`.
+    #[serde(default)]
+    pub filter: Option<Value>,
+    /// The Subscriptions API dialects (wins over `filter`).
+    #[serde(default)]
+    pub filters: Option<Value>,
+    pub subscriber: Destination,
+    #[serde(default)]
+    pub delivery: Option<DeliverySpec>,
+}
 
 static INFO: KindInfo = KindInfo {
     group: "eventing.knative.dev",
@@ -103,6 +121,11 @@ impl Kind for Trigger {
             }
         }
         validate_duration_annotation(annotations, MAX_EVENT_AGE, &mut err);
+        drop(err);
+        // Whatever the checks above let through decodes into the typed spec.
+        if errors.is_empty() {
+            errors.decode::<Spec>("spec", &r.spec);
+        }
     }
 
     fn validate_update(&self, old: &Resource, new: &Resource, errors: &mut FieldErrors) {
@@ -116,24 +139,8 @@ impl Kind for Trigger {
     }
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
-        if !pass.write {
-            // Another node made this change (Kafka mode) and runs its reconcile first: a new
-            // trigger's start offsets are committed from outside the consumer group, which
-            // Kafka refuses once members have joined. This node follows what that node found.
-            let settled = r.status.get("observedGeneration").and_then(Value::as_i64)
-                == Some(r.metadata.generation);
-            if !settled {
-                return Reconciled::done(r.status.clone());
-            }
-            if r.ready() != Some(true) {
-                cp.dispatcher()
-                    .stop(&r.metadata.namespace, &r.metadata.name)
-                    .await;
-                return Reconciled::done(r.status.clone());
-            }
-        }
         let mut resolved = json!({});
-        let outcome = start(cp, r, pass.created, &mut resolved).await;
+        let outcome = start(cp, r, pass, &mut resolved).await;
         if outcome.is_err() {
             cp.dispatcher()
                 .stop(&r.metadata.namespace, &r.metadata.name)
@@ -258,12 +265,14 @@ fn subscriber_at(
 async fn start(
     cp: &ControlPlane,
     r: &Resource,
-    created: bool,
+    pass: Flags,
     resolved: &mut Value,
 ) -> Result<(), NotReady> {
     let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
-    let spec = &r.spec;
-    let broker_name = spec["broker"].as_str().unwrap_or_default();
+    let spec: Spec = r
+        .spec_as()
+        .map_err(|e| NotReady::new("Ready", "InvalidSpec", e))?;
+    let broker_name = spec.broker.as_str();
     let broker = cp
         .find("Broker", ns, broker_name)
         .map_err(|e| NotReady::new("BrokerReady", "BrokerUnavailable", e.to_string()))?
@@ -282,35 +291,41 @@ async fn start(
         ));
     }
     let subscriber_url = cp
-        .resolve(&spec["subscriber"], ns)
+        .resolve_destination(&spec.subscriber, ns)
         .map_err(|m| NotReady::new("SubscriberResolved", "Unresolved", m))?;
     resolved["subscriber"] = Value::String(subscriber_url.clone());
 
     // D-06: a trigger's delivery replaces its broker's whole.
-    let delivery = spec.get("delivery").or_else(|| broker.spec.get("delivery"));
-    let mut policy = delivery.map_or_else(DeliveryPolicy::default, DeliveryPolicy::from_spec);
+    let delivery = spec
+        .delivery
+        .clone()
+        .or_else(|| broker.spec_as::<BrokerSpec>().ok().and_then(|b| b.delivery));
+    let mut policy = delivery
+        .as_ref()
+        .map_or_else(DeliveryPolicy::default, DeliverySpec::policy);
     let annotations = &r.metadata.annotations;
     policy.max_age = annotations
         .get(MAX_EVENT_AGE)
         .and_then(|d| crate::resource::parse_duration(d).ok());
     let subscriber = subscriber_at(cp, &subscriber_url, &policy, "SubscriberResolved")?;
-    let dead_letter = match delivery.and_then(|d| d.get("deadLetterSink")) {
+    let dead_letter = match delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
         None => None,
         Some(dls) => {
             let url = cp
-                .resolve(dls, ns)
+                .resolve_destination(dls, ns)
                 .map_err(|m| NotReady::new("DeadLetterSinkResolved", "Unresolved", m))?;
             resolved["deadLetterSink"] = Value::String(url.clone());
             Some(subscriber_at(cp, &url, &policy, "DeadLetterSinkResolved")?)
         }
     };
-    let filter = Filter::compile(spec.get("filter"), spec.get("filters")).map_err(|errors| {
-        let text: Vec<String> = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect();
-        NotReady::new("Ready", "InvalidFilter", text.join("; "))
-    })?;
+    let filter =
+        Filter::compile(spec.filter.as_ref(), spec.filters.as_ref()).map_err(|errors| {
+            let text: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            NotReady::new("Ready", "InvalidFilter", text.join("; "))
+        })?;
     let ordered = annotations
         .get(DELIVERY_ORDER)
         .is_some_and(|o| o == "ordered");
@@ -329,7 +344,16 @@ async fn start(
         .map_err(|e| NotReady::new("Ready", "OffsetsUnavailable", e.to_string()))?;
     // K-06: a new trigger receives every event after it is Ready, none from before. A runner
     // of an earlier trigger of that name is stopped first, so its last commit comes before.
-    if created || never_started {
+    // Only the node that made the change commits: on Kafka a commit from outside the group is
+    // refused once members joined, so other nodes wait for it (its status write wakes them).
+    if pass.created || never_started {
+        if !pass.write {
+            return Err(NotReady::new(
+                "Ready",
+                "StartPending",
+                "waiting for the node that created the trigger to commit its start",
+            ));
+        }
         cp.dispatcher().stop(ns, name).await;
         commit_patiently(&format!("trigger {ns}/{name}"), || {
             cp.dispatcher().start_at_end(&topic, ns, name)
@@ -340,7 +364,7 @@ async fn start(
     // Everything the runner is built from: the same again (a label-only change of the trigger
     // or its broker) leaves the running trigger alone.
     let fingerprint = json!({
-        "spec": spec,
+        "spec": r.spec,
         "annotations": annotations,
         "delivery": delivery,
         "subscriber": subscriber_url,
@@ -348,7 +372,7 @@ async fn start(
         "uid": r.metadata.uid,
     })
     .to_string();
-    let trigger = TriggerSpec {
+    let trigger = RunnerSpec {
         namespace: ns.clone(),
         name: name.clone(),
         topic,
