@@ -356,6 +356,14 @@ impl DeliverySpec {
     }
 }
 
+/// Knative's `CloudEventOverrides`: extensions set on every event a source sends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeOverrides {
+    #[serde(default)]
+    pub extensions: BTreeMap<String, String>,
+}
+
 /// Checks a Knative `DeliverySpec` at `path`.
 pub fn validate_delivery(path: &str, value: &Value, err: &mut impl FnMut(&str, String)) {
     let Some(obj) = value.as_object() else {

@@ -180,11 +180,15 @@ async fn a_slow_reconcile_blocks_no_other_apply() {
 async fn a_system_trigger_gets_resource_changes_without_retries() {
     let s = start(|_| {}).await;
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    // A controller publishes what it likes, wherever it likes: two events into a user broker
+    // for each broker created.
+    let publisher = s.cp.publisher().clone();
     let handler = {
         let seen = seen.clone();
         Handler::new("watcher", move |e: Event| {
             let subject = e.attr_text("subject").unwrap_or_default().into_owned();
             seen.lock().unwrap().push(subject.clone());
+            let publisher = publisher.clone();
             async move {
                 if subject == "default/refused" {
                     return Err(HandlerError {
@@ -192,6 +196,21 @@ async fn a_system_trigger_gets_resource_changes_without_retries() {
                         message: "not now".into(),
                     });
                 }
+                let out: Vec<Event> = (0..2)
+                    .map(|i| {
+                        cloudevent::EventBuilder::new("test.seen", "/watcher")
+                            .subject(format!("{subject}#{i}"))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                publisher
+                    .publish(&broker::Topic::new("default", "default"), out)
+                    .await
+                    .map_err(|e| HandlerError {
+                        retryable: true,
+                        message: e.to_string(),
+                    })?;
                 Ok(None)
             }
             .boxed()
@@ -243,6 +262,23 @@ async fn a_system_trigger_gets_resource_changes_without_retries() {
     let seen = seen.lock().unwrap().clone();
     assert!(seen.contains(&"default/accepted".to_string()), "{seen:?}");
     assert_eq!(seen.iter().filter(|s| *s == "default/refused").count(), 1);
+    // `accepted` announced by two events in `default/default` (`default` was made before the
+    // trigger, `refused` failed).
+    let topic = broker::Topic::new("default", "default");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ends = s.cp.log().watermarks(&topic).await.unwrap();
+        let n: u64 = ends.iter().map(|w| w.end).sum();
+        if n >= 2 {
+            assert_eq!(n, 2);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the handler's events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Users cannot delete Ferry's own trigger.
     let err =

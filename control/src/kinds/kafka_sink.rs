@@ -7,9 +7,31 @@ use crate::plane::ControlPlane;
 use crate::resource::{FieldErrors, Key, Resource};
 use crate::status::{status, NotReady};
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub struct KafkaSink;
+
+/// `spec` of a KafkaSink.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    pub topic: String,
+    pub bootstrap_servers: Vec<String>,
+    /// `binary` (default) or `structured`.
+    #[serde(default)]
+    pub content_mode: Option<String>,
+    #[serde(default)]
+    pub num_partitions: Option<i32>,
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+    /// Kept, not interpreted.
+    #[serde(default)]
+    pub auth: Option<Value>,
+    /// Kept, not interpreted.
+    #[serde(default)]
+    pub delivery: Option<Value>,
+}
 
 static INFO: KindInfo = KindInfo {
     group: "eventing.knative.dev",
@@ -31,23 +53,36 @@ impl Kind for KafkaSink {
 
     fn validate(&self, r: &Resource, errors: &mut FieldErrors) {
         validate_kafka_sink(&r.spec, &mut errors.sink());
+        if errors.is_empty() {
+            errors.decode::<Spec>("spec", &r.spec);
+        }
     }
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
-        let spec = &r.spec;
-        let options = kafka_options(spec, cp.config().sink_batch_records);
-        let mode = match spec["contentMode"].as_str() {
+        let spec: Spec = match r.spec_as() {
+            Ok(s) => s,
+            Err(e) => {
+                let f = NotReady::new("TopicReady", "InvalidSpec", e);
+                return Reconciled::done(status(
+                    &r.status,
+                    r.metadata.generation,
+                    CONDITIONS,
+                    Some(&f),
+                ));
+            }
+        };
+        let options = kafka_options(&spec.bootstrap_servers, cp.config().sink_batch_records);
+        let mode = match spec.content_mode.as_deref() {
             Some("structured") => broker::kafka::ContentMode::Structured,
             _ => broker::kafka::ContentMode::Binary,
         };
-        let topic = spec["topic"].as_str().unwrap_or_default();
         let opened = broker::kafka::TopicWriter::open(
             &options,
-            topic,
+            &spec.topic,
             mode,
-            spec["numPartitions"].as_i64().map(|n| n as i32),
-            spec["replicationFactor"].as_i64().map(|n| n as i32),
+            spec.num_partitions,
+            spec.replication_factor,
         )
         .await;
         match opened {

@@ -7,7 +7,7 @@ use super::kafka_validate::{kafka_options, validate_kafka_source};
 use super::trigger::DEFAULT_MAX_IN_FLIGHT;
 use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::{ControlError, ControlPlane};
-use crate::resource::{FieldErrors, Key, Resource};
+use crate::resource::{CeOverrides, DeliverySpec, Destination, FieldErrors, Key, Resource};
 use crate::status::{self, NotReady};
 use async_trait::async_trait;
 use broker::{EventLog, StartAt, Topic};
@@ -15,10 +15,44 @@ use dispatcher::filter::Filter;
 use dispatcher::policy::DeliveryPolicy;
 use dispatcher::source::{decoder, KeyType, SourceInfo, KEY_TYPE_LABEL};
 use dispatcher::{Feed, TriggerSpec};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub struct KafkaSource;
+
+/// `spec` of a KafkaSource.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    pub bootstrap_servers: Vec<String>,
+    pub topics: Vec<String>,
+    /// Default `knative-kafka-source-<uid>`.
+    #[serde(default)]
+    pub consumer_group: Option<String>,
+    /// Accepted; each node runs one consumer per topic.
+    #[serde(default)]
+    pub consumers: Option<i64>,
+    /// `latest` (default) or `earliest`.
+    #[serde(default)]
+    pub initial_offset: Option<String>,
+    /// `ordered` (default) or `unordered`.
+    #[serde(default)]
+    pub ordering: Option<String>,
+    pub sink: Destination,
+    #[serde(default)]
+    pub delivery: Option<DeliverySpec>,
+    #[serde(default)]
+    pub ce_overrides: Option<CeOverrides>,
+    /// Refused by validation (SASL/TLS are not supported yet).
+    #[serde(default)]
+    pub net: Option<Value>,
+}
+
+/// The typed spec of a stored source (validation made sure it decodes).
+fn spec_of(r: &Resource) -> Result<Spec, String> {
+    r.spec_as()
+}
 
 static INFO: KindInfo = KindInfo {
     group: "sources.knative.dev",
@@ -40,6 +74,9 @@ impl Kind for KafkaSource {
 
     fn validate(&self, r: &Resource, errors: &mut FieldErrors) {
         validate_kafka_source(&r.spec, &r.metadata.labels, &mut errors.sink());
+        if errors.is_empty() {
+            errors.decode::<Spec>("spec", &r.spec);
+        }
     }
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {
@@ -114,11 +151,10 @@ fn runner_name(source: &str, topic: &str) -> String {
 }
 
 /// The source's consumer group: `spec.consumerGroup`, else `knative-kafka-source-<uid>`.
-fn group_of(r: &Resource) -> String {
-    r.spec["consumerGroup"].as_str().map_or_else(
-        || format!("knative-kafka-source-{}", r.metadata.uid),
-        str::to_string,
-    )
+fn group_of(r: &Resource, spec: &Spec) -> String {
+    spec.consumer_group
+        .clone()
+        .unwrap_or_else(|| format!("knative-kafka-source-{}", r.metadata.uid))
 }
 
 /// The names of a source's runners, one per topic.
@@ -130,13 +166,7 @@ fn runner_names(r: &Resource) -> Vec<String> {
 }
 
 fn topics_of(r: &Resource) -> Vec<String> {
-    r.spec["topics"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect()
+    spec_of(r).map(|s| s.topics).unwrap_or_default()
 }
 
 /// Stops the runners of source `ns/name`'s topics, but those in `keep`.
@@ -155,18 +185,23 @@ async fn start(
     sink_uri: &mut Option<String>,
 ) -> Result<(), NotReady> {
     let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
-    let spec = &r.spec;
+    let spec = spec_of(r).map_err(|e| NotReady::new("SinkProvided", "InvalidSpec", e))?;
     let sink = cp
-        .resolve(&spec["sink"], ns)
+        .resolve_destination(&spec.sink, ns)
         .map_err(|m| NotReady::new("SinkProvided", "SinkNotFound", m))?;
     *sink_uri = Some(sink.clone());
     let policy = spec
-        .get("delivery")
-        .map_or_else(DeliveryPolicy::default, DeliveryPolicy::from_spec);
-    let dead_letter = match spec.pointer("/delivery/deadLetterSink") {
+        .delivery
+        .as_ref()
+        .map_or_else(DeliveryPolicy::default, DeliverySpec::policy);
+    let dead_letter = match spec
+        .delivery
+        .as_ref()
+        .and_then(|d| d.dead_letter_sink.as_ref())
+    {
         None => None,
         Some(dls) => Some(
-            cp.resolve(dls, ns)
+            cp.resolve_destination(dls, ns)
                 .map_err(|m| NotReady::new("SinkProvided", "DeadLetterSinkNotFound", m))?,
         ),
     };
@@ -177,15 +212,12 @@ async fn start(
         .and_then(|t| KeyType::parse(t))
         .unwrap_or(KeyType::String);
     let overrides = spec
-        .pointer("/ceOverrides/extensions")
-        .and_then(Value::as_object)
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let options = kafka_options(spec, cp.config().sink_batch_records);
+        .ce_overrides
+        .iter()
+        .flat_map(|o| o.extensions.iter())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let options = kafka_options(&spec.bootstrap_servers, cp.config().sink_batch_records);
     let info = SourceInfo {
         namespace: ns.clone(),
         name: name.clone(),
@@ -197,10 +229,10 @@ async fn start(
             NotReady::new("InitialOffsetsCommitted", "KafkaUnavailable", e.to_string())
         })?,
     );
-    let group = group_of(r);
-    let latest = spec["initialOffset"].as_str() != Some("earliest");
-    let ordered = spec["ordering"].as_str() != Some("unordered");
-    let topics = topics_of(r);
+    let group = group_of(r, &spec);
+    let latest = spec.initial_offset.as_deref() != Some("earliest");
+    let ordered = spec.ordering.as_deref() != Some("unordered");
+    let topics = spec.topics.clone();
     let mut layout = Vec::new();
     for topic in &topics {
         let t = Topic::new("", topic);
@@ -257,7 +289,7 @@ async fn start(
     }
     stop(cp, ns, name, &runner_names(r)).await;
     let fingerprint_base = json!({
-        "spec": spec,
+        "spec": r.spec,
         "labels": r.metadata.labels,
         "annotations": r.metadata.annotations,
         "sink": sink,

@@ -8,15 +8,9 @@ use std::collections::BTreeMap;
 
 /// Client options for the cluster a sink or source names in `spec.bootstrapServers`.
 pub(super) fn kafka_options(
-    spec: &Value,
+    bootstrap: &[String],
     max_batch_records: Option<usize>,
 ) -> broker::KafkaOptions {
-    let bootstrap: Vec<&str> = spec["bootstrapServers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
     broker::KafkaOptions {
         bootstrap: bootstrap.join(","),
         replication_factor: 1,

@@ -16,7 +16,7 @@ use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::lease::Lease;
 use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{
-    validate_destination, Destination, FieldErrors, Key, Resource, SYSTEM_LABEL,
+    validate_destination, CeOverrides, Destination, FieldErrors, Key, Resource, SYSTEM_LABEL,
 };
 use crate::status::{self, NotReady};
 use crate::system::BrokerLayout;
@@ -28,7 +28,7 @@ use cloudevent::EventBuilder;
 pub use schedule::Schedule;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -74,13 +74,6 @@ struct PingSpec {
     sink: Destination,
     #[serde(default)]
     ce_overrides: Option<CeOverrides>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-struct CeOverrides {
-    #[serde(default)]
-    extensions: BTreeMap<String, String>,
 }
 
 impl PingSpec {
