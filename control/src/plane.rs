@@ -60,6 +60,9 @@ pub enum ControlError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Applied {
     pub kind: String,
+    /// The kind's API group (`sources.knative.dev`).
+    #[serde(default)]
+    pub group: String,
     pub namespace: String,
     pub name: String,
     /// `created`, `configured` or `unchanged` (as kubectl says it).
@@ -359,8 +362,14 @@ impl ControlPlane {
             self.enqueue(r.key(), Flags::WRITE);
             self.enqueue_dependents(&r.key(), Flags::WRITE)?;
         }
+        let group = self
+            .registry
+            .kind(&r.kind)
+            .map_or("", |k| k.info().group)
+            .to_string();
         Ok(Applied {
             kind: r.kind,
+            group,
             namespace: r.metadata.namespace,
             name: r.metadata.name,
             action: action.to_string(),

@@ -109,8 +109,9 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<()> {
             Ok(answer) => {
                 for a in answer["applied"].as_array().into_iter().flatten() {
                     println!(
-                        "{}.eventing.knative.dev/{} {} (namespace {})",
+                        "{}.{}/{} {} (namespace {})",
                         a["kind"].as_str().unwrap_or("").to_ascii_lowercase(),
+                        a["group"].as_str().unwrap_or(""),
                         a["name"].as_str().unwrap_or(""),
                         a["action"].as_str().unwrap_or(""),
                         a["namespace"].as_str().unwrap_or(""),

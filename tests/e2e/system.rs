@@ -29,8 +29,8 @@ async fn a_ping_source_sends_its_event_on_schedule_until_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let sub = TestSubscriber::start().await;
-    apply(
-        &server,
+    let out = server.cli_stdin(
+        &["apply", "-f", "-"],
         &format!(
             r#"apiVersion: sources.knative.dev/v1
 kind: PingSource
@@ -48,6 +48,12 @@ spec:
 "#,
             sub.at("pings")
         ),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("pingsource.sources.knative.dev/heartbeat created"),
+        "{}",
+        stdout(&out)
     );
     let got = sub.wait_for("pings", 2, WAIT).await;
     let first = &got[0];
