@@ -465,6 +465,43 @@ pub fn validate_duration_annotation(
 
 pub use dispatcher::policy::parse_duration;
 
+/// A duration in Go's syntax (Knative's annotations and `@every` use it): numbers with units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`
+/// (`1h30m`, `1.5s`, `300ms`).
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?}: a number needs a unit"))?;
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{s:?}: {:?} is not a number", &rest[..num_len]))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("{s:?}: unknown unit {other:?}")),
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|e| format!("{s:?}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

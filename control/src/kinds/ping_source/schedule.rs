@@ -5,6 +5,7 @@
 //! prefix. The cron fields are croner's; the time zone is the source's `timezone`, else the
 //! prefix's, else the machine's.
 
+use crate::resource::parse_go_duration;
 use chrono::{DateTime, Local, TimeZone, Utc};
 use std::str::FromStr;
 use std::time::Duration;
@@ -54,7 +55,7 @@ impl Schedule {
             })?),
         };
         if let Some(every) = text.strip_prefix("@every") {
-            let d = go_duration(every.trim()).map_err(|e| {
+            let d = parse_go_duration(every.trim()).map_err(|e| {
                 format!("{schedule:?}: @every takes a duration like 2s or 1m30s: {e}")
             })?;
             if d > MAX_EVERY {
@@ -97,43 +98,6 @@ fn next_in<Tz: TimeZone>(cron: &croner::Cron, tz: &Tz, t: DateTime<Utc>) -> Opti
         .map(|n| n.with_timezone(&Utc))
 }
 
-/// A duration in Go's syntax: numbers with units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`
-/// (`1h30m`, `1.5s`, `300ms`).
-fn go_duration(s: &str) -> Result<Duration, String> {
-    if s.is_empty() {
-        return Err("empty".into());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: a number needs a unit"))?;
-        let number: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("{s:?}: {:?} is not a number", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => return Err(format!("{s:?}: unknown unit {other:?}")),
-        };
-        total += number * seconds;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|e| format!("{s:?}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,14 +137,14 @@ mod tests {
             s.next_after(at("2026-01-01T10:00:00Z")),
             Some(at("2026-01-01T10:00:02Z"))
         );
-        assert_eq!(go_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(go_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(go_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("300ms"), Ok(Duration::from_millis(300)));
         let short = Schedule::parse("@every 100ms", None).unwrap();
         assert!(matches!(short, Schedule::Every(d) if d == Duration::from_secs(1)));
-        assert!(go_duration("2 s").is_err());
-        assert!(go_duration("2").is_err());
-        assert!(go_duration("5d").is_err());
+        assert!(parse_go_duration("2 s").is_err());
+        assert!(parse_go_duration("2").is_err());
+        assert!(parse_go_duration("5d").is_err());
         assert!(Schedule::parse("@every 3000000000h", None).is_err());
     }
 

@@ -1,0 +1,17 @@
+//! Knative's KPA, as ../shared/specs/serving.md §1 describes it: what the gateway's statistics
+//! mean for how many instances a revision should run.
+//!
+//! - `settings.rs`: global defaults and per-revision annotations → [`Scaling`].
+//! - `window.rs`: [`Window`], per-second sums averaged as Knative's buckets do.
+//! - `decider.rs`: [`Decider`], the 2 s tick (§1.4).
+//! - `bounds.rs`: [`bounded`], min/max/initial scale on the decider's wish (§1.5).
+
+mod bounds;
+mod decider;
+mod settings;
+mod window;
+
+pub use bounds::bounded;
+pub use decider::{Decider, Tick, TICK};
+pub use settings::{Defaults, Metric, Scaling, SettingError, PREFIX};
+pub use window::Window;
