@@ -8,12 +8,15 @@ pub use cloudevent::{AttrValue, Event};
 
 /// Picks a partition for a key: a stable FNV-1a hash, so a key always lands on the same partition.
 pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % u64::from(partitions.max(1))) as u32
+    (fnv1a(key.as_bytes()) % u64::from(partitions.max(1))) as u32
+}
+
+/// The 64-bit FNV-1a hash: stable across processes and versions (what partitions and names
+/// derived from keys rely on).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -74,12 +74,6 @@ impl EventBuilder {
         )
     }
 
-    /// No `time` attribute (the event is about no moment in particular).
-    pub fn without_time(mut self) -> Self {
-        self.event.remove_attr("time");
-        self
-    }
-
     /// Data with its content type.
     pub fn data(self, content_type: &str, data: impl Into<Bytes>) -> Self {
         let mut b = self.attr("datacontenttype", content_type);

@@ -7,7 +7,10 @@
 //! up another apply. A reconcile whose status changes queues what depends on the resource
 //! (triggers on a broker, sources whose sink it is). In Kafka mode the store tells of changes
 //! other nodes made; they are queued the same way, to converge what runs here, but only the
-//! node that made a change writes statuses.
+//! node that made a change writes statuses. `reconcile.rs` is that side: the workers, one
+//! pass over a key, dependents, following other nodes.
+
+mod reconcile;
 
 use crate::kind::{Kind, KindInfo};
 use crate::queue::{Flags, WorkQueue};
@@ -21,7 +24,7 @@ use dispatcher::Dispatcher;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -111,10 +114,6 @@ pub struct ControlPlane {
     shutdown: CancellationToken,
 }
 
-pub(crate) fn now() -> String {
-    dispatcher::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 impl ControlPlane {
     /// Starts the control plane: the queues' workers, the system broker `resources`, the
     /// broker `default/default` on the first start of a store, every stored resource queued
@@ -142,7 +141,7 @@ impl ControlPlane {
         });
         for (kind, queue) in &cp.queues {
             for _ in 0..WORKERS_PER_KIND {
-                tokio::spawn(work(Arc::downgrade(&cp), kind, queue.clone()));
+                tokio::spawn(reconcile::work(Arc::downgrade(&cp), kind, queue.clone()));
             }
         }
         // Listen before converging, so what other nodes change meanwhile is not missed.
@@ -165,7 +164,7 @@ impl ControlPlane {
             }
         }
         if let Some(changes) = changes {
-            tokio::spawn(follow(Arc::downgrade(&cp), changes));
+            tokio::spawn(reconcile::follow(Arc::downgrade(&cp), changes));
         }
         Ok(cp)
     }
@@ -325,7 +324,7 @@ impl ControlPlane {
                 None => {
                     r.metadata.uid = uuid::Uuid::new_v4().to_string();
                     r.metadata.generation = 1;
-                    r.metadata.creation_timestamp = now();
+                    r.metadata.creation_timestamp = crate::status::now();
                     "created"
                 }
                 Some(old) => {
@@ -456,117 +455,6 @@ impl ControlPlane {
         Ok(self.store.list(kind, namespace)?)
     }
 
-    /// Queues everything that depends on `changed`.
-    fn enqueue_dependents(&self, changed: &Key, flags: Flags) -> Result<(), ControlError> {
-        for kind in self.registry.all() {
-            for r in self.store.list(kind.info().kind, None)? {
-                if kind.depends_on(self, &r).contains(changed) {
-                    self.enqueue(r.key(), flags);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One reconcile of `key`, as a queue's worker runs it.
-    async fn reconcile_key(self: &Arc<Self>, kind: &Arc<dyn Kind>, key: &Key, mut flags: Flags) {
-        let Some(queue) = self.queue(&key.kind).cloned() else {
-            return;
-        };
-        let r = match self.store.get(&key.kind, &key.namespace, &key.name) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                self.created_pending().remove(key);
-                kind.release(self, key).await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(resource = %key, error = %e, "cannot read the resource to reconcile it");
-                if let Some(wait) = queue.outcome(key, true) {
-                    queue.add_after(key.clone(), flags, wait);
-                }
-                return;
-            }
-        };
-        // "Just created here" holds from the apply that created the resource until one of this
-        // node's passes makes it Ready (a new trigger starts at the log end even when its first
-        // passes wait for a broker or a sink); it is this node's to act on, and only once.
-        {
-            let mut pending = self.created_pending();
-            let settled = r.ready() == Some(true)
-                && r.status.get("observedGeneration").and_then(Value::as_i64)
-                    == Some(r.metadata.generation);
-            if pending
-                .get(key)
-                .is_some_and(|uid| *uid != r.metadata.uid || settled)
-            {
-                pending.remove(key);
-            }
-            flags.created = flags.write && pending.get(key) == Some(&r.metadata.uid);
-        }
-        let out = kind.reconcile(self, &r, flags).await;
-        if crate::status::ready(&out.status) == Some(true) {
-            self.created_pending().remove(key);
-        }
-        // Retries re-add without `created`: whether it still holds is decided above.
-        let flags = Flags {
-            created: false,
-            ..flags
-        };
-        let mut failed = out.retry;
-        if flags.write {
-            if let Err(e) = self.write_status(&r, out.status).await {
-                tracing::warn!(resource = %key, error = %e, "cannot store the status; trying again");
-                failed = true;
-            }
-        }
-        match queue.outcome(key, failed) {
-            Some(wait) => {
-                tracing::debug!(resource = %key, ?wait, "reconcile failed; trying again");
-                queue.add_after(key.clone(), flags, wait);
-            }
-            None => {
-                if let Some(after) = out.requeue_after {
-                    queue.add_after(key.clone(), flags, after);
-                }
-            }
-        }
-    }
-
-    fn created_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Key, String>> {
-        self.created_pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes back an observed status, if the resource is still the one reconciled and the
-    /// status changed; then what depends on it is reconciled again.
-    async fn write_status(&self, r: &Resource, status: Value) -> Result<(), ControlError> {
-        let written = {
-            let _guard = self.writes.lock().await;
-            match self
-                .store
-                .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?
-            {
-                Some(mut cur)
-                    if cur.metadata.uid == r.metadata.uid
-                        && cur.metadata.generation == r.metadata.generation
-                        && cur.status != status =>
-                {
-                    cur.status = status;
-                    self.store.put(&cur).await?;
-                    Some(cur)
-                }
-                _ => None,
-            }
-        };
-        if let Some(cur) = written {
-            self.publish_change("updated", &cur).await;
-            self.enqueue_dependents(&cur.key(), Flags::WRITE)?;
-        }
-        Ok(())
-    }
-
     /// Appends a resource change to `ferry-system/resources`. A failure is logged: the change
     /// itself has happened and is stored.
     async fn publish_change(&self, change: &str, r: &Resource) {
@@ -600,25 +488,6 @@ impl ControlPlane {
             tracing::warn!(error = %e, "cannot publish resource change to {topic}");
         }
     }
-
-    /// Converges this node on a change another node made: its reconcile (no status written)
-    /// and its dependents'.
-    fn converge(&self, key: Key) -> Result<(), ControlError> {
-        tracing::debug!(resource = %key, "changed on another node");
-        self.enqueue_dependents(&key, Flags::OBSERVE)?;
-        self.enqueue(key, Flags::OBSERVE);
-        Ok(())
-    }
-
-    /// Converges every stored resource (after missing some changes).
-    fn converge_all(&self) -> Result<(), ControlError> {
-        for kind in self.registry.all() {
-            for r in self.store.list(kind.info().kind, None)? {
-                self.enqueue(r.key(), Flags::OBSERVE);
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Two versions of a resource with the same spec, labels and annotations.
@@ -626,79 +495,4 @@ fn same_content(a: &Resource, b: &Resource) -> bool {
     a.spec == b.spec
         && a.metadata.labels == b.metadata.labels
         && a.metadata.annotations == b.metadata.annotations
-}
-
-/// A queue's worker: reconciles the keys of one kind until the queue closes or the control
-/// plane is gone. A reconcile that panics is logged and counts as failed (tried again with
-/// backoff); the key is released either way.
-async fn work(cp: Weak<ControlPlane>, kind: &'static str, queue: Arc<WorkQueue>) {
-    use futures::FutureExt;
-    while let Some((key, flags)) = queue.next().await {
-        let Some(cp) = cp.upgrade() else {
-            queue.done(&key);
-            return;
-        };
-        if let Some(k) = cp.registry.kind(kind).cloned() {
-            let pass = std::panic::AssertUnwindSafe(cp.reconcile_key(&k, &key, flags));
-            if pass.catch_unwind().await.is_err() {
-                tracing::error!(resource = %key, "reconcile panicked; trying again later");
-                if let Some(wait) = queue.outcome(&key, true) {
-                    queue.add_after(key.clone(), flags, wait);
-                }
-            }
-        }
-        queue.done(&key);
-    }
-}
-
-/// Follows the resources other nodes apply and delete (Kafka mode), converging this node on
-/// each change, until the control plane is dropped.
-async fn follow(cp: Weak<ControlPlane>, mut changes: tokio::sync::broadcast::Receiver<Vec<u8>>) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let change = changes.recv().await;
-        let Some(cp) = cp.upgrade() else { return };
-        let outcome = match change {
-            Ok(key) => match crate::store::parse_key(&key) {
-                Some(key) => cp.converge(key),
-                None => Ok(()),
-            },
-            Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "missed resource changes; converging everything");
-                cp.converge_all()
-            }
-            Err(RecvError::Closed) => return,
-        };
-        if let Err(e) = outcome {
-            tracing::warn!(error = %e, "converging on another node's change failed");
-        }
-    }
-}
-
-/// How long a start-offset commit is tried again: on Kafka a commit from outside a consumer
-/// group is refused while the group still has members — other nodes still running an earlier
-/// trigger of the same name, until they see its delete (well under a second) or their session
-/// times out (10 s).
-const START_COMMIT_PATIENCE: Duration = Duration::from_secs(15);
-
-/// Runs `commit` until it succeeds or `START_COMMIT_PATIENCE` has passed; the last error then.
-pub(crate) async fn commit_patiently<E: std::fmt::Display, F, Fut>(
-    what: &str,
-    mut commit: F,
-) -> Result<(), E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-{
-    let deadline = Instant::now() + START_COMMIT_PATIENCE;
-    loop {
-        match commit().await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < deadline => {
-                tracing::info!(error = %e, "committing the start offsets of {what} failed; trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     dispatcher::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -95,6 +95,13 @@ pub fn status(
         "observedGeneration": generation,
         "conditions": chain(old_status, order, failure),
     })
+}
+
+/// The status of an addressable resource that is Ready at `url` (Knative's `address`).
+pub fn addressable(r: &crate::resource::Resource, order: &[&str], url: String) -> Value {
+    let mut s = status(&r.status, r.metadata.generation, order, None);
+    s["address"] = json!({"name": "http", "url": url});
+    s
 }
 
 #[cfg(test)]

@@ -65,6 +65,24 @@ impl Kind for Gate {
     }
 }
 
+/// How often a wait re-checks its condition.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `f` until it gives a value, for at most 20 s.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 struct Setup {
     cp: Arc<ControlPlane>,
     dispatcher: Arc<Dispatcher>,
@@ -181,14 +199,16 @@ async fn a_system_trigger_gets_resource_changes_without_retries() {
     let s = start(|_| {}).await;
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     // A controller publishes what it likes, wherever it likes: two events into a user broker
-    // for each broker created.
+    // for each broker created; it says so on `published` once they are stored.
     let publisher = s.cp.publisher().clone();
+    let (published_tx, mut published) = tokio::sync::mpsc::unbounded_channel::<String>();
     let handler = {
         let seen = seen.clone();
         Handler::new("watcher", move |e: Event| {
             let subject = e.attr_text("subject").unwrap_or_default().into_owned();
             seen.lock().unwrap().push(subject.clone());
             let publisher = publisher.clone();
+            let published_tx = published_tx.clone();
             async move {
                 if subject == "default/refused" {
                     return Err(HandlerError {
@@ -211,6 +231,7 @@ async fn a_system_trigger_gets_resource_changes_without_retries() {
                         retryable: true,
                         message: e.to_string(),
                     })?;
+                let _ = published_tx.send(subject);
                 Ok(None)
             }
             .boxed()
@@ -240,20 +261,14 @@ async fn a_system_trigger_gets_resource_changes_without_retries() {
             .unwrap();
     s.cp.wait_reconciled(&applied, Duration::from_secs(10))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while s
-        .dispatcher
-        .dead_letters("ferry-system", "watcher")
-        .unwrap()
-        .is_empty()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let dls = s
-        .dispatcher
-        .dead_letters("ferry-system", "watcher")
-        .unwrap();
+    let dls = eventually("the refused broker's dead letter", || {
+        let dls = s
+            .dispatcher
+            .dead_letters("ferry-system", "watcher")
+            .unwrap();
+        (!dls.is_empty()).then_some(dls)
+    })
+    .await;
     assert_eq!(dls[0].error.attempts, 1, "no retries");
     assert_eq!(
         dls[0].event.attr_text("subject").as_deref(),
@@ -264,21 +279,13 @@ async fn a_system_trigger_gets_resource_changes_without_retries() {
     assert_eq!(seen.iter().filter(|s| *s == "default/refused").count(), 1);
     // `accepted` announced by two events in `default/default` (`default` was made before the
     // trigger, `refused` failed).
+    let stored = tokio::time::timeout(Duration::from_secs(20), published.recv())
+        .await
+        .expect("the handler's events for `accepted`");
+    assert_eq!(stored.as_deref(), Some("default/accepted"));
     let topic = broker::Topic::new("default", "default");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let ends = s.cp.log().watermarks(&topic).await.unwrap();
-        let n: u64 = ends.iter().map(|w| w.end).sum();
-        if n >= 2 {
-            assert_eq!(n, 2);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the handler's events"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ends = s.cp.log().watermarks(&topic).await.unwrap();
+    assert_eq!(ends.iter().map(|w| w.end).sum::<u64>(), 2);
 
     // Users cannot delete Ferry's own trigger.
     let err =

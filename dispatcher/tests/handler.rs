@@ -1,5 +1,6 @@
 //! In-process handlers (Ferry's own controllers) go through the same runner as HTTP
-//! subscribers: filters, retries, the dead-letter store, replies and committed offsets.
+//! subscribers: filters, retries (checked in virtual time too), the dead-letter store, replies,
+//! committed offsets, the max-age drop.
 
 // Test harness code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -71,6 +72,31 @@ async fn setup(
     (log, dispatcher)
 }
 
+/// The spec of a trigger named `name` on `topic` (in the topic's namespace) delivering to
+/// `handler`: ordered ones one event at a time, unordered ones up to 10 at once.
+fn runner(
+    name: &str,
+    topic: &Topic,
+    handler: Handler,
+    filter: Filter,
+    policy: DeliveryPolicy,
+    ordered: bool,
+) -> TriggerSpec {
+    TriggerSpec {
+        namespace: topic.namespace.clone(),
+        name: name.into(),
+        topic: topic.clone(),
+        filter,
+        subscriber: Arc::new(handler),
+        dead_letter: None,
+        policy,
+        ordered,
+        max_in_flight: if ordered { 1 } else { 10 },
+        feed: None,
+        instance: "1".into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,20 +146,14 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
     );
     dispatcher
         .run(
-            TriggerSpec {
-                namespace: "ferry-system".into(),
-                name: "controller".into(),
-                topic: topic.clone(),
-                filter: Filter::compile(None, Some(&json!([{"prefix": {"type": "work."}}])))
-                    .unwrap(),
-                subscriber: Arc::new(handler),
-                dead_letter: None,
+            runner(
+                "controller",
+                &topic,
+                handler,
+                Filter::compile(None, Some(&json!([{"prefix": {"type": "work."}}]))).unwrap(),
                 policy,
-                ordered: false,
-                max_in_flight: 10,
-                feed: None,
-                instance: "1".into(),
-            },
+                false,
+            ),
             "v1".into(),
         )
         .await;
@@ -213,19 +233,14 @@ async fn an_ordered_partition_stuck_on_one_event_holds_up_no_other_partition() {
         .unwrap();
     dispatcher
         .run(
-            TriggerSpec {
-                namespace: "default".into(),
-                name: "ordered".into(),
-                topic: topic.clone(),
-                filter: Filter::Everything,
-                subscriber: Arc::new(handler),
-                dead_letter: None,
-                policy: DeliveryPolicy::default(),
-                ordered: true,
-                max_in_flight: 1,
-                feed: None,
-                instance: "1".into(),
-            },
+            runner(
+                "ordered",
+                &topic,
+                handler,
+                Filter::Everything,
+                DeliveryPolicy::default(),
+                true,
+            ),
             "v1".into(),
         )
         .await;
@@ -287,19 +302,7 @@ async fn events_older_than_the_max_age_are_dropped_not_delivered() {
     policy.max_age = Some(Duration::from_secs(10));
     dispatcher
         .run(
-            TriggerSpec {
-                namespace: "ferry-system".into(),
-                name: "sampler".into(),
-                topic: topic.clone(),
-                filter: Filter::Everything,
-                subscriber: Arc::new(handler),
-                dead_letter: None,
-                policy,
-                ordered: true,
-                max_in_flight: 1,
-                feed: None,
-                instance: "1".into(),
-            },
+            runner("sampler", &topic, handler, Filter::Everything, policy, true),
             "v1".into(),
         )
         .await;
@@ -331,5 +334,86 @@ async fn events_older_than_the_max_age_are_dropped_not_delivered() {
         .dead_letters("ferry-system", "sampler")
         .unwrap()
         .is_empty());
+    dispatcher.shutdown().await;
+}
+
+/// Retry scheduling on tokio's paused clock: an exponential backoff of 10 retries (2 s, 4 s,
+/// … 1024 s, 34 minutes in all) checked in virtual time, with the real RocksDB log and
+/// delivery store underneath and no wall-clock wait.
+#[tokio::test(start_paused = true)]
+async fn ten_exponential_retries_wait_2_to_1024_seconds_in_virtual_time() {
+    let real_start = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::new("ferry-system", "work");
+    let (log, dispatcher) = setup(&dir, &topic, 1).await;
+
+    // A handler that is never ready: every attempt is retryable, and its time is recorded.
+    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
+    let handler = {
+        let attempts = attempts.clone();
+        Handler::new("never-ready", move |_e: Event| {
+            let mut a = attempts.lock().unwrap();
+            a.push(tokio::time::Instant::now());
+            count_tx.send_replace(a.len());
+            async {
+                Err(HandlerError {
+                    retryable: true,
+                    message: "not ready".into(),
+                })
+            }
+            .boxed()
+        })
+    };
+    dispatcher
+        .start_at_end(&topic, "ferry-system", "never-ready")
+        .await
+        .unwrap();
+    let policy = DeliveryPolicy::from_spec(
+        &json!({"retry": 10, "backoffPolicy": "exponential", "backoffDelay": "PT1S"}),
+    );
+    let spec = runner(
+        "never-ready",
+        &topic,
+        handler,
+        Filter::Everything,
+        policy,
+        false,
+    );
+    dispatcher.run(spec, "v1".into()).await;
+    log.append(&topic, vec![event("e1", "work")]).await.unwrap();
+
+    // Waiting is virtual: the paused clock jumps from timer to timer.
+    tokio::time::timeout(Duration::from_secs(4 * 3600), count.wait_for(|n| *n == 11))
+        .await
+        .expect("11 attempts within 4 virtual hours")
+        .unwrap();
+    let times = attempts.lock().unwrap().clone();
+    assert_eq!(times.len(), 11, "the first attempt and 10 retries");
+    for (n, pair) in times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let backoff = Duration::from_secs(1 << (n + 1));
+        assert!(
+            gap >= backoff && gap < backoff + Duration::from_millis(250),
+            "retry {}: waited {gap:?}, backoff {backoff:?}",
+            n + 1
+        );
+    }
+    let total = times[10] - times[0];
+    assert!(total >= Duration::from_secs(2046), "{total:?}");
+    eventually("the dead letter", || {
+        !dispatcher
+            .dead_letters("ferry-system", "never-ready")
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let dl = &dispatcher
+        .dead_letters("ferry-system", "never-ready")
+        .unwrap()[0];
+    assert_eq!(dl.error.attempts, 11);
+    assert_eq!(dl.error.message, "not ready");
+    // 34 virtual minutes took a small part of that in real time.
+    assert!(real_start.elapsed() < Duration::from_secs(120));
     dispatcher.shutdown().await;
 }

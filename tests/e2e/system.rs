@@ -6,7 +6,6 @@ use super::subscriber::TestSubscriber;
 use super::support::*;
 use super::triggers::{apply, WAIT};
 use serde_json::Value;
-use std::time::Duration;
 
 fn get_json(server: &Server, args: &[&str]) -> Value {
     let mut all = args.to_vec();
@@ -131,8 +130,16 @@ spec:
     let out = server.cli(&["get", "trigger", &trigger_name, "-n", "ferry-system"]);
     assert!(!out.status.success(), "the source's trigger is gone");
     let before = sub.received("pings").len();
-    // Three ticks' worth of time without a new event (an absence cannot be polled for).
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A second source, as a clock: three of its ticks (2 s apart) span three of the deleted
+    // one's, none of which may come.
+    apply(
+        &server,
+        &format!(
+            "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata:\n  name: clock\nspec:\n  schedule: '@every 2s'\n  sink:\n    uri: {}\n",
+            sub.at("clock")
+        ),
+    );
+    sub.wait_for("clock", 3, WAIT).await;
     assert!(
         sub.received("pings").len() <= before + 1,
         "ticks went on after the delete"

@@ -2,17 +2,17 @@
 //! `{ingress}/{namespace}/{name}`. Annotations `ferry.dev/partitions` and `ferry.dev/retention`
 //! set its own layout (system brokers use them; they apply when the log is created).
 
-use crate::kind::{ready_cell, Flags, Kind, KindInfo, Reconciled};
+use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{
     validate_delivery, validate_duration_annotation, DeliverySpec, FieldErrors, Key, Resource,
 };
-use crate::status::{status, NotReady};
+use crate::status::{addressable, status, NotReady};
 use crate::system::BrokerLayout;
 use async_trait::async_trait;
 use broker::{LogError, Topic};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Annotation: the broker's number of partitions (when its log is created).
 pub const PARTITIONS_ANNOTATION: &str = "ferry.dev/partitions";
@@ -103,12 +103,13 @@ impl Kind for Broker {
         let config = layout(r).topic_config(cp.config().topic_defaults);
         match cp.log().create_topic(&topic, config).await {
             Ok(()) => {
-                let mut s = status(&r.status, r.metadata.generation, CONDITIONS, None);
-                s["address"] = json!({
-                    "name": "http",
-                    "url": format!("{}/{}/{}", cp.config().ingress_url, topic.namespace, topic.name),
-                });
-                Reconciled::done(s)
+                let url = format!(
+                    "{}/{}/{}",
+                    cp.config().ingress_url,
+                    topic.namespace,
+                    topic.name
+                );
+                Reconciled::done(addressable(r, CONDITIONS, url))
             }
             Err(e) => {
                 let f = NotReady::new("LogReady", "LogUnavailable", e.to_string());
@@ -136,13 +137,6 @@ impl Kind for Broker {
     }
 
     fn row(&self, r: &Resource) -> Vec<String> {
-        vec![
-            ready_cell(r),
-            r.status
-                .pointer("/address/url")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        ]
+        vec![ready_cell(r), cell(r, "/status/address/url")]
     }
 }

@@ -2,13 +2,13 @@
 //! at `{ingress}/kafkasinks/{namespace}/{name}`.
 
 use super::kafka_validate::{kafka_options, validate_kafka_sink};
-use crate::kind::{ready_cell, Flags, Kind, KindInfo, Reconciled};
+use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::ControlPlane;
 use crate::resource::{FieldErrors, Key, Resource};
-use crate::status::{status, NotReady};
+use crate::status::{addressable, status, NotReady};
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub struct KafkaSink;
 
@@ -88,12 +88,8 @@ impl Kind for KafkaSink {
         match opened {
             Ok(writer) => {
                 cp.sinks().set(ns, name, writer);
-                let mut s = status(&r.status, r.metadata.generation, CONDITIONS, None);
-                s["address"] = json!({
-                    "name": "http",
-                    "url": format!("{}/kafkasinks/{ns}/{name}", cp.config().ingress_url),
-                });
-                Reconciled::done(s)
+                let url = format!("{}/kafkasinks/{ns}/{name}", cp.config().ingress_url);
+                Reconciled::done(addressable(r, CONDITIONS, url))
             }
             Err(e) => {
                 cp.sinks().remove(ns, name);
@@ -114,13 +110,6 @@ impl Kind for KafkaSink {
     }
 
     fn row(&self, r: &Resource) -> Vec<String> {
-        vec![
-            ready_cell(r),
-            r.status
-                .pointer("/address/url")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        ]
+        vec![ready_cell(r), cell(r, "/status/address/url")]
     }
 }

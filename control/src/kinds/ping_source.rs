@@ -117,11 +117,7 @@ const OWNER_LABEL: &str = "sources.knative.dev/pingsource";
 /// The system trigger that delivers a source's ticks: `pingsource-{ns}-{name}-{hash}`, the hash
 /// of `ns/name` keeping `a-b/c` and `a/b-c` apart, the readable part cut to fit 63 characters.
 pub fn trigger_name(namespace: &str, name: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{namespace}/{name}").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = broker::event::fnv1a(format!("{namespace}/{name}").as_bytes());
     let hash = format!("{:08x}", h as u32);
     let mut readable = format!("{TRIGGER_PREFIX}{namespace}-{name}");
     readable.truncate(63 - hash.len() - 1);

@@ -4,7 +4,7 @@
 
 use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::kinds::broker::BrokerSpec;
-use crate::plane::{commit_patiently, ControlError, ControlPlane};
+use crate::plane::{ControlError, ControlPlane};
 use crate::resolve::HANDLER_SCHEME;
 use crate::resource::{
     dns_label_problem, validate_delivery, validate_destination, validate_duration_annotation,
@@ -387,4 +387,29 @@ async fn start(
     };
     cp.dispatcher().run(trigger, fingerprint).await;
     Ok(())
+}
+
+/// How long a start-offset commit is tried again: on Kafka a commit from outside a consumer
+/// group is refused while the group still has members — other nodes still running an earlier
+/// trigger of the same name, until they see its delete (well under a second) or their session
+/// times out (10 s).
+const START_COMMIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs `commit` until it succeeds or `START_COMMIT_PATIENCE` has passed; the last error then.
+async fn commit_patiently<E: std::fmt::Display, F, Fut>(what: &str, mut commit: F) -> Result<(), E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let deadline = tokio::time::Instant::now() + START_COMMIT_PATIENCE;
+    loop {
+        match commit().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "committing the start offsets of {what} failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -62,10 +62,6 @@ impl Decider {
         }
     }
 
-    pub fn scaling(&self) -> &Scaling {
-        &self.scaling
-    }
-
     /// One tick at `now_ms` with `ready` instances and the windows' averages; `None` without
     /// stable data (the previous decision stays). `reachable`: some route sends traffic here.
     pub fn tick(
