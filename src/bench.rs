@@ -2,6 +2,7 @@
 //!
 //! - `ingress.rs`: events/s and latency of durable appends, against a no-op HTTP ceiling.
 //! - `dispatch.rs`: ingress→subscriber latency and delivery throughput of triggers.
+//! - `serving.rs`: cold starts, the gateway's overhead against direct, a burst from zero.
 //! - `load.rs`: the load generator (keep-alive HTTP/1.1 connections, binary-mode events).
 //!
 //! Each starts a full server (RocksDB in a temp dir) in this process: the real stack, with
@@ -10,6 +11,7 @@
 mod dispatch;
 mod ingress;
 mod load;
+mod serving;
 
 use crate::serve::{self, ServeConfig};
 use std::net::SocketAddr;
@@ -21,12 +23,15 @@ pub enum BenchCommand {
     Ingress(ingress::IngressBench),
     /// Ingress→subscriber latency and deliveries/s of triggers.
     Dispatch(dispatch::DispatchBench),
+    /// Serving: cold starts, the gateway's overhead, a burst from zero.
+    Serving(serving::ServingBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingress(b) => ingress::run(b).await,
         BenchCommand::Dispatch(b) => dispatch::run(b).await,
+        BenchCommand::Serving(b) => serving::run(b).await,
     }
 }
 
@@ -45,7 +50,17 @@ async fn temp_server(
     partitions: u32,
     kafka: Option<broker::KafkaOptions>,
 ) -> anyhow::Result<serve::Running> {
-    serve::start(ServeConfig {
+    serve::start(temp_config(dir, fsync, partitions, kafka)).await
+}
+
+/// The configuration of [`temp_server`].
+fn temp_config(
+    dir: &tempfile::TempDir,
+    fsync: broker::FsyncMode,
+    partitions: u32,
+    kafka: Option<broker::KafkaOptions>,
+) -> ServeConfig {
+    ServeConfig {
         data_dir: dir.path().to_path_buf(),
         ingress_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -57,8 +72,11 @@ async fn temp_server(
         max_event_size: 1024 * 1024,
         shutdown_grace: Duration::from_secs(2),
         kafka,
-    })
-    .await
+        gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        serving_domain: "localhost".into(),
+        revision_history: 20,
+        autoscaler: Default::default(),
+    }
 }
 
 /// Benchmark the Kafka engine instead of RocksDB.

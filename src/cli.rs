@@ -6,10 +6,12 @@
 //! - `get.rs`: get, describe, delete, api-resources, and the table/YAML/JSON output.
 //! - `send.rs`, `tail.rs`: producing and reading events.
 //! - `dlq.rs`: a trigger's (or a source's) dead letters.
+//! - `logs.rs`: a revision's output.
 
 pub mod apply;
 pub mod client;
 pub mod dlq;
 pub mod get;
+pub mod logs;
 pub mod send;
 pub mod tail;

@@ -46,6 +46,8 @@ enum Command {
     /// A trigger's dead letters: list, replay, purge.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
+    /// The output of a revision's instances (`ferry logs revision NAME`).
+    Logs(cli::logs::LogsArgs),
     /// Benchmarks on this machine's loopback.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Send(args) => cli::send::run(args).await,
             Command::Tail(args) => cli::tail::run(args).await,
             Command::Dlq(cmd) => cli::dlq::run(cmd).await,
+            Command::Logs(args) => cli::logs::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

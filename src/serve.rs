@@ -31,6 +31,8 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Running {
     pub ingress_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    serving: Arc<serving::Serving>,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -88,8 +90,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let api_listener = TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (api)", config.api_listen))?;
+    let gateway_listener = TcpListener::bind(config.gateway_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (gateway)", config.gateway_listen))?;
     let ingress_addr = ingress_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
+    let gateway_addr = gateway_listener.local_addr()?;
     let ingress_url = config
         .ingress_url
         .clone()
@@ -133,9 +139,28 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     )
     .context("starting the dispatcher")?;
     let sinks = ingress::Sinks::default();
-    // Every kind this server serves; Serving and Pipelines add theirs here.
+    let serving = serving::Serving::new(
+        serving::ServingConfig {
+            gateway_addr,
+            domain: config.serving_domain.clone(),
+            revision_history: config.revision_history,
+            defaults: config.autoscaler.clone(),
+            state_dir: config.data_dir.join("serving"),
+        },
+        &registry,
+    )
+    .context("starting serving")?;
+    // Deliveries to Services go to the gateway, whatever the system resolves their hosts to.
+    let local_gateway = if gateway_addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], gateway_addr.port()))
+    } else {
+        gateway_addr
+    };
+    dispatcher.route_domain(&config.serving_domain, local_gateway);
+    // Every kind this server serves; Pipelines adds its own here.
     let mut kinds = Registry::new();
     control::kinds::register_eventing(&mut kinds);
+    serving::register(&mut kinds, &serving);
     let control = ControlPlane::start(Parts {
         store,
         registry: kinds,
@@ -150,6 +175,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     })
     .await
     .context("starting the control plane")?;
+    serving
+        .start(&control)
+        .await
+        .context("starting serving's autoscaler")?;
 
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
@@ -176,11 +205,24 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ready: ready.clone(),
     };
     let token = shutdown.clone();
+    let api_router = api::router(api_state).merge(serving::api::router(serving.clone()));
     tasks.spawn(async move {
-        axum::serve(api_listener, api::router(api_state))
+        axum::serve(api_listener, api_router)
             .with_graceful_shutdown(token.cancelled_owned())
             .await
             .context("api server")
+    });
+
+    let token = shutdown.clone();
+    let gateway = serving::gateway::router(serving.clone());
+    tasks.spawn(async move {
+        axum::serve(
+            gateway_listener,
+            gateway.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
+        .context("gateway server")
     });
 
     let token = shutdown.clone();
@@ -204,6 +246,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     Ok(Running {
         ingress_addr,
         api_addr,
+        gateway_addr,
+        serving,
         shutdown,
         ready,
         tasks,
@@ -220,6 +264,7 @@ impl Running {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
+        self.serving.end_streams();
         let drained = tokio::time::timeout(self.grace, async {
             while let Some(r) = self.tasks.join_next().await {
                 match r {
@@ -234,6 +279,8 @@ impl Running {
             tracing::warn!(grace = ?self.grace, "in-flight work did not finish in the grace period");
             self.tasks.abort_all();
         }
+        // Revisions' processes: drained (the gateway is closed), then SIGTERM.
+        self.serving.stop().await;
         self.control.stop();
         self.dispatcher.shutdown().await;
         self.log.close().await.context("flushing the event log")?;
@@ -248,6 +295,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // One line each, on stdout, for people and for scripts that start Ferry on port 0.
     println!("ingress listening on http://{}", running.ingress_addr);
     println!("api listening on http://{}", running.api_addr);
+    println!("gateway listening on http://{}", running.gateway_addr);
     tracing::info!(
         data_dir = %config.data_dir.display(),
         fsync = ?config.fsync,

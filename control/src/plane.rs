@@ -220,6 +220,23 @@ impl ControlPlane {
         }
     }
 
+    /// Queues `key`'s reconcile: something a kind runs changed on its own (an instance got
+    /// ready, a process died) and the status should say so.
+    pub fn requeue(&self, key: Key) {
+        self.enqueue(key, Flags::WRITE);
+    }
+
+    /// Applies a resource a controller makes and owns (a Service's Configuration and Route, a
+    /// Configuration's Revisions): validated like any, stored, queued; not waited for.
+    pub async fn apply_owned(&self, doc: &Value) -> Result<Applied, ControlError> {
+        let mut errors = FieldErrors::new(1);
+        let r = self.validate(&mut errors, doc)?;
+        let Some(r) = r.filter(|_| errors.is_empty()) else {
+            return Err(ControlError::Invalid(errors.list));
+        };
+        self.store_one(r).await
+    }
+
     /// Validates every document, then stores them all and queues their reconcile; nothing is
     /// applied if any is invalid. Returns at once: [`wait_reconciled`](Self::wait_reconciled)
     /// waits for the outcome.

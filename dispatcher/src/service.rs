@@ -8,6 +8,7 @@ use crate::store::{DeadLetter, DeliveryStore, StoreError};
 use crate::subscriber::{HttpSubscriber, Subscriber};
 use broker::{EventLog, LogError, Position, Publisher, Topic};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub struct Dispatcher {
     store: Arc<DeliveryStore>,
     metrics: DispatchMetrics,
     client: reqwest::Client,
+    /// Hosts the client sends to a local address (Services at the serving gateway).
+    local_hosts: Arc<LocalHosts>,
     runners: tokio::sync::Mutex<HashMap<String, Running>>,
     /// How long a stopping trigger waits for its in-flight deliveries.
     grace: Duration,
@@ -64,9 +67,11 @@ impl Dispatcher {
         registry: &prometheus::Registry,
         grace: Duration,
     ) -> Result<Arc<Self>, DispatchError> {
+        let local_hosts = Arc::new(LocalHosts::default());
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            .dns_resolver(local_hosts.clone())
             .build()
             .map_err(|e| DispatchError::Client(e.to_string()))?;
         Ok(Arc::new(Self {
@@ -74,9 +79,18 @@ impl Dispatcher {
             store: Arc::new(store),
             metrics: DispatchMetrics::new(registry)?,
             client,
+            local_hosts,
             runners: tokio::sync::Mutex::new(HashMap::new()),
             grace,
         }))
+    }
+
+    /// Sends every host under `domain` (`*.localhost`) to `addr` (the serving gateway, which
+    /// routes by the Host header), whatever the system's resolver says of those names.
+    pub fn route_domain(&self, domain: &str, addr: SocketAddr) {
+        if let Ok(mut d) = self.local_hosts.0.write() {
+            d.push((format!(".{}", domain.to_ascii_lowercase()), addr));
+        }
     }
 
     /// An HTTP subscriber using the dispatcher's connection pool.
@@ -253,5 +267,29 @@ async fn stop(r: Running) {
     r.stop.cancel();
     if let Err(e) = r.handle.await {
         tracing::error!(error = %e, "a trigger runner failed");
+    }
+}
+
+/// The dispatcher's resolver: hosts under a routed domain go to its address; the others to
+/// the system's resolver.
+#[derive(Default)]
+struct LocalHosts(std::sync::RwLock<Vec<(String, SocketAddr)>>);
+
+impl reqwest::dns::Resolve for LocalHosts {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let local = self.0.read().ok().and_then(|d| {
+            d.iter()
+                .find(|(suffix, _)| host.ends_with(suffix.as_str()))
+                .map(|(_, addr)| *addr)
+        });
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = match local {
+                Some(addr) => vec![addr],
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
     }
 }

@@ -5,13 +5,16 @@
 //! - `window.rs`: [`Window`], per-second sums averaged as Knative's buckets do.
 //! - `decider.rs`: [`Decider`], the 2 s tick (§1.4).
 //! - `bounds.rs`: [`bounded`], min/max/initial scale on the decider's wish (§1.5).
+//! - `zero.rs`: [`ZeroGate`], the last step to zero: a stable window active, then the grace.
 
 mod bounds;
 mod decider;
 mod settings;
 mod window;
+mod zero;
 
 pub use bounds::bounded;
 pub use decider::{Decider, Tick, TICK};
 pub use settings::{Defaults, Metric, Scaling, SettingError, PREFIX};
 pub use window::Window;
+pub use zero::ZeroGate;

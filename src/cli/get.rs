@@ -249,6 +249,36 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
             println!("{label} {v}");
         }
     }
+    if let Some(url) = status["url"].as_str() {
+        println!("URL:          {url}");
+    }
+    if let Some(traffic) = status["traffic"].as_array() {
+        println!("Traffic:");
+        for t in traffic {
+            let tag = t["tag"]
+                .as_str()
+                .map(|tag| format!("  #{tag} {}", t["url"].as_str().unwrap_or("")))
+                .unwrap_or_default();
+            let latest = if t["latestRevision"] == true {
+                " (latest)"
+            } else {
+                ""
+            };
+            println!(
+                "  {:>3}%  {}{latest}{tag}",
+                t["percent"].as_u64().unwrap_or(0),
+                t["revisionName"].as_str().unwrap_or("")
+            );
+        }
+    }
+    let owner_label = match r["kind"].as_str() {
+        Some("Service") => Some("serving.knative.dev/service"),
+        Some("Configuration") => Some("serving.knative.dev/configuration"),
+        _ => None,
+    };
+    if let Some(label) = owner_label {
+        revisions(&client, &args.namespace, label, &args.name).await?;
+    }
     println!("Conditions:");
     println!(
         "  {:<24} {:<8} {:<22} {:<20} MESSAGE",
@@ -263,6 +293,62 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
             c["reason"].as_str().unwrap_or(""),
             c["message"].as_str().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+/// The revisions of a Service or Configuration, newest first, with their instances.
+async fn revisions(
+    client: &Client,
+    namespace: &str,
+    label: &str,
+    owner: &str,
+) -> anyhow::Result<()> {
+    let list = client
+        .request(
+            Method::GET,
+            &format!("/api/v1/revisions?namespace={namespace}"),
+            None,
+        )
+        .await?;
+    let mut revs: Vec<&Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["metadata"]["labels"][label].as_str() == Some(owner))
+        .collect();
+    let generation = |r: &Value| -> u64 {
+        r["metadata"]["labels"]["serving.knative.dev/configurationGeneration"]
+            .as_str()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0)
+    };
+    revs.sort_by_key(|r| std::cmp::Reverse(generation(r)));
+    println!("Revisions:");
+    let columns = json!(["NAME", "GENERATION", "READY", "INSTANCES", "REASON"]);
+    let rows: Vec<Value> = revs
+        .iter()
+        .map(|r| {
+            let ready = r["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+            json!([
+                r["metadata"]["name"],
+                generation(r).to_string(),
+                ready
+                    .and_then(|c| c["status"].as_str())
+                    .unwrap_or("Unknown"),
+                format!(
+                    "{}/{}",
+                    r["status"]["actualReplicas"].as_u64().unwrap_or(0),
+                    r["status"]["desiredReplicas"].as_u64().unwrap_or(0)
+                ),
+                ready.and_then(|c| c["reason"].as_str()).unwrap_or(""),
+            ])
+        })
+        .collect();
+    for line in table(&columns, &rows).lines() {
+        println!("  {line}");
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context};
 use broker::FsyncMode;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +63,15 @@ pub struct ServeArgs {
     /// [default: librdkafka's 500ms]. Lower it only against a server that holds fetches (tansu).
     #[arg(long, env = "FERRY_KAFKA_FETCH_WAIT", value_parser = parse_humantime)]
     pub kafka_fetch_wait: Option<Duration>,
+    /// Address of the serving gateway (Knative Services by Host) [default: 127.0.0.1:8082].
+    #[arg(long, env = "FERRY_GATEWAY_LISTEN")]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Services are at `{name}.{namespace}.{domain}` [default: localhost].
+    #[arg(long, env = "FERRY_SERVING_DOMAIN")]
+    pub serving_domain: Option<String>,
+    /// Revisions no route targets kept per configuration; older ones are removed [default: 20].
+    #[arg(long, env = "FERRY_REVISION_HISTORY")]
+    pub revision_history: Option<usize>,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
@@ -97,6 +107,12 @@ struct FileConfig {
     kafka_max_batch_records: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     kafka_fetch_wait: Option<Duration>,
+    gateway_listen: Option<SocketAddr>,
+    serving_domain: Option<String>,
+    revision_history: Option<usize>,
+    /// Knative's config-autoscaler keys (`stable-window: 60s`, ...).
+    #[serde(default)]
+    autoscaler: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 mod humantime_serde_opt {
@@ -128,6 +144,11 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// The Kafka engine's options, when events live in Kafka.
     pub kafka: Option<broker::KafkaOptions>,
+    pub gateway_listen: SocketAddr,
+    pub serving_domain: String,
+    pub revision_history: usize,
+    /// The global autoscaler settings (the file's `autoscaler:`).
+    pub autoscaler: serving::autoscaler::Defaults,
 }
 
 impl ServeArgs {
@@ -137,6 +158,11 @@ impl ServeArgs {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let mut problems = Vec::new();
+        let autoscaler = autoscaler_defaults(&file.autoscaler).unwrap_or_else(|p| {
+            problems = p;
+            Default::default()
+        });
         let config = ServeConfig {
             data_dir: self
                 .data_dir
@@ -180,10 +206,48 @@ impl ServeArgs {
                         .or(file.kafka_max_batch_records),
                     fetch_wait: self.kafka_fetch_wait.or(file.kafka_fetch_wait),
                 }),
+            gateway_listen: self
+                .gateway_listen
+                .or(file.gateway_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8082))),
+            serving_domain: self
+                .serving_domain
+                .or(file.serving_domain)
+                .unwrap_or_else(|| "localhost".into()),
+            revision_history: self
+                .revision_history
+                .or(file.revision_history)
+                .unwrap_or(20),
+            autoscaler,
         };
-        config.validate()?;
+        config.validate(problems)?;
         Ok(config)
     }
+}
+
+/// The file's `autoscaler:` map over Knative's defaults; every bad key named.
+fn autoscaler_defaults(
+    map: &BTreeMap<String, serde_yaml_ng::Value>,
+) -> Result<serving::autoscaler::Defaults, Vec<String>> {
+    use serde_yaml_ng::Value;
+    let text: BTreeMap<String, String> = map
+        .iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            (k.clone(), s)
+        })
+        .collect();
+    serving::autoscaler::Defaults::from_config(&text).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| format!("autoscaler.{}: {}", e.key, e.message))
+            .collect()
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -194,8 +258,7 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 
 impl ServeConfig {
     /// Reports every problem at once.
-    fn validate(&self) -> anyhow::Result<()> {
-        let mut problems = Vec::new();
+    fn validate(&self, mut problems: Vec<String>) -> anyhow::Result<()> {
         if !(1..=1024).contains(&self.partitions) {
             problems.push(format!(
                 "partitions: {} must be between 1 and 1024",
@@ -223,6 +286,16 @@ impl ServeConfig {
             if url::Url::parse(url).is_err() {
                 problems.push(format!("ingress-url: {url:?} is not a URL"));
             }
+        }
+        let domain = &self.serving_domain;
+        if domain.is_empty()
+            || domain
+                .split('.')
+                .any(|l| control::resource::dns_label_problem(l).is_some())
+        {
+            problems.push(format!(
+                "serving-domain: {domain:?} is not a domain (DNS labels joined by dots)"
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -16,6 +16,8 @@ pub struct Server {
     pub child: Child,
     pub ingress: String,
     pub api: String,
+    /// The serving gateway's base URL (`http://127.0.0.1:PORT`).
+    pub gateway: String,
 }
 
 impl Server {
@@ -36,6 +38,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--api-listen",
                 "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -53,9 +57,9 @@ impl Server {
                 }
             }
         });
-        let (mut ingress, mut api) = (None, None);
+        let (mut ingress, mut api, mut gateway) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while ingress.is_none() || api.is_none() {
+        while ingress.is_none() || api.is_none() || gateway.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
                 let log =
@@ -68,11 +72,15 @@ impl Server {
             if let Some(a) = line.strip_prefix("api listening on ") {
                 api = Some(a.to_string());
             }
+            if let Some(a) = line.strip_prefix("gateway listening on ") {
+                gateway = Some(a.to_string());
+            }
         }
         Server {
             child,
             ingress: ingress.unwrap(),
             api: api.unwrap(),
+            gateway: gateway.unwrap(),
         }
     }
 
@@ -179,6 +187,15 @@ pub fn cli_with_stdin(api: &str, args: &[&str], stdin: Option<&str>) -> Output {
             .unwrap();
     }
     child.wait_with_output().unwrap()
+}
+
+/// `ferry ARGS -o json`, parsed.
+pub fn get_json(server: &Server, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = server.cli(&all);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 pub fn stdout(o: &Output) -> String {

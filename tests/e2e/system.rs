@@ -7,14 +7,6 @@ use super::support::*;
 use super::triggers::{apply, WAIT};
 use serde_json::Value;
 
-fn get_json(server: &Server, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = server.cli(&all);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn ready(r: &Value) -> Option<&str> {
     r["status"]["conditions"]
         .as_array()?

@@ -77,6 +77,118 @@ impl Default for Defaults {
     }
 }
 
+impl Defaults {
+    /// Knative's `config-autoscaler` keys (`stable-window: 60s`, `enable-scale-to-zero:
+    /// "true"`, ...) over the defaults; every bad or unknown key named.
+    pub fn from_config(map: &BTreeMap<String, String>) -> Result<Defaults, Vec<SettingError>> {
+        let mut d = Defaults::default();
+        let mut errors = Vec::new();
+        for (key, value) in map {
+            let v = value.trim();
+            let num = |ok: &dyn Fn(f64) -> bool| {
+                v.parse::<f64>().ok().filter(|n| n.is_finite() && ok(*n))
+            };
+            let whole = || v.parse::<u32>().ok();
+            let dur = |ok: &dyn Fn(Duration) -> bool| parse_go_duration(v).ok().filter(|d| ok(*d));
+            let flag = || v.parse::<bool>().ok();
+            let set = match key.as_str() {
+                "container-concurrency-target-default" => num(&|n| n >= 0.01)
+                    .map(|n| d.container_concurrency_target_default = n)
+                    .ok_or("a number of at least 0.01"),
+                "requests-per-second-target-default" => num(&|n| n >= 0.01)
+                    .map(|n| d.requests_per_second_target_default = n)
+                    .ok_or("a number of at least 0.01"),
+                "container-concurrency-target-percentage" => num(&|n| n > 0.0 && n <= 100.0)
+                    .map(|n| {
+                        d.container_concurrency_target_percentage =
+                            if n <= 1.0 { n * 100.0 } else { n }
+                    })
+                    .ok_or("a percentage in (0, 100]"),
+                "target-burst-capacity" => num(&|n| n >= 0.0 || n == -1.0)
+                    .map(|n| d.target_burst_capacity = n)
+                    .ok_or("-1 or a number of at least 0"),
+                "stable-window" => dur(&|d| {
+                    whole_seconds(d)
+                        && d >= Duration::from_secs(6)
+                        && d <= Duration::from_secs(3600)
+                })
+                .map(|x| d.stable_window = x)
+                .ok_or("whole seconds from 6s to 1h"),
+                "panic-window-percentage" => num(&|n| (1.0..=100.0).contains(&n))
+                    .map(|n| d.panic_window_percentage = n)
+                    .ok_or("a percentage from 1 to 100"),
+                "panic-threshold-percentage" => num(&|n| (110.0..=1000.0).contains(&n))
+                    .map(|n| d.panic_threshold_percentage = n)
+                    .ok_or("a percentage from 110 to 1000"),
+                "max-scale-up-rate" => num(&|n| n > 1.0)
+                    .map(|n| d.max_scale_up_rate = n)
+                    .ok_or("a number above 1"),
+                "max-scale-down-rate" => num(&|n| n > 1.0)
+                    .map(|n| d.max_scale_down_rate = n)
+                    .ok_or("a number above 1"),
+                "enable-scale-to-zero" => flag()
+                    .map(|b| d.enable_scale_to_zero = b)
+                    .ok_or("true or false"),
+                "scale-to-zero-grace-period" => dur(&|d| !d.is_zero())
+                    .map(|x| d.scale_to_zero_grace_period = x)
+                    .ok_or("a positive duration like 30s"),
+                "scale-to-zero-pod-retention-period" => dur(&|_| true)
+                    .map(|x| d.scale_to_zero_pod_retention_period = x)
+                    .ok_or("a duration like 1m30s"),
+                "scale-down-delay" => dur(&whole_seconds)
+                    .map(|x| d.scale_down_delay = x)
+                    .ok_or("whole seconds, like 15m"),
+                "initial-scale" => whole().map(|n| d.initial_scale = n).ok_or("a whole number"),
+                "allow-zero-initial-scale" => flag()
+                    .map(|b| d.allow_zero_initial_scale = b)
+                    .ok_or("true or false"),
+                "min-scale" => whole().map(|n| d.min_scale = n).ok_or("a whole number"),
+                "max-scale" => whole().map(|n| d.max_scale = n).ok_or("a whole number"),
+                "max-scale-limit" => whole()
+                    .map(|n| d.max_scale_limit = n)
+                    .ok_or("a whole number"),
+                "pod-autoscaler-class" if v == "kpa.autoscaling.knative.dev" => Ok(()),
+                "pod-autoscaler-class" => {
+                    Err("kpa.autoscaling.knative.dev (Ferry scales with the KPA)")
+                }
+                "activator-capacity" => num(&|n| n >= 1.0)
+                    .map(|_| ())
+                    .ok_or("a number of at least 1"),
+                _ => {
+                    errors.push(SettingError {
+                        key: key.clone(),
+                        message: "unknown autoscaler setting".into(),
+                    });
+                    continue;
+                }
+            };
+            if let Err(what) = set {
+                errors.push(SettingError {
+                    key: key.clone(),
+                    message: format!("{value:?} must be {what}"),
+                });
+            }
+        }
+        if d.initial_scale == 0 && !d.allow_zero_initial_scale {
+            errors.push(SettingError {
+                key: "initial-scale".into(),
+                message: "0 needs allow-zero-initial-scale: true".into(),
+            });
+        }
+        if d.max_scale > 0 && d.min_scale > d.max_scale {
+            errors.push(SettingError {
+                key: "min-scale".into(),
+                message: format!("{} is above max-scale {}", d.min_scale, d.max_scale),
+            });
+        }
+        if errors.is_empty() {
+            Ok(d)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 /// One revision's resolved settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scaling {
@@ -407,6 +519,28 @@ mod tests {
 
     fn resolve(pairs: &[(&str, &str)], cc: u32) -> Result<Scaling, Vec<SettingError>> {
         Scaling::resolve(&Defaults::default(), &annotations(pairs), cc)
+    }
+
+    #[test]
+    fn global_settings_are_read_and_bad_ones_named() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let d = Defaults::from_config(&map(&[
+            ("stable-window", "6s"),
+            ("scale-to-zero-grace-period", "1s"),
+            ("enable-scale-to-zero", "false"),
+        ]))
+        .unwrap();
+        assert_eq!(d.stable_window, Duration::from_secs(6));
+        assert_eq!(d.scale_to_zero_grace_period, Duration::from_secs(1));
+        assert!(!d.enable_scale_to_zero);
+        let e = Defaults::from_config(&map(&[("stable-window", "2s"), ("nope", "1")])).unwrap_err();
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["nope", "stable-window"]);
     }
 
     #[test]

@@ -1,0 +1,320 @@
+//! Instances as OS processes: started from one thread that lives as long as Ferry (so that
+//! `setpriv --pdeathsig KILL` ties each child's life to Ferry's), their output kept per
+//! instance, their readiness probed, stopped with SIGTERM then SIGKILL, and each one's pid
+//! recorded under the data dir so that a restart after a crash reclaims what was left.
+
+use crate::spec::{Probe, RevisionSpec};
+use rustix::process::{Pid, Signal};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{broadcast, oneshot};
+
+/// Lines of output kept per instance.
+const LOG_LINES: usize = 1000;
+/// Longest line kept (longer ones are cut).
+const LOG_LINE_MAX: usize = 16 * 1024;
+
+type SpawnRequest = (Command, oneshot::Sender<std::io::Result<Child>>);
+
+/// Starts processes from one long-lived thread. `PR_SET_PDEATHSIG` fires when the *thread*
+/// that forked the child ends; tokio's worker threads may come and go, this one does not.
+pub struct Spawner {
+    tx: std::sync::mpsc::Sender<SpawnRequest>,
+    /// `setpriv` from util-linux, when the system has it.
+    setpriv: Option<PathBuf>,
+    /// Where each running instance's pid is recorded.
+    pid_dir: PathBuf,
+}
+
+impl Spawner {
+    /// A spawner for the current tokio runtime; pids recorded in `pid_dir`, and whatever an
+    /// earlier run left there killed first.
+    pub fn new(pid_dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(pid_dir)?;
+        reclaim(pid_dir);
+        let handle = tokio::runtime::Handle::current();
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("ferry-spawner".into())
+            .spawn(move || {
+                let _runtime = handle.enter();
+                while let Ok((mut cmd, reply)) = rx.recv() {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })?;
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        if setpriv.is_none() {
+            tracing::warn!("setpriv (util-linux) not found: revision processes may outlive a killed Ferry until its next start reclaims them");
+        }
+        Ok(Self {
+            tx,
+            setpriv,
+            pid_dir: pid_dir.to_path_buf(),
+        })
+    }
+
+    /// Starts `spec`'s container with `env` (PORT and K_* included), output piped.
+    pub async fn spawn(
+        &self,
+        spec: &RevisionSpec,
+        env: &[(String, String)],
+    ) -> std::io::Result<Child> {
+        let c = spec
+            .containers
+            .first()
+            .ok_or_else(|| std::io::Error::other("no container"))?;
+        let (program, rest) = c
+            .command
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("no command"))?;
+        let mut cmd = match &self.setpriv {
+            Some(setpriv) => {
+                let mut cmd = Command::new(setpriv);
+                cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
+        cmd.args(rest)
+            .args(&c.args)
+            .envs(c.env.iter().map(|e| (e.name.as_str(), e.value.as_str())))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that stopping it stops what it started (`sh -c`).
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &c.working_dir {
+            cmd.current_dir(dir);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((cmd, reply))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        let child = rx
+            .await
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))??;
+        if let Some(pid) = child.id() {
+            if let Some(start) = start_time(pid) {
+                let _ = std::fs::write(self.pid_dir.join(pid.to_string()), start);
+            }
+        }
+        Ok(child)
+    }
+
+    /// Forgets an instance that has exited.
+    pub fn exited(&self, pid: u32) {
+        let _ = std::fs::remove_file(self.pid_dir.join(pid.to_string()));
+    }
+}
+
+/// The process's start time (field 22 of `/proc/PID/stat`): with the pid, it names one process
+/// for good (pids are reused).
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Kills the processes an earlier run recorded that are still the same processes.
+fn reclaim(pid_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pid_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let pid = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok());
+        let recorded = std::fs::read_to_string(&path).ok();
+        if let (Some(pid), Some(recorded)) = (pid, recorded) {
+            if start_time(pid).as_deref() == Some(recorded.trim()) {
+                tracing::warn!(
+                    pid,
+                    "killing a revision process (and its group) left by an earlier run"
+                );
+                signal(pid, Signal::KILL);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Sends `sig` to the process group `pid` leads (each instance leads its own), else to the
+/// process alone (gone already: nothing to do).
+pub fn signal(pid: u32, sig: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        if rustix::process::kill_process_group(pid, sig).is_err() {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+}
+
+/// One instance's output: the last lines, and a feed of new ones for `ferry logs -f`.
+pub struct Output {
+    lines: Mutex<VecDeque<Line>>,
+    feed: broadcast::Sender<String>,
+    prefix: String,
+}
+
+#[derive(Clone)]
+struct Line {
+    stderr: bool,
+    text: String,
+}
+
+impl Output {
+    pub fn new(prefix: String, feed: broadcast::Sender<String>) -> Arc<Self> {
+        Arc::new(Self {
+            lines: Mutex::new(VecDeque::new()),
+            feed,
+            prefix,
+        })
+    }
+
+    fn push(&self, stderr: bool, text: String) {
+        let shown = format!("[{}] {text}", self.prefix);
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == LOG_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(Line { stderr, text });
+        drop(lines);
+        let _ = self.feed.send(shown);
+    }
+
+    /// Every kept line, prefixed by the instance.
+    pub fn shown(&self) -> Vec<String> {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines
+            .iter()
+            .map(|l| format!("[{}] {}", self.prefix, l.text))
+            .collect()
+    }
+
+    /// The last `n` lines of stderr, joined.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let tail: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.stderr)
+            .rev()
+            .take(n)
+            .map(|l| l.text.as_str())
+            .collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Reads `from` line by line into the kept output until it ends; a line longer than
+    /// `LOG_LINE_MAX` is cut (the rest skipped, never held in memory).
+    pub async fn collect(self: Arc<Self>, from: impl AsyncRead + Unpin, stderr: bool) {
+        let mut reader = BufReader::new(from);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let limit = (LOG_LINE_MAX + 1) as u64;
+            match (&mut reader).take(limit).read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let complete = buf.last() == Some(&b'\n');
+                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        buf.pop();
+                    }
+                    buf.truncate(LOG_LINE_MAX);
+                    self.push(stderr, String::from_utf8_lossy(&buf).into_owned());
+                    if !complete && !skip_line(&mut reader).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How an instance's readiness is checked.
+#[derive(Clone, Debug)]
+pub enum Readiness {
+    /// A TCP connect to the port (Knative's default).
+    Tcp,
+    /// An HTTP GET of the path: ready on 2xx or 3xx.
+    Http(String),
+}
+
+impl Readiness {
+    pub fn of(probe: Option<&Probe>) -> Self {
+        match probe.and_then(|p| p.http_get.as_ref()) {
+            Some(h) => Readiness::Http(h.path.clone().unwrap_or_else(|| "/".into())),
+            None => Readiness::Tcp,
+        }
+    }
+
+    /// One probe of the instance on `port`, bounded by `limit`.
+    pub async fn check(&self, port: u16, limit: Duration) -> bool {
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            let Readiness::Http(path) = self else {
+                return Some(true);
+            };
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: Knative-Kube-Probe\r\nK-Network-Probe: queue\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.ok()?;
+            // "HTTP/1.1 200"
+            let code = std::str::from_utf8(&head[9..12])
+                .ok()?
+                .parse::<u16>()
+                .ok()?;
+            Some((200..400).contains(&code))
+        };
+        matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(true)))
+    }
+}
+
+/// Skips the rest of a line (or of a line's cut); false at the end of the output.
+async fn skip_line(reader: &mut (impl AsyncBufReadExt + Unpin)) -> bool {
+    loop {
+        let (used, done) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return false,
+            Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (buf.len(), false),
+            },
+        };
+        reader.consume(used);
+        if done {
+            return true;
+        }
+    }
+}
+
+/// Instances' ports are drawn from below Linux's ephemeral range (32768 and up), so that no
+/// outgoing connection takes an instance's port between the pick and the bind, and a probe of a
+/// port nobody listens on yet can never connect to itself.
+const INSTANCE_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A free port on loopback for a new instance.
+pub fn free_port() -> std::io::Result<u16> {
+    for _ in 0..64 {
+        let port = rand::random_range(INSTANCE_PORTS);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}
