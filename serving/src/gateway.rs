@@ -57,41 +57,63 @@ struct Table {
     /// Host → the route that has it, and where it sends.
     hosts: HashMap<String, (Key, Arc<Destinations>)>,
     by_route: HashMap<Key, Vec<String>>,
+    /// Routes refused a host another route had: tried again when hosts are freed.
+    refused: std::collections::HashSet<Key>,
+}
+
+impl Table {
+    /// Drops `route`'s hosts; the refused routes to try again if any was freed.
+    fn free(&mut self, route: &Key, keep: &[&String]) -> Vec<Key> {
+        let mut freed = false;
+        if let Some(old) = self.by_route.remove(route) {
+            for h in old.iter().filter(|h| !keep.contains(h)) {
+                self.hosts.remove(h);
+                freed = true;
+            }
+        }
+        if freed {
+            self.refused
+                .iter()
+                .filter(|k| *k != route)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl Routes {
-    /// Sets the hosts of `route` (replacing what it had); refused, changing nothing, when
+    /// Sets the hosts of `route` (replacing what it had): `Ok` with the routes to reconcile
+    /// again (refused before, and some host is free now); refused, changing nothing, when
     /// another route has one of them (`a-b` vs route `b`'s tag `a`).
-    pub fn set(&self, route: &Key, hosts: Vec<(String, Destinations)>) -> Result<(), String> {
+    pub fn set(&self, route: &Key, hosts: Vec<(String, Destinations)>) -> Result<Vec<Key>, String> {
         let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
         for (h, _) in &hosts {
             if let Some((other, _)) = t.hosts.get(h).filter(|(owner, _)| owner != route) {
-                return Err(format!(
+                let why = format!(
                     "host {h} is already Route {}/{}'s",
                     other.namespace, other.name
-                ));
+                );
+                t.refused.insert(route.clone());
+                return Err(why);
             }
         }
-        if let Some(old) = t.by_route.remove(route) {
-            for h in old {
-                t.hosts.remove(&h);
-            }
-        }
-        let names = hosts.iter().map(|(h, _)| h.clone()).collect();
+        t.refused.remove(route);
+        let names: Vec<String> = hosts.iter().map(|(h, _)| h.clone()).collect();
+        let again = t.free(route, &names.iter().collect::<Vec<_>>());
         for (h, d) in hosts {
             t.hosts.insert(h, (route.clone(), Arc::new(d)));
         }
         t.by_route.insert(route.clone(), names);
-        Ok(())
+        Ok(again)
     }
 
-    pub fn remove(&self, route: &Key) {
+    /// Drops `route`'s hosts: the routes to reconcile again (refused before).
+    pub fn remove(&self, route: &Key) -> Vec<Key> {
         let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = t.by_route.remove(route) {
-            for h in old {
-                t.hosts.remove(&h);
-            }
-        }
+        t.refused.remove(route);
+        t.free(route, &[])
     }
 
     pub fn lookup(&self, host: &str) -> Option<Arc<Destinations>> {
@@ -381,6 +403,34 @@ mod tests {
         let n = 10_000;
         let to_a = (0..n).filter(|_| d.pick() == Some(&a)).count();
         assert!((1700..2300).contains(&to_a), "{to_a} of {n} went to a");
+    }
+
+    #[test]
+    fn a_host_belongs_to_one_route_and_the_refused_one_is_tried_again_when_it_is_free() {
+        let routes = Routes::default();
+        let (a, b) = (Key::new("Route", "ns", "a-b"), Key::new("Route", "ns", "b"));
+        let rev = Key::new("Revision", "ns", "r");
+        let to = |host: &str| {
+            vec![(
+                host.to_string(),
+                Destinations {
+                    targets: vec![(rev.clone(), 100)],
+                },
+            )]
+        };
+        assert_eq!(routes.set(&a, to("a-b.ns.localhost")), Ok(vec![]));
+        let refused = routes.set(&b, to("a-b.ns.localhost")).unwrap_err();
+        assert!(refused.contains("Route ns/a-b"), "{refused}");
+        assert!(routes.lookup("a-b.ns.localhost").is_some());
+        assert!(routes.reaches(&rev));
+        // Route a moves to another host: b is to be reconciled again, and then gets it.
+        assert_eq!(
+            routes.set(&a, to("other.ns.localhost")),
+            Ok(vec![b.clone()])
+        );
+        assert_eq!(routes.set(&b, to("a-b.ns.localhost")), Ok(vec![]));
+        assert_eq!(routes.remove(&a), Vec::<Key>::new());
+        assert!(routes.lookup("other.ns.localhost").is_none());
     }
 
     #[test]

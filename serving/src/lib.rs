@@ -178,6 +178,8 @@ impl Serving {
             return p;
         }
         let pool = make();
+        // A revision recreated under the same name starts its autoscaling afresh.
+        self.scaler.forget(&key);
         let old = self.write_pools().insert(key, pool.clone());
         if let Some(old) = old {
             tokio::spawn(async move { old.shutdown(STOP_WAIT).await });

@@ -5,7 +5,7 @@
 //! queue-proxy's accounting (time-weighted concurrency, requests per second).
 
 use crate::autoscaler::Scaling;
-use crate::process::{free_port, signal, Output, Readiness, Spawner};
+use crate::process::{signal, Output, Readiness, Spawner};
 use crate::spec::RevisionSpec;
 use control::Key;
 use rustix::process::Signal;
@@ -29,6 +29,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// An instance not ready after this long is stopped and counted as failed (Knative's progress
 /// deadline).
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+/// Most instances of one revision, whatever a decision says.
+pub const MAX_INSTANCES: u32 = 1000;
 /// Most requests held for a revision with no free instance (the activator's queue depth).
 const MAX_HELD: u32 = 10_000;
 /// Restart backoff: from this, doubling, at most `BACKOFF_MAX`.
@@ -58,6 +60,8 @@ pub trait Hooks: Send + Sync {
 pub struct Instance {
     pub id: u64,
     pub port: u16,
+    /// Held (no other instance is given the port) until the instance is dropped.
+    _port: crate::process::PortLease,
     phase: AtomicU8,
     in_flight: AtomicU32,
     /// Cancelled to stop the instance (drain, then SIGTERM).
@@ -74,6 +78,15 @@ impl Instance {
 
     fn live(&self) -> bool {
         matches!(self.phase(), STARTING | READY)
+    }
+
+    /// Starting or ready → draining (never back from gone).
+    fn begin_drain(&self) {
+        let _ = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                matches!(p, STARTING | READY).then_some(DRAINING)
+            });
     }
 }
 
@@ -184,6 +197,8 @@ pub struct PoolSpec {
     /// Instances to start with: `initial-scale` for a new revision, `min-scale` for one
     /// that was ready before (a restart of Ferry); the autoscaler takes over from there.
     pub initial: u32,
+    /// The revision has had `initial-scale` ready instances before (it was ready).
+    pub initial_reached: bool,
 }
 
 impl Pool {
@@ -200,6 +215,7 @@ impl Pool {
             scaling,
             env,
             initial,
+            initial_reached,
         } = p;
         let readiness = Readiness::of(
             spec.containers
@@ -223,7 +239,7 @@ impl Pool {
                 failures: 0,
                 failure: None,
                 ever_ready: false,
-                initial_reached: false,
+                initial_reached,
                 next_id: 1,
                 not_before: None,
                 poked: false,
@@ -284,8 +300,14 @@ impl Pool {
         self.lock().initial_reached
     }
 
-    /// The supervisor's decision: run `n` instances.
+    /// The supervisor's decision: run `n` instances (at most `max-scale`, or
+    /// [`MAX_INSTANCES`] without one, whatever a decision says).
     pub fn set_desired(&self, n: u32) {
+        let cap = match self.scaling.max_scale {
+            0 => MAX_INSTANCES,
+            m => m.min(MAX_INSTANCES),
+        };
+        let n = n.min(cap);
         let changed = {
             let mut st = self.lock();
             let changed = st.desired != n;
@@ -368,7 +390,11 @@ impl Pool {
             notified.as_mut().enable();
             let (picked, poke) = {
                 let mut st = self.lock();
-                if let Some(instance) = self.pick(&st) {
+                // With limited slots, one that arrives while others wait queues behind them.
+                let queued_behind =
+                    waiting.is_none() && st.waiting > 0 && self.container_concurrency() > 0;
+                let free = if queued_behind { None } else { self.pick(&st) };
+                if let Some(instance) = free {
                     instance.in_flight.fetch_add(1, Ordering::AcqRel);
                     (Some(instance), false)
                 } else {
@@ -397,7 +423,13 @@ impl Pool {
                 }
             };
             if let Some(instance) = picked {
-                drop(waiting);
+                if waiting.is_some() {
+                    drop(waiting);
+                    // Pass it on: another waiter may have a free slot too.
+                    if self.lock().waiting > 0 {
+                        self.changed.notify_one();
+                    }
+                }
                 return Ok(Lease {
                     instance,
                     cold,
@@ -421,8 +453,8 @@ impl Pool {
     /// A slot on a ready instance, if one is free now.
     fn take_slot(&self) -> Option<Arc<Instance>> {
         let st = self.lock();
-        if st.waiting > 0 {
-            // Those waiting go first.
+        if st.waiting > 0 && self.container_concurrency() > 0 {
+            // Those waiting for a slot go first.
             return None;
         }
         let instance = self.pick(&st)?;
@@ -463,9 +495,7 @@ impl Pool {
                 let all_gone = {
                     let st = self.lock();
                     for i in &st.instances {
-                        if i.live() {
-                            i.phase.store(DRAINING, Ordering::Release);
-                        }
+                        i.begin_drain();
                         i.drain.cancel();
                     }
                     st.instances.iter().all(|i| i.phase() == GONE)
@@ -503,7 +533,7 @@ impl Pool {
                     victims.sort_by_key(|(k, _)| *k);
                     let excess = victims.len() - want;
                     for (_, v) in victims.iter().take(excess) {
-                        v.phase.store(DRAINING, Ordering::Release);
+                        v.begin_drain();
                         v.drain.cancel();
                         drained = true;
                     }
@@ -511,12 +541,13 @@ impl Pool {
                 for _ in 0..start {
                     let id = st.next_id;
                     st.next_id += 1;
-                    match free_port() {
+                    match self.spawner.reserve_port() {
                         Ok(port) => {
                             let prefix = format!("{}-{id}", self.key.name);
                             let instance = Arc::new(Instance {
                                 id,
-                                port,
+                                port: port.port(),
+                                _port: port,
                                 phase: AtomicU8::new(STARTING),
                                 in_flight: AtomicU32::new(0),
                                 drain: self.stop.child_token(),
@@ -563,7 +594,22 @@ impl Pool {
     async fn run(self: Arc<Self>, instance: Arc<Instance>) {
         let mut env = self.env.clone();
         env.push(("PORT".into(), instance.port.to_string()));
-        let outcome = match self.spawner.spawn(&self.spec, &env).await {
+        let outcome = if instance.drain.is_cancelled() {
+            // Stopped before it started.
+            Ok(())
+        } else {
+            self.start_and_supervise(&instance, &env).await
+        };
+        self.ended(&instance, outcome);
+    }
+
+    /// Starts the instance's process and supervises it until it ends.
+    async fn start_and_supervise(
+        &self,
+        instance: &Arc<Instance>,
+        env: &[(String, String)],
+    ) -> Result<(), Failure> {
+        match self.spawner.spawn(&self.spec, env).await {
             Err(e) => Err(Failure {
                 reason: "ExecFailed".into(),
                 message: format!("cannot start {:?}: {e}", self.command()),
@@ -578,7 +624,7 @@ impl Pool {
                 if let Some(err) = child.stderr.take() {
                     readers.push(tokio::spawn(instance.output.clone().collect(err, true)));
                 }
-                let outcome = match self.supervise(&instance, &mut child).await {
+                let outcome = match self.supervise(instance, &mut child).await {
                     Ok(()) => Ok(()),
                     Err(Ended::Failed(f)) => Err(f),
                     Err(Ended::Exited(status, when)) => {
@@ -587,7 +633,7 @@ impl Pool {
                         for r in readers {
                             let _ = tokio::time::timeout(OUTPUT_WAIT, r).await;
                         }
-                        Err(self.exit_failure(&instance, status, when))
+                        Err(self.exit_failure(instance, status, when))
                     }
                 };
                 if let Some(pid) = pid {
@@ -595,10 +641,14 @@ impl Pool {
                 }
                 outcome
             }
-        };
-        instance.phase.store(GONE, Ordering::Release);
+        }
+    }
+
+    /// The instance is gone: its output kept, a failure counted (restart backoff).
+    fn ended(&self, instance: &Arc<Instance>, outcome: Result<(), Failure>) {
         {
             let mut st = self.lock();
+            instance.phase.store(GONE, Ordering::Release);
             st.past.push_back(instance.output.clone());
             if st.past.len() > PAST_OUTPUTS {
                 st.past.pop_front();
@@ -701,7 +751,7 @@ impl Pool {
                 {
                     // Under the lock: no request is given a slot on it after this.
                     let _st = self.lock();
-                    instance.phase.store(DRAINING, Ordering::Release);
+                    instance.begin_drain();
                 }
                 self.changed.notify_waiters();
                 self.drain(instance).await;

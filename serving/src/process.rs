@@ -5,7 +5,7 @@
 
 use crate::spec::{Probe, RevisionSpec};
 use rustix::process::{Pid, Signal};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,8 @@ pub struct Spawner {
     setpriv: Option<PathBuf>,
     /// Where each running instance's pid is recorded.
     pid_dir: PathBuf,
+    /// Ports given to instances that exist.
+    ports: Arc<Mutex<HashSet<u16>>>,
 }
 
 impl Spawner {
@@ -58,6 +60,7 @@ impl Spawner {
             tx,
             setpriv,
             pid_dir: pid_dir.to_path_buf(),
+            ports: Arc::default(),
         })
     }
 
@@ -307,14 +310,45 @@ async fn skip_line(reader: &mut (impl AsyncBufReadExt + Unpin)) -> bool {
 /// port nobody listens on yet can never connect to itself.
 const INSTANCE_PORTS: std::ops::Range<u16> = 20_000..32_768;
 
-/// A free port on loopback for a new instance.
-pub fn free_port() -> std::io::Result<u16> {
-    for _ in 0..64 {
-        let port = rand::random_range(INSTANCE_PORTS);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
+/// A port given to one instance; no other instance gets it until this is dropped.
+pub struct PortLease {
+    port: u16,
+    taken: Arc<Mutex<HashSet<u16>>>,
+}
+
+impl PortLease {
+    pub fn port(&self) -> u16 {
+        self.port
     }
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(l.local_addr()?.port())
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.port);
+    }
+}
+
+impl Spawner {
+    /// A free port on loopback for a new instance: not another instance's (which may not
+    /// have bound it yet), and free now.
+    pub fn reserve_port(&self) -> std::io::Result<PortLease> {
+        let mut taken = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..64 {
+            let port = rand::random_range(INSTANCE_PORTS);
+            if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                taken.insert(port);
+                return Ok(PortLease {
+                    port,
+                    taken: self.ports.clone(),
+                });
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("no free port in {INSTANCE_PORTS:?} after 64 tries"),
+        ))
+    }
 }

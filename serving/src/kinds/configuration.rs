@@ -65,6 +65,18 @@ fn generation(r: &Resource) -> i64 {
         .unwrap_or(0)
 }
 
+/// A status with `ready` as its condition that keeps the latest revisions' names it had (a
+/// failure to make a revision does not make the route forget what it serves).
+fn kept(old: &Value, gen: i64, ready: Value) -> Value {
+    let mut status = json!({"observedGeneration": gen, "conditions": [ready]});
+    for k in ["latestCreatedRevisionName", "latestReadyRevisionName"] {
+        if let Some(v) = old.get(k) {
+            status[k] = v.clone();
+        }
+    }
+    status
+}
+
 /// `{name}-{generation:05}`, cut to 63 characters.
 fn revision_name(name: &str, generation: i64) -> String {
     let suffix = format!("-{generation:05}");
@@ -162,7 +174,7 @@ impl Kind for Configuration {
         let unreadable = |e: ControlError| {
             let m = format!("cannot read its revisions: {e}");
             let c = condition(old, "Ready", "Unknown", Some("StoreUnavailable"), Some(&m));
-            Reconciled::retry(json!({"observedGeneration": gen, "conditions": [c]}))
+            Reconciled::retry(kept(old, gen, c))
         };
         let mut revs = match revisions_of(cp, ns, name) {
             Ok(revs) => revs,
@@ -181,7 +193,7 @@ impl Kind for Configuration {
                     generation(&taken)
                 );
                 let c = condition(old, "Ready", "False", Some("RevisionNameTaken"), Some(&m));
-                return Reconciled::done(json!({"observedGeneration": gen, "conditions": [c]}));
+                return Reconciled::done(kept(old, gen, c));
             }
             let mut labels = spec.template.metadata.labels.clone();
             labels.insert(CONFIGURATION_LABEL.into(), name.clone());
@@ -203,7 +215,7 @@ impl Kind for Configuration {
             if let Err(e) = cp.apply_owned(&doc).await {
                 let m = format!("cannot create revision {rev_name}: {e}");
                 let c = condition(old, "Ready", "False", Some("RevisionFailed"), Some(&m));
-                return Reconciled::retry(json!({"observedGeneration": gen, "conditions": [c]}));
+                return Reconciled::retry(kept(old, gen, c));
             }
             revs = match revisions_of(cp, ns, name) {
                 Ok(revs) => revs,

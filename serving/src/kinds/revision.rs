@@ -129,6 +129,7 @@ impl Kind for Revision {
                 scaling,
                 env,
                 initial,
+                initial_reached: was_ready,
             };
             Pool::start(spec, s.spawner.clone(), s.hooks(), s.stop.child_token())
         });

@@ -51,32 +51,50 @@ fn conditions(old: &Value, assigned: Value, ingress: Value) -> Vec<Value> {
 
 impl Route {
     /// The revision each target names, or why one does not resolve.
+    /// The revision each target names, or why one does not resolve: `(status, message)`,
+    /// Unknown while a configuration's first revision is on its way, False when it failed or
+    /// a named revision does not exist (as Knative says it).
     fn resolve(
         &self,
         cp: &ControlPlane,
         ns: &str,
         targets: &[TrafficTarget],
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, (&'static str, String)> {
         targets
             .iter()
             .map(|t| match (&t.revision_name, &t.configuration_name) {
                 (Some(rev), _) => match cp.find("Revision", ns, rev) {
                     Ok(Some(_)) => Ok(rev.clone()),
-                    _ => Err(format!("Revision {rev:?} referenced in traffic not found.")),
+                    _ => Err((
+                        "False",
+                        format!("Revision {rev:?} referenced in traffic not found."),
+                    )),
                 },
-                (None, Some(cfg)) => cp
-                    .find("Configuration", ns, cfg)
-                    .ok()
-                    .flatten()
-                    .and_then(|c| {
+                (None, Some(cfg)) => {
+                    let c = cp.find("Configuration", ns, cfg).ok().flatten();
+                    let ready = c.as_ref().and_then(|c| {
                         c.status["latestReadyRevisionName"]
                             .as_str()
                             .map(str::to_string)
-                    })
-                    .ok_or_else(|| {
-                        format!("Configuration {cfg:?} does not have any ready Revision.")
-                    }),
-                (None, None) => Err("a target names neither a revision nor a configuration".into()),
+                    });
+                    match (ready, c) {
+                        (Some(rev), _) => Ok(rev),
+                        (None, Some(c)) if c.ready() != Some(false) => Err((
+                            "Unknown",
+                            format!(
+                                "Configuration {cfg:?} is waiting for a Revision to become ready."
+                            ),
+                        )),
+                        _ => Err((
+                            "False",
+                            format!("Configuration {cfg:?} does not have any ready Revision."),
+                        )),
+                    }
+                }
+                (None, None) => Err((
+                    "False",
+                    "a target names neither a revision nor a configuration".into(),
+                )),
             })
             .collect()
     }
@@ -120,11 +138,11 @@ impl Kind for Route {
             "address": {"url": url},
         });
         let revisions = match self.resolve(cp, ns, &spec.traffic) {
-            Err(why) => {
+            Err((state, why)) => {
                 let assigned = condition(
                     old,
                     "AllTrafficAssigned",
-                    "False",
+                    state,
                     Some("RevisionMissing"),
                     Some(&why),
                 );
@@ -171,24 +189,38 @@ impl Kind for Route {
             traffic.push(entry);
         }
         hosts.push((host, Destinations { targets: main }));
-        let ingress = match s.routes.set(&r.key(), hosts) {
-            Ok(()) => condition(old, "IngressReady", "True", None, None),
-            Err(why) => condition(
-                old,
-                "IngressReady",
-                "False",
-                Some("DomainConflict"),
-                Some(&why),
-            ),
-        };
         let assigned = condition(old, "AllTrafficAssigned", "True", None, None);
-        status["conditions"] = json!(conditions(old, assigned, ingress));
-        status["traffic"] = json!(traffic);
+        match s.routes.set(&r.key(), hosts) {
+            Ok(again) => {
+                for k in again {
+                    cp.requeue(k);
+                }
+                let ingress = condition(old, "IngressReady", "True", None, None);
+                status["conditions"] = json!(conditions(old, assigned, ingress));
+                status["traffic"] = json!(traffic);
+            }
+            Err(why) => {
+                // The table keeps what it had: so does the status (what GC protects).
+                let ingress = condition(
+                    old,
+                    "IngressReady",
+                    "False",
+                    Some("DomainConflict"),
+                    Some(&why),
+                );
+                status["conditions"] = json!(conditions(old, assigned, ingress));
+                if let Some(t) = old.get("traffic") {
+                    status["traffic"] = t.clone();
+                }
+            }
+        }
         Reconciled::done(status)
     }
 
-    async fn release(&self, _cp: &ControlPlane, key: &Key) {
-        self.0.routes.remove(key);
+    async fn release(&self, cp: &ControlPlane, key: &Key) {
+        for k in self.0.routes.remove(key) {
+            cp.requeue(k);
+        }
     }
 
     fn depends_on(&self, _cp: &ControlPlane, r: &Resource) -> Vec<Key> {
