@@ -6,7 +6,8 @@
 //! - `GET /healthz`: `ok`;
 //! - anything else: `{TARGET or "hello"} from {K_REVISION}` after `?sleep=MS` milliseconds;
 //!   each request is logged to stdout (method, path, `ce-id` when it carries a CloudEvent);
-//! - `GET /stats`: `{"requests": N, "maxConcurrent": N}` (the most requests it ever had at once).
+//! - `GET /stats`: `{"requests": N, "maxConcurrent": N}` (the most requests it ever had at once);
+//! - `GET /headers`: the request's headers as JSON; `POST /echo`: the body streamed back.
 //!
 //! SIGTERM: stops accepting, finishes what is in flight, exits 0.
 
@@ -50,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/stats", get(stats))
+        .route("/headers", get(headers))
+        .route("/echo", axum::routing::post(echo))
         .fallback(answer)
         .with_state(counters);
     println!(
@@ -63,6 +66,23 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// The request's headers, as a JSON object (the last value of each name).
+async fn headers(headers: HeaderMap) -> Json<serde_json::Value> {
+    let map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), serde_json::Value::String(v))
+        })
+        .collect();
+    Json(serde_json::Value::Object(map))
+}
+
+/// The request's body, streamed back as it comes.
+async fn echo(body: axum::body::Body) -> axum::body::Body {
+    body
 }
 
 async fn stats(State(c): State<Arc<Counters>>) -> Json<serde_json::Value> {

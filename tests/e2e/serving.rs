@@ -140,6 +140,30 @@ async fn hosts_tags_splits_and_revisions() {
     let (code, body) = call(&client, &server, "nobody.default.localhost", "/").await;
     assert_eq!(code, 404);
     assert!(body.contains("nobody.default.localhost"), "{body}");
+    // What the instance is told of the request (runtime contract: Host and Forwarded).
+    let (_, seen) = call(&client, &server, "hello.default.localhost", "/headers").await;
+    let seen: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["host"], "hello.default.localhost");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "hello.default.localhost");
+    assert_eq!(
+        seen["forwarded"],
+        "for=127.0.0.1;host=hello.default.localhost;proto=http"
+    );
+    // Bodies stream both ways: 32 MiB up and back.
+    let big = vec![7u8; 32 << 20];
+    let back = client
+        .post(format!("{}/echo", server.gateway))
+        .header("host", "hello.default.localhost")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(back.len() == big.len() && back[..] == big[..]);
 
     // A change of the template makes a revision; the route follows once it is ready.
     apply(&server, &service("hello", "two", "", "", ""));
@@ -204,6 +228,29 @@ async fn hosts_tags_splits_and_revisions() {
         text.contains("Revisions:") && text.contains("hello-00002"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_no_route_targets_are_collected_beyond_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--revision-history", "1"]);
+    for (n, target) in ["a", "b", "c", "d"].iter().enumerate() {
+        apply(&server, &service("gc", target, "", "", ""));
+        wait_ready(&server, "gc", &format!("gc-0000{}", n + 1)).await;
+    }
+    // gc-00004 serves; one more is kept (the history); the two oldest go.
+    let names = eventually(WAIT, "the oldest revisions collected", || async {
+        let list = get_json(&server, &["get", "revisions"]);
+        let names: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(names, ["gc-00003", "gc-00004"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -291,7 +291,8 @@ impl Kind for Configuration {
     }
 
     /// The latest created revision (its name is known without reading the store: this runs
-    /// for every status written) and the latest ready one.
+    /// for every status written), the latest ready one, and the Route of the same name (a
+    /// Service's).
     fn depends_on(&self, _cp: &ControlPlane, r: &Resource) -> Vec<Key> {
         let ns = &r.metadata.namespace;
         let latest = r
@@ -306,6 +307,8 @@ impl Kind for Configuration {
         if let Some(ready) = r.status["latestReadyRevisionName"].as_str() {
             keys.push(Key::new("Revision", ns, ready));
         }
+        // Its Service's Route: when its traffic moves on, what it left may be collected.
+        keys.push(Key::new("Route", ns, &r.metadata.name));
         keys
     }
 
