@@ -15,6 +15,6 @@ mod zero;
 
 pub use bounds::bounded;
 pub use decider::{Decider, Tick, TICK};
-pub use settings::{Defaults, Metric, Scaling, SettingError, PREFIX};
+pub use settings::{Aggregation, Defaults, Metric, Scaling, SettingError, PREFIX};
 pub use window::Window;
 pub use zero::ZeroGate;

@@ -11,7 +11,7 @@
 //! Both triggers are ordered per partition key and drop events older than 10 s (a late sample
 //! or decision is worthless), with no retries.
 
-use crate::autoscaler::{bounded, Decider, Metric, Window, ZeroGate, TICK};
+use crate::autoscaler::{bounded, Aggregation, Decider, Metric, Window, ZeroGate, TICK};
 use crate::pool::Pool;
 use crate::{Serving, ServingError};
 use broker::{Event, Topic};
@@ -273,13 +273,17 @@ fn decide(serving: &Weak<Serving>, e: &Event) -> HandlerResult {
     if stat.instances == 0 {
         st.zero.inactive(now);
     }
-    let Some(tick) = st.decider.tick(
-        now,
-        stat.ready_instances,
-        st.stable.average(now),
-        st.panic.average(now),
-        stat.reachable,
-    ) else {
+    let (stable, panic) = match s.aggregation {
+        Aggregation::Linear => (st.stable.average(now), st.panic.average(now)),
+        Aggregation::WeightedExponential => (
+            st.stable.weighted_average(now),
+            st.panic.weighted_average(now),
+        ),
+    };
+    let Some(tick) = st
+        .decider
+        .tick(now, stat.ready_instances, stable, panic, stat.reachable)
+    else {
         return Ok(None);
     };
     let want = bounded(

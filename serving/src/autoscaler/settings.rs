@@ -18,8 +18,7 @@ pub enum Metric {
     Rps,
 }
 
-/// How a window averages its buckets. Ferry computes the linear average; the annotation's
-/// other value is accepted and averaged linearly too (noted in the README).
+/// How a window averages its buckets (`metric-aggregation-algorithm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggregation {
     Linear,

@@ -74,6 +74,38 @@ impl Window {
         Some(sum / n)
     }
 
+    /// The weighted-exponential average at `now_ms` (`metric-aggregation-algorithm:
+    /// weighted-exponential`): from the last written second back over the same span as
+    /// [`average`](Self::average), each second weighs `α·(1−α)^age`, with
+    /// α = max(1 − 0.0001^(1/window seconds), 0.2), so recent seconds count most and one
+    /// value held over the whole window averages to itself (less the weight of what the window
+    /// has not seen).
+    pub fn weighted_average(&self, now_ms: u64) -> Option<f64> {
+        let now = now_ms / 1000;
+        let (first, last) = (self.first_write?, self.last_write?);
+        if now >= last + self.len {
+            return Some(0.0);
+        }
+        let start = first.max((now + 1).saturating_sub(self.len));
+        if last < start {
+            return Some(0.0);
+        }
+        let alpha = (1.0 - 0.0001f64.powf(1.0 / self.len as f64)).max(0.2);
+        let mut weight = alpha;
+        let mut sum = 0.0;
+        for second in (start..=last).rev() {
+            let v: f64 = self
+                .buckets
+                .iter()
+                .filter(|(s, _)| *s == second)
+                .map(|(_, v)| v)
+                .sum();
+            sum += v * weight;
+            weight *= 1.0 - alpha;
+        }
+        Some(sum)
+    }
+
     /// Whether anything was ever recorded.
     pub fn has_data(&self) -> bool {
         self.first_write.is_some()
@@ -113,6 +145,29 @@ mod tests {
         }
         // Seconds 14..=19.
         assert_eq!(w.average(19 * S), Some((14..20).sum::<u64>() as f64 / 6.0));
+    }
+
+    #[test]
+    fn the_weighted_average_favours_recent_seconds() {
+        let mut w = Window::new(Duration::from_secs(60)); // α = 0.2
+        for s in 0..60 {
+            w.record(s * S, 10.0);
+        }
+        // A steady 10 over the whole window: 10 · (1 − 0.8^60) ≈ 10.
+        let steady = w.weighted_average(59 * S).unwrap();
+        assert!((steady - 10.0).abs() < 1e-4, "{steady}");
+        // A jump in the last second moves it by α of the jump; the linear average by 1/60.
+        w.record(60 * S, 70.0);
+        let weighted = w.weighted_average(60 * S).unwrap();
+        assert!((weighted - (10.0 + 0.2 * 60.0)).abs() < 1e-3, "{weighted}");
+        let linear = w.average(60 * S).unwrap();
+        assert!((linear - 11.0).abs() < 1e-9, "{linear}");
+        // A short window weighs the last second more: 6 s → α = 1 − 0.0001^(1/6) ≈ 0.785.
+        let mut p = Window::new(Duration::from_secs(6));
+        p.record(0, 0.0);
+        p.record(S, 100.0);
+        let alpha = 1.0 - 0.0001f64.powf(1.0 / 6.0);
+        assert!((p.weighted_average(S).unwrap() - 100.0 * alpha).abs() < 1e-9);
     }
 
     #[test]
