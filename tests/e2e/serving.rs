@@ -510,3 +510,36 @@ async fn no_process_outlives_its_service_or_ferry() {
     let (code, body) = call(&reqwest::Client::new(), &server, "b.default.localhost", "/").await;
     assert_eq!((code, body.as_str()), (200, "x from b-00001\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_works_on_one_node_in_kafka_mode() {
+    let kafka = super::tansu::Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(&config, FAST_SCALING).unwrap();
+    let mut flags = kafka_flags(&kafka.bootstrap);
+    flags.extend(["--config", config.to_str().unwrap()]);
+    let server = Server::start(&dir.path().join("data"), &flags);
+    apply(
+        &server,
+        &service(
+            "k",
+            "x",
+            "autoscaling.knative.dev/initial-scale: \"0\"",
+            "",
+            "",
+        ),
+    );
+    wait_ready(&server, "k", "k-00001").await;
+    // A cold start through the autoscaler's events, kept in Kafka.
+    let (code, body) = call(&reqwest::Client::new(), &server, "k.default.localhost", "/").await;
+    assert_eq!((code, body.as_str()), (200, "x from k-00001\n"));
+    let events = server.events("ferry-system", "serving");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "dev.ferry.serving.scale.v1"
+                && e["data"]["reason"] == "activation"),
+        "{events:?}"
+    );
+}
