@@ -1,0 +1,16 @@
+//! Ferry's pipelines: Tekton v1 Tasks and Pipelines run as local processes.
+//!
+//! Work in progress (issue "Pipelines"): so far the pure core, which the kinds, the executor
+//! and the scheduler (driven by Tekton's CloudEvents through the broker) will build on:
+//!
+//! - [`spec`]: the Tekton v1 shapes (Task, Pipeline, TaskRun, PipelineRun specs).
+//! - [`params`]: param values and declarations, resolved with Tekton's errors.
+//! - [`subst`]: `$(...)` substitution in one pass, with `[*]` expansion.
+//! - [`dag`]: the pipeline graph from `runAfter` and result references, cycles named.
+//! - [`validate`]: Tasks, Pipelines and runs checked, every problem with its field path.
+
+pub mod dag;
+pub mod params;
+pub mod spec;
+pub mod subst;
+pub mod validate;
