@@ -22,6 +22,27 @@ pub fn result_refs(text: &str) -> BTreeSet<String> {
     found
 }
 
+/// The `(T, R)` of every `$(tasks.T.results.R…)` in a string.
+pub fn result_pairs(text: &str) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("$(tasks.") {
+        let after = &rest[at + "$(tasks.".len()..];
+        if let Some((task, tail)) = after.split_once(".results.") {
+            if !task.is_empty() && !task.contains(['.', ')', ' ']) {
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                    .unwrap_or(tail.len());
+                if end > 0 {
+                    found.insert((task.to_string(), tail[..end].to_string()));
+                }
+            }
+        }
+        rest = after;
+    }
+    found
+}
+
 /// Every string of a pipeline task that may refer to other tasks' results.
 pub fn task_texts(t: &PipelineTask) -> Vec<String> {
     let mut texts = Vec::new();

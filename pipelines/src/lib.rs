@@ -8,9 +8,14 @@
 //! - [`subst`]: `$(...)` substitution in one pass, with `[*]` expansion.
 //! - [`dag`]: the pipeline graph from `runAfter` and result references, cycles named.
 //! - [`validate`]: Tasks, Pipelines and runs checked, every problem with its field path.
+//! - [`matrix`]: matrix fan-out (the cartesian product, `include`).
+//! - [`scheduler`]: a PipelineRun's next moves as a pure function of its tasks' states:
+//!   starts, skips with Tekton's reasons, cancellations, finally, the `Succeeded` condition.
 
 pub mod dag;
+pub mod matrix;
 pub mod params;
+pub mod scheduler;
 pub mod spec;
 pub mod subst;
 pub mod validate;
