@@ -9,12 +9,15 @@
 //! - [`dag`]: the pipeline graph from `runAfter` and result references, cycles named.
 //! - [`validate`]: Tasks, Pipelines and runs checked, every problem with its field path.
 //! - [`matrix`]: matrix fan-out (the cartesian product, `include`).
+//! - [`executor`]: runs the planned steps as processes (groups killed on timeout and
+//!   cancel), exit codes and results where Tekton puts them.
 //! - [`plan`]: a TaskRun's steps as processes: template merged, fields substituted, scripts
 //!   with Tekton's preamble, container paths mapped to the run's directories.
 //! - [`scheduler`]: a PipelineRun's next moves as a pure function of its tasks' states:
 //!   starts, skips with Tekton's reasons, cancellations, finally, the `Succeeded` condition.
 
 pub mod dag;
+pub mod executor;
 pub mod matrix;
 pub mod params;
 pub mod plan;
