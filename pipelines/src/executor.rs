@@ -6,6 +6,7 @@
 
 use crate::params::ParamValue;
 use crate::plan::{Paths, PlannedStep};
+use crate::sandbox::Sandbox;
 use crate::spec::TaskSpec;
 use rustix::process::{Pid, Signal};
 use std::collections::BTreeMap;
@@ -71,14 +72,6 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Creates the run's directories (results, steps, home, scripts).
-pub fn prepare(paths: &Paths) -> std::io::Result<()> {
-    for d in [&paths.results, &paths.steps, &paths.home, &paths.scripts] {
-        std::fs::create_dir_all(d)?;
-    }
-    Ok(())
-}
-
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid
         .and_then(|p| i32::try_from(p).ok())
@@ -105,14 +98,22 @@ enum StepEnd {
     NotStarted(String),
 }
 
-async fn run_step(step: &PlannedStep, opts: &Options, cancel: &CancellationToken) -> StepEnd {
-    if let Some((path, content)) = &step.script {
-        if let Err(e) = write_script(path, content) {
+async fn run_step(
+    step: &PlannedStep,
+    sandbox: &Sandbox,
+    opts: &Options,
+    cancel: &CancellationToken,
+) -> StepEnd {
+    if let Some((_, content)) = &step.script {
+        // Where the step sees it (`program`) is the view's; it is written on the host.
+        let path = sandbox.host.scripts.join(&step.container);
+        if let Err(e) = write_script(&path, content) {
             return StepEnd::NotStarted(format!("cannot write the script {}: {e}", path.display()));
         }
     }
-    let mut cmd = tokio::process::Command::new(&step.program);
-    cmd.args(&step.args)
+    let (program, args) = sandbox.wrap(&step.program, &step.args);
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
         .envs(step.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(
@@ -125,7 +126,11 @@ async fn run_step(step: &PlannedStep, opts: &Options, cancel: &CancellationToken
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(dir) = &step.working_dir {
+    if let Some(dir) = step
+        .working_dir
+        .as_deref()
+        .filter(|_| sandbox.mounts.is_empty())
+    {
         if let Err(e) = std::fs::create_dir_all(dir) {
             return StepEnd::NotStarted(format!("cannot create workingDir {dir}: {e}"));
         }
@@ -194,16 +199,18 @@ fn write_script(path: &Path, content: &str) -> std::io::Result<()> {
 pub async fn execute(
     steps: &[PlannedStep],
     spec: &TaskSpec,
-    paths: &Paths,
+    sandbox: &Sandbox,
     opts: &Options,
     cancel: &CancellationToken,
 ) -> Outcome {
+    let paths = &sandbox.host;
     let mut records = Vec::with_capacity(steps.len());
     let mut failure: Option<Ended> = None;
     for (i, step) in steps.iter().enumerate() {
         let dir = paths.steps.join(&step.container);
         let _ = std::fs::create_dir_all(&dir);
-        let _ = std::os::unix::fs::symlink(&dir, paths.steps.join(i.to_string()));
+        // `steps/I` → `step-NAME`, relative: it resolves in the step's view too.
+        let _ = std::os::unix::fs::symlink(&step.container, paths.steps.join(i.to_string()));
         if failure.is_some() {
             let at = now();
             records.push(StepRecord {
@@ -218,7 +225,7 @@ pub async fn execute(
             continue;
         }
         let started_at = now();
-        let end = run_step(step, opts, cancel).await;
+        let end = run_step(step, sandbox, opts, cancel).await;
         let finished_at = now();
         let (exit_code, reason, fail) = match end {
             StepEnd::Exited(0) => (0, "Completed", None),
@@ -374,19 +381,14 @@ mod tests {
     struct Run {
         _dir: tempfile::TempDir,
         paths: Paths,
+        sandbox: Sandbox,
         opts: Options,
     }
 
     fn setup() -> Run {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            results: dir.path().join("results"),
-            steps: dir.path().join("steps"),
-            home: dir.path().join("home"),
-            scripts: dir.path().join("scripts"),
-            workspaces: BTreeMap::new(),
-        };
-        prepare(&paths).unwrap();
+        let sandbox = Sandbox::new(dir.path(), &BTreeMap::new(), false).unwrap();
+        let paths = sandbox.host.clone();
         let opts = Options {
             max_result_size: 16,
             env: Vec::new(),
@@ -398,6 +400,7 @@ mod tests {
         Run {
             _dir: dir,
             paths,
+            sandbox,
             opts,
         }
     }
@@ -412,7 +415,7 @@ mod tests {
             "/bin/sh",
         )
         .unwrap();
-        execute(&steps, &spec, &r.paths, &r.opts, cancel).await
+        execute(&steps, &spec, &r.sandbox, &r.opts, cancel).await
     }
 
     fn reasons(o: &Outcome) -> Vec<(String, i32, Option<String>)> {

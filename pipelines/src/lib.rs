@@ -11,6 +11,8 @@
 //! - [`matrix`]: matrix fan-out (the cartesian product, `include`).
 //! - [`executor`]: runs the planned steps as processes (groups killed on timeout and
 //!   cancel), exit codes and results where Tekton puts them.
+//! - [`sandbox`]: a TaskRun's directories and its steps' view of them (`/tekton`,
+//!   `/workspace` as bind mounts in a private mount namespace where the system allows it).
 //! - [`plan`]: a TaskRun's steps as processes: template merged, fields substituted, scripts
 //!   with Tekton's preamble, container paths mapped to the run's directories.
 //! - [`scheduler`]: a PipelineRun's next moves as a pure function of its tasks' states:
@@ -21,6 +23,7 @@ pub mod executor;
 pub mod matrix;
 pub mod params;
 pub mod plan;
+pub mod sandbox;
 pub mod scheduler;
 pub mod spec;
 pub mod subst;
