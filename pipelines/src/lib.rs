@@ -13,6 +13,8 @@
 //!   cancel), exit codes and results where Tekton puts them.
 //! - [`sandbox`]: a TaskRun's directories and its steps' view of them (`/tekton`,
 //!   `/workspace` as bind mounts in a private mount namespace where the system allows it).
+//! - [`pipelinerun`]: a PipelineRun driven to its end in-process (scheduler, matrix,
+//!   retries, workspaces, results): what the control plane's executor is built from.
 //! - [`plan`]: a TaskRun's steps as processes: template merged, fields substituted, scripts
 //!   with Tekton's preamble, container paths mapped to the run's directories.
 //! - [`scheduler`]: a PipelineRun's next moves as a pure function of its tasks' states:
@@ -22,6 +24,7 @@ pub mod dag;
 pub mod executor;
 pub mod matrix;
 pub mod params;
+pub mod pipelinerun;
 pub mod plan;
 pub mod sandbox;
 pub mod scheduler;

@@ -1,4 +1,4 @@
-//! Matrix fan-out: the cartesian product of the matrix params in declaration order (the last
+//! Matrix fan-out: the cartesian product of the matrix params in declaration order (the first
 //! param varying fastest, as Tekton enumerates them), then `include`: an include whose params
 //! all fit a combination (each either absent from it or equal) adds its other params to every
 //! such combination without overwriting; one that fits none is a combination of its own.
@@ -23,8 +23,8 @@ pub fn combinations(
     };
     for (name, values) in arrays {
         let mut next = Vec::with_capacity(combos.len() * values.len());
-        for c in &combos {
-            for v in values {
+        for v in values {
+            for c in &combos {
                 let mut c = c.clone();
                 c.insert(name.clone(), v.clone());
                 next.push(c);
@@ -101,8 +101,8 @@ mod tests {
             show(&c),
             [
                 "browser=chrome,platform=linux",
-                "browser=firefox,platform=linux",
                 "browser=chrome,platform=mac",
+                "browser=firefox,platform=linux",
                 "browser=firefox,platform=mac",
             ]
         );
@@ -129,8 +129,8 @@ mod tests {
             show(&c),
             [
                 "GOARCH=linux/amd64,flags=-cover,version=go1.17",
-                "GOARCH=linux/amd64,version=go1.18.1",
                 "GOARCH=linux/ppc64le,flags=-cover,version=go1.17",
+                "GOARCH=linux/amd64,version=go1.18.1",
                 "GOARCH=linux/ppc64le,version=go1.18.1",
                 "GOARCH=linux/s390x,flags=-race",
             ]

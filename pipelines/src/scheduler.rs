@@ -154,41 +154,53 @@ impl View<'_> {
             }
         }
         if for_finally {
-            let mut any_failed = false;
-            let mut any_skipped = false;
-            for t in &self.spec.tasks {
-                let st = states
-                    .get(&t.name)
-                    .cloned()
-                    .unwrap_or(TaskState::NotStarted);
-                let (status, reason) = match &st {
-                    TaskState::Succeeded => ("Succeeded", "Succeeded"),
-                    TaskState::Failed { ignored: true } => ("Failed", "FailureIgnored"),
-                    TaskState::Failed { ignored: false } => ("Failed", "Failed"),
-                    TaskState::Cancelled => ("Failed", "TaskRunCancelled"),
-                    TaskState::Skipped(_) | TaskState::NotStarted | TaskState::Running => {
-                        ("None", "None")
-                    }
-                };
-                any_failed |= matches!(
-                    st,
-                    TaskState::Failed { ignored: false } | TaskState::Cancelled
-                );
-                any_skipped |= matches!(st, TaskState::Skipped(_));
-                v.set(format!("tasks.{}.status", t.name), status);
-                v.set(format!("tasks.{}.reason", t.name), reason);
+            for (k, value) in status_vars(self.spec, states) {
+                v.set(k, value);
             }
-            let overall = if any_failed {
-                "Failed"
-            } else if any_skipped {
-                "Completed"
-            } else {
-                "Succeeded"
-            };
-            v.set("tasks.status", overall);
         }
         v
     }
+}
+
+/// What finally tasks may read of the DAG tasks: `tasks.T.status` (`Succeeded`, `Failed`,
+/// `None` when skipped), `tasks.T.reason`, and `tasks.status` (`Succeeded`, `Failed`,
+/// `Completed`).
+pub fn status_vars(
+    spec: &PipelineSpec,
+    states: &BTreeMap<String, TaskState>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut any_failed = false;
+    let mut any_skipped = false;
+    for t in &spec.tasks {
+        let st = states
+            .get(&t.name)
+            .cloned()
+            .unwrap_or(TaskState::NotStarted);
+        let (status, reason) = match &st {
+            TaskState::Succeeded => ("Succeeded", "Succeeded"),
+            TaskState::Failed { ignored: true } => ("Failed", "FailureIgnored"),
+            TaskState::Failed { ignored: false } => ("Failed", "Failed"),
+            TaskState::Cancelled => ("Failed", "TaskRunCancelled"),
+            TaskState::Skipped(_) | TaskState::NotStarted | TaskState::Running => ("None", "None"),
+        };
+        any_failed |= matches!(
+            st,
+            TaskState::Failed { ignored: false } | TaskState::Cancelled
+        );
+        any_skipped |= matches!(st, TaskState::Skipped(_));
+        out.push((format!("tasks.{}.status", t.name), status.to_string()));
+        out.push((format!("tasks.{}.reason", t.name), reason.to_string()));
+    }
+    let overall = if any_failed {
+        "Failed"
+    } else if any_skipped {
+        "Completed"
+    } else {
+        "Succeeded"
+    };
+    out.push(("tasks.status".to_string(), overall.to_string()));
+    out
 }
 
 /// Whether every `when` holds (they are ANDed; `values` may expand `[*]`).
