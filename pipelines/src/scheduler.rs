@@ -490,6 +490,8 @@ mod tests {
         results: BTreeMap<String, BTreeMap<String, ParamValue>>,
         params: BTreeMap<String, ParamValue>,
         mode: Mode,
+        tasks_timed_out: bool,
+        pipeline_timed_out: bool,
     }
 
     impl Run {
@@ -503,6 +505,8 @@ mod tests {
                 results: BTreeMap::new(),
                 params: BTreeMap::new(),
                 mode: Mode::Normal,
+                tasks_timed_out: false,
+                pipeline_timed_out: false,
             }
         }
 
@@ -515,8 +519,8 @@ mod tests {
                 results: &self.results,
                 params: &self.params,
                 mode: self.mode,
-                tasks_timed_out: false,
-                pipeline_timed_out: false,
+                tasks_timed_out: self.tasks_timed_out,
+                pipeline_timed_out: self.pipeline_timed_out,
             };
             let n = next(&view);
             for a in &n.actions {
@@ -735,6 +739,50 @@ mod tests {
         );
         r.finish("f", TaskState::Succeeded);
         assert_eq!(r.step().condition.reason, "Cancelled");
+    }
+
+    #[test]
+    fn timeouts_cancel_what_runs_and_the_tasks_timeout_still_runs_finally() {
+        let spec = json!({
+            "tasks": [t("a", json!({})), t("b", json!({"runAfter": ["a"]}))],
+            "finally": [t("f", json!({}))],
+        });
+        // timeouts.tasks: DAG tasks cancelled, the rest skipped, finally runs. Cancelling
+        // takes effect when the executor reports it (here at once, by `step`).
+        let mut r = Run::new(spec.clone());
+        r.step();
+        r.tasks_timed_out = true;
+        assert_eq!(r.step().actions, [Action::Cancel("a".into())]);
+        let n = r.step();
+        assert_eq!(
+            n.actions,
+            [
+                Action::Skip("b".into(), Skip::Stopping),
+                Action::Start("f".into())
+            ]
+        );
+        assert_eq!(n.condition.reason, "PipelineRunTimeoutRunningFinally");
+        r.finish("f", TaskState::Succeeded);
+        let n = r.step();
+        assert_eq!(
+            (n.condition.status, n.condition.reason),
+            ("False", "PipelineRunTimeout")
+        );
+        // timeouts.pipeline: everything cancelled, finally skipped.
+        let mut r = Run::new(spec);
+        r.step();
+        r.pipeline_timed_out = true;
+        assert_eq!(r.step().actions, [Action::Cancel("a".into())]);
+        let n = r.step();
+        assert!(
+            n.actions
+                .contains(&Action::Skip("f".into(), Skip::TimedOut)),
+            "{n:?}"
+        );
+        assert_eq!(
+            (n.condition.status, n.condition.reason),
+            ("False", "PipelineRunTimeout")
+        );
     }
 
     #[test]
