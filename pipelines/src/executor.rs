@@ -72,21 +72,46 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// SIGKILL to the step's process group (each step leads its own).
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid
         .and_then(|p| i32::try_from(p).ok())
         .and_then(Pid::from_raw)
     {
-        if rustix::process::kill_process_group(pid, Signal::KILL).is_err() {
-            let _ = rustix::process::kill_process(pid, Signal::KILL);
-        }
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
     }
 }
 
+/// Longest output line passed on (longer ones are cut).
+const LINE_MAX: usize = 16 * 1024;
+
+/// Passes the step's output on line by line: any bytes (shown lossily), lines cut at
+/// `LINE_MAX` without holding more in memory, read to the end whatever comes.
 async fn forward(from: impl AsyncRead + Unpin, container: String, stderr: bool, sink: OutputSink) {
-    let mut lines = BufReader::new(from).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        sink(&container, stderr, &line);
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let (used, end) = match buf.iter().position(|b| *b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = LINE_MAX.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..used.min(room)]);
+        reader.consume(used);
+        if end {
+            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                line.pop();
+            }
+            sink(&container, stderr, &String::from_utf8_lossy(&line));
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        sink(&container, stderr, &String::from_utf8_lossy(&line));
     }
 }
 
@@ -111,14 +136,17 @@ async fn run_step(
             return StepEnd::NotStarted(format!("cannot write the script {}: {e}", path.display()));
         }
     }
-    let (program, args) = sandbox.wrap(&step.program, &step.args);
+    let (program, args) = sandbox.wrap(&step.program, &step.args, step.working_dir.as_deref());
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
-        .envs(step.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // The runner's variables first: a step's own `env` wins.
         .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(step.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // In a private view the wrapper changes to `workingDir` once the mounts are made.
         .current_dir(
             step.working_dir
                 .as_deref()
+                .filter(|_| sandbox.mounts.is_empty())
                 .map_or(opts.default_dir.as_path(), Path::new),
         )
         .stdin(Stdio::null())
@@ -180,8 +208,14 @@ async fn run_step(
         // What the step left running in its group goes with it.
         kill_group(pid);
     }
-    for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+    for mut r in readers {
+        // What escaped the group may hold the pipes open: the readers stop after a second.
+        if tokio::time::timeout(Duration::from_secs(1), &mut r)
+            .await
+            .is_err()
+        {
+            r.abort();
+        }
     }
     end
 }
@@ -226,6 +260,7 @@ pub async fn execute(
         }
         let started_at = now();
         let end = run_step(step, sandbox, opts, cancel).await;
+        let not_started = matches!(end, StepEnd::NotStarted(_));
         let finished_at = now();
         let (exit_code, reason, fail) = match end {
             StepEnd::Exited(0) => (0, "Completed", None),
@@ -282,10 +317,13 @@ pub async fn execute(
             ),
         };
         let _ = std::fs::write(dir.join("exitCode"), exit_code.to_string());
+        // Only a step that exited on its own may fail and go on (not a timeout, a cancel or
+        // a step that could not start).
         let continued = fail.is_some()
             && step.on_error_continue
-            && !matches!(reason, "Cancelled")
-            && fail.as_ref().is_some_and(|f| f.reason != "TaskRunTimeout");
+            && reason == "Error"
+            && exit_code != 0
+            && !not_started;
         records.push(StepRecord {
             container: step.container.clone(),
             name: step.name.clone(),
@@ -325,9 +363,21 @@ fn read_results(
     let mut out = BTreeMap::new();
     for r in &spec.results {
         let file = paths.results.join(&r.name);
-        let Ok(meta) = std::fs::metadata(&file) else {
+        // The file itself, not what a link points to; a regular file (not a FIFO or a device
+        // a step could leave to hang or flood the reader).
+        let Ok(meta) = std::fs::symlink_metadata(&file) else {
             continue;
         };
+        if !meta.is_file() {
+            return (
+                out,
+                Some(Ended {
+                    succeeded: false,
+                    reason: "Failed".into(),
+                    message: format!("result {:?} is not a regular file", r.name),
+                }),
+            );
+        }
         if meta.len() > max as u64 {
             return (
                 out,
@@ -515,6 +565,53 @@ mod tests {
                 "a process outlived its step"
             );
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_working_dir_in_a_workspace_works_in_either_view() {
+        for private in [false, crate::sandbox::private_view_available()] {
+            let dir = tempfile::tempdir().unwrap();
+            let shared = dir.path().join("shared");
+            let ws = [(
+                "source".to_string(),
+                crate::sandbox::WorkspaceDir {
+                    host: Some(shared.clone()),
+                    mount_path: None,
+                },
+            )]
+            .into();
+            let sandbox = Sandbox::new(&dir.path().join("run"), &ws, private).unwrap();
+            std::fs::create_dir_all(&shared).unwrap();
+            let spec: TaskSpec = serde_json::from_value(json!({
+                "workspaces": [{"name": "source"}],
+                "steps": [{"name": "w", "workingDir": "$(workspaces.source.path)/sub",
+                           "script": "printf ok > here; printf \"$PWD\" > $(workspaces.source.path)/pwd"}],
+            }))
+            .unwrap();
+            let steps = plan(
+                &spec,
+                &BTreeMap::new(),
+                &Context::default(),
+                &sandbox.view,
+                "/bin/sh",
+            )
+            .unwrap();
+            let mut r = setup();
+            r.opts.default_dir = dir.path().to_path_buf();
+            let o = execute(&steps, &spec, &sandbox, &r.opts, &CancellationToken::new()).await;
+            assert!(o.ended.succeeded, "private {private}: {:?}", o.ended);
+            assert_eq!(
+                std::fs::read_to_string(shared.join("sub/here")).unwrap(),
+                "ok"
+            );
+            let seen = std::fs::read_to_string(shared.join("pwd")).unwrap();
+            let want = if private {
+                "/workspace/source/sub".to_string()
+            } else {
+                shared.join("sub").display().to_string()
+            };
+            assert_eq!(seen, want, "private {private}");
         }
     }
 

@@ -7,12 +7,47 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// A param's (or result's) value: a string, an array of strings or an object of strings.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+/// A number or a boolean where a string goes is read as its text (`value: 8080`), as Tekton
+/// reads it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum ParamValue {
     String(String),
     Array(Vec<String>),
     Object(BTreeMap<String, String>),
+}
+
+fn scalar(v: Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Null => Ok(String::new()),
+        other => Err(format!("{other} is not a string")),
+    }
+}
+
+impl<'de> Deserialize<'de> for ParamValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(scalar)
+                .collect::<Result<Vec<_>, _>>()
+                .map(ParamValue::Array)
+                .map_err(|e| D::Error::custom(format!("an array of strings: {e}"))),
+            Value::Object(m) => m
+                .into_iter()
+                .map(|(k, v)| scalar(v).map(|v| (k, v)))
+                .collect::<Result<BTreeMap<_, _>, _>>()
+                .map(ParamValue::Object)
+                .map_err(|e| D::Error::custom(format!("an object of strings: {e}"))),
+            other => scalar(other)
+                .map(ParamValue::String)
+                .map_err(D::Error::custom),
+        }
+    }
 }
 
 impl ParamValue {
@@ -211,6 +246,18 @@ mod tests {
 
     fn s(x: &str) -> ParamValue {
         ParamValue::String(x.into())
+    }
+
+    #[test]
+    fn numbers_and_booleans_are_read_as_text() {
+        let v: ParamValue = serde_json::from_value(json!(8080)).unwrap();
+        assert_eq!(v, s("8080"));
+        let v: ParamValue = serde_json::from_value(json!([1, true, "x"])).unwrap();
+        assert_eq!(
+            v,
+            ParamValue::Array(vec!["1".into(), "true".into(), "x".into()])
+        );
+        assert!(serde_json::from_value::<ParamValue>(json!([["nested"]])).is_err());
     }
 
     #[test]

@@ -94,9 +94,10 @@ fn failed(reason: &'static str, message: String) -> RunRecord {
 /// A param value with `vars` substituted (a whole `$(x[*])` string becomes the array).
 fn substitute(value: &ParamValue, vars: &Vars) -> ParamValue {
     match value {
-        ParamValue::String(s) => match vars.whole_array(s) {
-            Some(a) => ParamValue::Array(a.clone()),
-            None => ParamValue::String(vars.replace(s)),
+        ParamValue::String(s) => match (vars.whole_array(s), vars.whole_object(s)) {
+            (Some(a), _) => ParamValue::Array(a.clone()),
+            (None, Some(o)) => ParamValue::Object(o.clone()),
+            (None, None) => ParamValue::String(vars.replace(s)),
         },
         ParamValue::Array(a) => ParamValue::Array(vars.expand_list(a)),
         ParamValue::Object(o) => ParamValue::Object(
@@ -148,6 +149,7 @@ impl Runner {
         let mut skipped = Vec::new();
         let mut task_runs = Vec::new();
         let mut running = FuturesUnordered::new();
+        let mut invalid: Option<String> = None;
         let condition = loop {
             let view = View {
                 spec: pipeline,
@@ -184,10 +186,22 @@ impl Runner {
                     Action::Cancel(name) => {
                         states.insert(name, TaskState::Cancelled);
                     }
+                    Action::Fail(name, message) => {
+                        invalid.get_or_insert(message);
+                        states.insert(name, TaskState::Failed { ignored: false });
+                    }
                 }
             }
             if n.condition.status != "Unknown" && running.is_empty() {
-                break n.condition;
+                break match &invalid {
+                    // A result reference that could not be resolved is why the run failed.
+                    Some(m) => Condition {
+                        status: "False",
+                        reason: "InvalidTaskResultReference",
+                        message: m.clone(),
+                    },
+                    None => n.condition,
+                };
             }
             match running.next().await {
                 Some(done) => {
@@ -503,10 +517,7 @@ impl Runner {
         // Propagated params the task does not declare are still substituted (inline specs).
         let mut all = propagated.clone();
         all.extend(resolved);
-        let run_dir = self
-            .work_dir
-            .join(&id.name)
-            .join(format!("{name}-{attempt}"));
+        let run_dir = self.run_dir(id).join(format!("{name}-{attempt}"));
         let mut workspaces = BTreeMap::new();
         for w in &spec.workspaces {
             let bound = t.workspaces.iter().find(|b| b.name == w.name);
@@ -595,6 +606,13 @@ impl Runner {
         (out.ended, out.results)
     }
 
+    /// The run's own directory: namespace, name and uid, so that no two runs share one.
+    fn run_dir(&self, id: &RunId) -> PathBuf {
+        self.work_dir
+            .join(&id.namespace)
+            .join(format!("{}-{}", id.name, id.uid))
+    }
+
     /// Where a run's workspace binding is on this machine.
     fn workspace_dir(
         &self,
@@ -608,10 +626,7 @@ impl Runner {
             // One TaskRun's own, not shared.
             run_dir.join("emptydir").join(task_workspace)
         } else {
-            self.work_dir
-                .join(&id.name)
-                .join("workspaces")
-                .join(&binding.name)
+            self.run_dir(id).join("workspaces").join(&binding.name)
         };
         let mut dir = base;
         for s in [binding.sub_path.as_deref(), sub_path]

@@ -87,15 +87,22 @@ impl Sandbox {
         Ok(Sandbox { host, view, mounts })
     }
 
-    /// The command line that runs `program args` in the private view (as is without one).
-    pub fn wrap(&self, program: &str, args: &[String]) -> (String, Vec<String>) {
+    /// The command line that runs `program args` in the private view, in `working_dir` (as is
+    /// without a private view: the caller sets the directory then).
+    pub fn wrap(
+        &self,
+        program: &str,
+        args: &[String],
+        working_dir: Option<&str>,
+    ) -> (String, Vec<String>) {
         if self.mounts.is_empty() {
             return (program.to_string(), args.to_vec());
         }
         // In a private mount namespace: each mount point made (inside what is already
         // mounted, so nothing but /tekton and /workspace appears on the host), bound, then
-        // the step's program in the namespace's place.
-        let script = "set -e\nwhile [ \"$1\" != -- ]; do mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; shift 2; done\nshift\nexec \"$@\"";
+        // the working directory (made if needed, as a container runtime does), then the
+        // step's program in the namespace's place.
+        let script = "set -e\nwd=$1; shift\nwhile [ \"$1\" != -- ]; do mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; shift 2; done\nshift\nif [ -n \"$wd\" ]; then mkdir -p \"$wd\"; cd \"$wd\"; fi\nexec \"$@\"";
         let mut line = vec![
             "--mount".to_string(),
             "--propagation".to_string(),
@@ -105,6 +112,7 @@ impl Sandbox {
             "-c".to_string(),
             script.to_string(),
             "ferry-step".to_string(),
+            working_dir.unwrap_or("").to_string(),
         ];
         for (h, v) in &self.mounts {
             line.push(h.to_string_lossy().into_owned());
@@ -171,12 +179,12 @@ mod tests {
         );
         assert_eq!(s.view.workspaces["cache"], None);
         assert!(s.host.results.is_dir());
-        let (program, args) = s.wrap("echo", &["hi".to_string()]);
+        let (program, args) = s.wrap("echo", &["hi".to_string()], Some("/workspace/source"));
         assert_eq!(program, "unshare");
         assert_eq!(&args[args.len() - 3..], ["--", "echo", "hi"]);
         // Without a private view, steps see the run's directories.
         let plain = Sandbox::new(&dir.path().join("run2"), &ws, false).unwrap();
         assert_eq!(plain.view, plain.host);
-        assert_eq!(plain.wrap("echo", &[]), ("echo".to_string(), vec![]));
+        assert_eq!(plain.wrap("echo", &[], None), ("echo".to_string(), vec![]));
     }
 }

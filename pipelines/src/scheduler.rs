@@ -46,7 +46,10 @@ pub enum Skip {
     WhenFalse,
     ParentSkipped,
     ResultsMissing,
+    /// `timeouts.pipeline` reached.
     TimedOut,
+    /// `timeouts.tasks` reached.
+    TasksTimedOut,
     EmptyMatrix,
 }
 
@@ -61,6 +64,7 @@ impl Skip {
             Skip::ParentSkipped => "Parent Tasks were skipped",
             Skip::ResultsMissing => "Results were missing",
             Skip::TimedOut => "PipelineRun timeout has been reached",
+            Skip::TasksTimedOut => "PipelineRun Tasks timeout has been reached",
             Skip::EmptyMatrix => "Matrix Parameters have an empty array",
         }
     }
@@ -77,6 +81,8 @@ pub enum Mode {
     CancelledRunFinally,
     /// `StoppedRunFinally`: let what runs finish, start nothing new, then finally.
     StoppedRunFinally,
+    /// `PipelineRunPending`: nothing starts yet (and no timeout runs).
+    Pending,
 }
 
 impl Mode {
@@ -85,6 +91,7 @@ impl Mode {
             Some("Cancelled") => Mode::Cancelled,
             Some("CancelledRunFinally") => Mode::CancelledRunFinally,
             Some("StoppedRunFinally") => Mode::StoppedRunFinally,
+            Some("PipelineRunPending") => Mode::Pending,
             _ => Mode::Normal,
         }
     }
@@ -113,6 +120,8 @@ pub enum Action {
     Start(String),
     Skip(String, Skip),
     Cancel(String),
+    /// The task cannot run (a result it uses is missing): it counts as failed.
+    Fail(String, String),
 }
 
 /// The run's `Succeeded` condition.
@@ -184,10 +193,8 @@ pub fn status_vars(
             TaskState::Cancelled => ("Failed", "TaskRunCancelled"),
             TaskState::Skipped(_) | TaskState::NotStarted | TaskState::Running => ("None", "None"),
         };
-        any_failed |= matches!(
-            st,
-            TaskState::Failed { ignored: false } | TaskState::Cancelled
-        );
+        // An ignored failure is a failure to `$(tasks.status)` too (as upstream).
+        any_failed |= matches!(st, TaskState::Failed { .. } | TaskState::Cancelled);
         any_skipped |= matches!(st, TaskState::Skipped(_));
         out.push((format!("tasks.{}.status", t.name), status.to_string()));
         out.push((format!("tasks.{}.reason", t.name), reason.to_string()));
@@ -239,6 +246,17 @@ fn empty_matrix(t: &PipelineTask, vars: &Vars) -> bool {
 
 /// The run's next moves.
 pub fn next(view: &View) -> Next {
+    if view.mode == Mode::Pending && view.states.values().all(|s| *s == TaskState::NotStarted) {
+        return Next {
+            actions: Vec::new(),
+            condition: Condition {
+                status: "Unknown",
+                reason: "PipelineRunPending",
+                message: "PipelineRun is pending".into(),
+            },
+            invalid_reference: None,
+        };
+    }
     let mut actions = Vec::new();
     let mut states: BTreeMap<String, TaskState> = view.states.clone();
     let mut invalid_reference = None;
@@ -286,41 +304,46 @@ pub fn next(view: &View) -> Next {
                 continue;
             }
             let used = uses(t);
+            // A result a succeeded parent did not write: the run fails (a consumer that may
+            // fail, `onError: continue`, is skipped instead).
+            let missing = used.iter().find(|(task, r)| {
+                matches!(
+                    states.get(task),
+                    Some(TaskState::Succeeded | TaskState::Failed { ignored: true })
+                ) && !has_result(view, task, r)
+            });
+            // Tekton's precedence (`skip()`).
             let skip = if dag_failed(&states) {
                 Some(Skip::Stopping)
             } else if view.mode == Mode::CancelledRunFinally || view.mode == Mode::Cancelled {
                 Some(Skip::GracefullyCancelled)
             } else if view.mode == Mode::StoppedRunFinally {
                 Some(Skip::GracefullyStopped)
-            } else if view.pipeline_timed_out || view.tasks_timed_out {
-                Some(Skip::TimedOut)
+            } else if !when_holds(&t.when, &vars) {
+                Some(Skip::WhenFalse)
             } else if parents.iter().any(
                 |p| matches!(states.get(p), Some(TaskState::Skipped(s)) if *s != Skip::WhenFalse),
             ) {
                 Some(Skip::ParentSkipped)
             } else if used.iter().any(|(task, _)| {
                 matches!(states.get(task), Some(TaskState::Skipped(Skip::WhenFalse)))
-            }) {
+            }) || (missing.is_some() && t.on_error.as_deref() == Some("continue"))
+            {
                 Some(Skip::ResultsMissing)
-            } else if !when_holds(&t.when, &vars) {
-                Some(Skip::WhenFalse)
-            } else if let Some((task, result)) = used.iter().find(|(task, r)| {
-                matches!(
-                    states.get(task),
-                    Some(TaskState::Succeeded | TaskState::Failed { ignored: true })
-                ) && !has_result(view, task, r)
-            }) {
-                if t.on_error.as_deref() == Some("continue") {
-                    Some(Skip::ResultsMissing)
-                } else {
-                    invalid_reference.get_or_insert_with(|| {
-                        format!(
-                            "invalid result reference in pipeline task {:?}: task {task:?} did not produce result {result:?}",
-                            t.name
-                        )
-                    });
-                    Some(Skip::ResultsMissing)
-                }
+            } else if view.pipeline_timed_out {
+                Some(Skip::TimedOut)
+            } else if view.tasks_timed_out {
+                Some(Skip::TasksTimedOut)
+            } else if let Some((task, result)) = missing {
+                let message = format!(
+                    "invalid result reference in pipeline task {:?}: task {task:?} did not produce result {result:?}",
+                    t.name
+                );
+                invalid_reference.get_or_insert(message.clone());
+                states.insert(t.name.clone(), TaskState::Failed { ignored: false });
+                actions.push(Action::Fail(t.name.clone(), message));
+                progressed = true;
+                continue;
             } else if empty_matrix(t, &vars) {
                 Some(Skip::EmptyMatrix)
             } else {
@@ -361,10 +384,10 @@ pub fn next(view: &View) -> Next {
                 } else {
                     Skip::GracefullyCancelled
                 })
-            } else if !when_holds(&t.when, &fvars) {
-                Some(Skip::WhenFalse)
             } else if used.iter().any(|(task, r)| !has_result(view, task, r)) {
                 Some(Skip::ResultsMissing)
+            } else if !when_holds(&t.when, &fvars) {
+                Some(Skip::WhenFalse)
             } else if empty_matrix(t, &fvars) {
                 Some(Skip::EmptyMatrix)
             } else {
@@ -428,6 +451,10 @@ fn condition(
     } else {
         failed.to_string()
     };
+    let real_failures = failed - ignored;
+    let any_real_failure = states
+        .values()
+        .any(|s| matches!(s, TaskState::Failed { ignored: false }));
     let finally_failed = view.spec.finally.iter().any(|t| {
         matches!(
             states.get(&t.name),
@@ -436,7 +463,7 @@ fn condition(
     });
     if incomplete > 0 {
         let message = format!(
-            "Tasks Completed: {completed} (Failed: {failed_text}, Cancelled {cancelled}), Incomplete: {incomplete}, Skipped: {skipped}"
+            "Tasks Completed: {completed} (Failed: {real_failures}, Cancelled {cancelled}), Incomplete: {incomplete}, Skipped: {skipped}"
         );
         let reason = match view.mode {
             Mode::CancelledRunFinally => "CancelledRunningFinally",
@@ -462,6 +489,8 @@ fn condition(
         };
     } else if view.pipeline_timed_out || view.tasks_timed_out {
         ("False", "PipelineRunTimeout")
+    } else if any_real_failure {
+        ("False", "Failed")
     } else if view.mode != Mode::Normal {
         ("False", "Cancelled")
     } else if dag_failed || finally_failed {
@@ -528,6 +557,9 @@ mod tests {
                     Action::Start(t) => self.states.insert(t.clone(), TaskState::Running),
                     Action::Skip(t, s) => self.states.insert(t.clone(), TaskState::Skipped(*s)),
                     Action::Cancel(t) => self.states.insert(t.clone(), TaskState::Cancelled),
+                    Action::Fail(t, _) => self
+                        .states
+                        .insert(t.clone(), TaskState::Failed { ignored: false }),
                 };
             }
             n
@@ -783,6 +815,36 @@ mod tests {
             (n.condition.status, n.condition.reason),
             ("False", "PipelineRunTimeout")
         );
+    }
+
+    #[test]
+    fn a_when_skip_does_not_cascade_even_below_another_skip() {
+        // m is skipped (empty matrix); c runs after it but its own `when` is false, which
+        // comes first: c is "When Expressions evaluated to false", so d, after c, runs.
+        let mut r = Run::new(json!({"tasks": [
+            t("m", json!({"matrix": {"params": [{"name": "v", "value": []}]}})),
+            t("c", json!({"runAfter": ["m"],
+                "when": [{"input": "a", "operator": "in", "values": ["b"]}]})),
+            t("d", json!({"runAfter": ["c"]})),
+        ]}));
+        let n = r.step();
+        assert_eq!(
+            n.actions,
+            [
+                Action::Skip("m".into(), Skip::EmptyMatrix),
+                Action::Skip("c".into(), Skip::WhenFalse),
+                Action::Start("d".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pending_run_starts_nothing() {
+        let mut r = Run::new(json!({"tasks": [t("a", json!({}))]}));
+        r.mode = Mode::Pending;
+        let n = r.step();
+        assert!(n.actions.is_empty());
+        assert_eq!(n.condition.reason, "PipelineRunPending");
     }
 
     #[test]

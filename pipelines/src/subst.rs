@@ -83,6 +83,13 @@ impl Vars {
         out
     }
 
+    /// The object an element that is exactly `$(X[*])` names.
+    pub fn whole_object(&self, item: &str) -> Option<&BTreeMap<String, String>> {
+        let expr = item.trim().strip_prefix("$(")?.strip_suffix(')')?;
+        let base = expr.strip_suffix("[*]")?;
+        self.objects.get(&normalize(base))
+    }
+
     /// The array an element that is exactly `$(X[*])` names.
     pub fn whole_array(&self, item: &str) -> Option<&Vec<String>> {
         let expr = item.trim().strip_prefix("$(")?.strip_suffix(')')?;
@@ -121,17 +128,14 @@ impl Vars {
     }
 }
 
-/// The index of the `)` closing an expression that starts right after `$(` (brackets and
-/// quotes inside are skipped), if any.
+/// The index of the `)` closing an expression that starts right after `$(`, if any; `None`
+/// when another `$(` comes first (the outer one is then shell, like `$(( "$(params.a)" + 1 ))`,
+/// and the scan goes on inside it). Names never hold `)`, so quotes need no care.
 fn closing(s: &str) -> Option<usize> {
-    let mut quote: Option<char> = None;
     for (i, c) in s.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, ')') => return Some(i),
-            (None, '$' | '(') if s[i..].starts_with("$(") => return None,
+        match c {
+            ')' => return Some(i),
+            '$' if s[i..].starts_with("$(") => return None,
             _ => {}
         }
     }
@@ -235,6 +239,11 @@ mod tests {
             "echo $((1+2)) $(params.name"
         );
         assert_eq!(v.replace("${HOME} $ (x)"), "${HOME} $ (x)");
+        // Inside a shell `$(...)` or `$((...))`, quoted or not, references are still seen.
+        assert_eq!(
+            v.replace(r#"echo $(( "$(tasks.t1.results.sum)" + 1 )) $(cat "$(params.name)")"#),
+            r#"echo $(( "22" + 1 )) $(cat "world")"#
+        );
     }
 
     #[test]

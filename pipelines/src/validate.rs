@@ -123,7 +123,16 @@ pub fn task(path: &str, t: &TaskSpec, errors: &mut FieldErrors) {
         "result",
         errors,
     );
+    for (i, s) in t.steps.iter().enumerate() {
+        if let Some(n) = &s.name {
+            file_name(&format!("{path}.steps[{i}].name"), n, errors);
+        }
+    }
+    for (i, w) in t.workspaces.iter().enumerate() {
+        file_name(&format!("{path}.workspaces[{i}].name"), &w.name, errors);
+    }
     for (i, r) in t.results.iter().enumerate() {
+        file_name(&format!("{path}.results[{i}].name"), &r.name, errors);
         if let Some(k) = r.kind.as_deref() {
             if !["string", "array", "object"].contains(&k) {
                 errors.push(
@@ -256,6 +265,13 @@ fn pipeline_task(path: &str, t: &PipelineTask, errors: &mut FieldErrors) {
     for (i, w) in t.when.iter().enumerate() {
         when(&format!("{path}.when[{i}]"), w, errors);
     }
+    for (i, w) in t.workspaces.iter().enumerate() {
+        sub_path(
+            &format!("{path}.workspaces[{i}].subPath"),
+            w.sub_path.as_ref(),
+            errors,
+        );
+    }
     duration(&format!("{path}.timeout"), t.timeout.as_ref(), errors);
     if let Some(on_error) = &t.on_error {
         if !["continue", "stopAndFail"].contains(&on_error.as_str()) {
@@ -372,6 +388,40 @@ pub fn pipeline_run(path: &str, r: &PipelineRunSpec, errors: &mut FieldErrors) {
     bindings(path, &r.workspaces, errors);
 }
 
+/// A `subPath`: relative, inside its workspace (no `..`).
+fn sub_path(path: &str, value: Option<&String>, errors: &mut FieldErrors) {
+    if let Some(p) = value {
+        let escapes = std::path::Path::new(p).components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if escapes {
+            errors.push(
+                path,
+                format!("{p:?} must be a relative path inside the workspace (no '..')"),
+            );
+        }
+    }
+}
+
+/// A name that becomes a file name: letters, digits, '-', '_' and '.', not `.` or `..`.
+fn file_name(path: &str, name: &str, errors: &mut FieldErrors) {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        errors.push(
+            path,
+            format!("{name:?}: letters, digits, '-', '_' and '.' only"),
+        );
+    }
+}
+
 fn bindings(path: &str, ws: &[crate::spec::WorkspaceBinding], errors: &mut FieldErrors) {
     unique(
         &format!("{path}.workspaces"),
@@ -381,6 +431,8 @@ fn bindings(path: &str, ws: &[crate::spec::WorkspaceBinding], errors: &mut Field
     );
     for (i, w) in ws.iter().enumerate() {
         let here = format!("{path}.workspaces[{i}]");
+        file_name(&format!("{here}.name"), &w.name, errors);
+        sub_path(&format!("{here}.subPath"), w.sub_path.as_ref(), errors);
         let kinds = [
             ("emptyDir", w.empty_dir.is_some()),
             ("volumeClaimTemplate", w.volume_claim_template.is_some()),
@@ -465,7 +517,8 @@ mod tests {
             "pipelineRef": {"name": "p"},
             "status": "Stopped",
             "timeouts": {"pipeline": "1 hour"},
-            "workspaces": [{"name": "w", "secret": {"secretName": "s"}}, {"name": "v"}],
+            "workspaces": [{"name": "w", "secret": {"secretName": "s"}}, {"name": "v"},
+                           {"name": "x", "emptyDir": {}, "subPath": "../../etc"}],
         }))
         .unwrap();
         let mut e = FieldErrors::new(1);
@@ -477,7 +530,8 @@ mod tests {
                 "spec.timeouts.pipeline",
                 "spec.status",
                 "spec.workspaces[0].secret",
-                "spec.workspaces[1]"
+                "spec.workspaces[1]",
+                "spec.workspaces[2].subPath"
             ]
         );
     }

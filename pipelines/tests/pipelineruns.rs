@@ -162,6 +162,20 @@ async fn every_upstream_pipeline_run_ends_as_upstream_says() {
                 assert_eq!(result(r, "partial-sum"), Some(&s("12")));
                 assert_eq!(result(r, "all-sum"), Some(&s("22-12")));
             }
+            "pipelinerun-with-final-results.yaml" => {
+                // 2×1 = 2; then 22×22 = 484 (the shell arithmetic sees the results).
+                assert_eq!(result(r, "task-result"), Some(&s("2")));
+                assert_eq!(result(r, "finally-result"), Some(&s("484")));
+            }
+            "task_results_example.yaml" => {
+                let last = r
+                    .task_runs
+                    .iter()
+                    .filter_map(|t| t.results.get("sum"))
+                    .next_back()
+                    .cloned();
+                assert_eq!(last, Some(s("4024")), "{r:#?}");
+            }
             "6139-regression.yaml" => {
                 assert_eq!(r.results, [("result-hello".to_string(), s("RES1"))]);
             }
