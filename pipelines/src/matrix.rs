@@ -1,7 +1,7 @@
 //! Matrix fan-out: the cartesian product of the matrix params in declaration order (the first
-//! param varying fastest, as Tekton enumerates them), then `include`: an include whose params
-//! all fit a combination (each either absent from it or equal) adds its other params to every
-//! such combination without overwriting; one that fits none is a combination of its own.
+//! param varying fastest, as Tekton enumerates them), then `include` (TEP-0118): an entry adds
+//! its non-matrix params to every combination whose matrix params it agrees with; one that
+//! agrees with none is a combination of its own.
 
 use crate::spec::Matrix;
 use std::collections::BTreeMap;
@@ -35,26 +35,32 @@ pub fn combinations(
     if arrays.iter().any(|(_, v)| v.is_empty()) {
         return Vec::new();
     }
-    let originals = combos.len();
-    for inc in include {
-        let fits = |c: &Combination| {
-            inc.iter()
-                .all(|(k, v)| c.get(k).is_none_or(|existing| existing == v))
-                && inc.iter().any(|(k, _)| c.contains_key(k))
-        };
+    // `include` (TEP-0118, as GitHub Actions does it): an entry goes into every combination
+    // whose matrix params it does not contradict (its other params added, a later entry's
+    // replacing an earlier one's); one that fits none is a combination of its own.
+    let matrix_keys: Vec<&str> = arrays.iter().map(|(k, _)| k.as_str()).collect();
+    let mut extra = Vec::new();
+    for inc in include.iter().filter(|i| !i.is_empty()) {
         let mut matched = false;
-        for c in combos.iter_mut().take(originals) {
-            if fits(c) {
+        for c in combos.iter_mut() {
+            let fits = inc
+                .iter()
+                .all(|(k, v)| !matrix_keys.contains(&k.as_str()) || c.get(k) == Some(v));
+            if fits {
                 matched = true;
-                for (k, v) in inc {
-                    c.entry(k.clone()).or_insert_with(|| v.clone());
+                for (k, v) in inc
+                    .iter()
+                    .filter(|(k, _)| !matrix_keys.contains(&k.as_str()))
+                {
+                    c.insert(k.clone(), v.clone());
                 }
             }
         }
         if !matched {
-            combos.push(inc.iter().cloned().collect());
+            extra.push(inc.iter().cloned().collect::<Combination>());
         }
     }
+    combos.extend(extra);
     combos
 }
 
@@ -138,5 +144,30 @@ mod tests {
         // Only includes: each is a combination.
         let c = combinations(&[], &[pairs(&[("platform", "linux")])]);
         assert_eq!(show(&c), ["platform=linux"]);
+        // GitHub's documented example of the same rules.
+        let c = combinations(
+            &[
+                arr("fruit", &["apple", "pear"]),
+                arr("animal", &["cat", "dog"]),
+            ],
+            &[
+                pairs(&[("color", "green")]),
+                pairs(&[("color", "pink"), ("animal", "cat")]),
+                pairs(&[("fruit", "apple"), ("shape", "circle")]),
+                pairs(&[("fruit", "banana")]),
+                pairs(&[("fruit", "banana"), ("animal", "cat")]),
+            ],
+        );
+        assert_eq!(
+            show(&c),
+            [
+                "animal=cat,color=pink,fruit=apple,shape=circle",
+                "animal=cat,color=pink,fruit=pear",
+                "animal=dog,color=green,fruit=apple,shape=circle",
+                "animal=dog,color=green,fruit=pear",
+                "fruit=banana",
+                "animal=cat,fruit=banana",
+            ]
+        );
     }
 }

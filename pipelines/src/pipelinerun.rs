@@ -344,7 +344,32 @@ impl Runner {
                         .collect()
                 })
                 .collect();
-            combinations(&arrays, &include)
+            let combos = combinations(&arrays, &include);
+            if combos.len() > crate::validate::MAX_MATRIX_COMBINATIONS {
+                let ended = Ended {
+                    succeeded: false,
+                    reason: "PipelineValidationFailed".into(),
+                    message: format!(
+                        "matrix of {:?} has {} combinations; at most {}",
+                        t.name,
+                        combos.len(),
+                        crate::validate::MAX_MATRIX_COMBINATIONS
+                    ),
+                };
+                let record = TaskRunRecord {
+                    name: format!("{}-{}", id.name, t.name),
+                    pipeline_task: t.name.clone(),
+                    retries: 0,
+                    ended,
+                    results: BTreeMap::new(),
+                };
+                return done(
+                    TaskState::Failed { ignored: false },
+                    BTreeMap::new(),
+                    vec![record],
+                );
+            }
+            combos
                 .into_iter()
                 .map(|c| {
                     let mut g = given.clone();
