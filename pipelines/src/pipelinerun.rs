@@ -150,7 +150,39 @@ impl Runner {
         let mut task_runs = Vec::new();
         let mut running = FuturesUnordered::new();
         let mut invalid: Option<String> = None;
+        // Timeouts: `timeouts.pipeline` (Tekton's default 1 h, 0 none), `timeouts.tasks`.
+        let limit = |t: Option<&String>| -> Result<Option<Duration>, String> {
+            match t {
+                None => Ok(None),
+                Some(t) => parse_go_duration(t)
+                    .map(|d| (!d.is_zero()).then_some(d))
+                    .map_err(|e| format!("timeout {t:?}: {e}")),
+            }
+        };
+        let timeouts = run.timeouts.clone().unwrap_or_default();
+        let (pipeline_limit, tasks_limit) = match (
+            limit(timeouts.pipeline.as_ref()),
+            limit(timeouts.tasks.as_ref()),
+        ) {
+            (Ok(p), Ok(t)) => (
+                if timeouts.pipeline.is_some() {
+                    p
+                } else {
+                    Some(DEFAULT_TIMEOUT)
+                },
+                t,
+            ),
+            (Err(e), _) | (_, Err(e)) => return failed("PipelineValidationFailed", e),
+        };
+        let started = tokio::time::Instant::now();
+        let pipeline_deadline = pipeline_limit.map(|d| started + d);
+        let tasks_deadline = tasks_limit.map(|d| started + d);
+        let (mut pipeline_timed_out, mut tasks_timed_out) = (false, false);
+        let mut cancels: BTreeMap<String, CancellationToken> = BTreeMap::new();
         let condition = loop {
+            let now = tokio::time::Instant::now();
+            pipeline_timed_out |= pipeline_deadline.is_some_and(|d| now >= d);
+            tasks_timed_out |= tasks_deadline.is_some_and(|d| now >= d);
             let view = View {
                 spec: pipeline,
                 dag: &dag,
@@ -158,8 +190,8 @@ impl Runner {
                 results: &results,
                 params: &params,
                 mode: Mode::of(run.status.as_deref()),
-                tasks_timed_out: false,
-                pipeline_timed_out: false,
+                tasks_timed_out,
+                pipeline_timed_out,
             };
             let n = next(&view);
             for a in n.actions {
@@ -177,14 +209,19 @@ impl Runner {
                         let vars =
                             self.task_vars(id, pipeline, &params, &states, &results, finally);
                         states.insert(name.clone(), TaskState::Running);
-                        running.push(self.pipeline_task(id, run, t, vars, &params));
+                        let cancel = CancellationToken::new();
+                        cancels.insert(name.clone(), cancel.clone());
+                        running.push(self.pipeline_task(id, run, t, vars, &params, cancel));
                     }
                     Action::Skip(name, why) => {
                         skipped.push((name.clone(), why.reason()));
                         states.insert(name, TaskState::Skipped(why));
                     }
                     Action::Cancel(name) => {
-                        states.insert(name, TaskState::Cancelled);
+                        // Takes effect when the task reports it has stopped.
+                        if let Some(c) = cancels.get(&name) {
+                            c.cancel();
+                        }
                     }
                     Action::Fail(name, message) => {
                         invalid.get_or_insert(message);
@@ -200,17 +237,47 @@ impl Runner {
                         reason: "InvalidTaskResultReference",
                         message: m.clone(),
                     },
+                    None if n.condition.reason == "PipelineRunTimeout" => Condition {
+                        message: format!(
+                            "PipelineRun {:?} failed to finish within {:?}",
+                            id.name,
+                            if pipeline_timed_out {
+                                timeouts.pipeline.clone().unwrap_or_else(|| "1h0m0s".into())
+                            } else {
+                                timeouts.tasks.clone().unwrap_or_default()
+                            }
+                        ),
+                        ..n.condition
+                    },
                     None => n.condition,
                 };
             }
-            match running.next().await {
-                Some(done) => {
-                    let done: TaskDone = done;
-                    results.insert(done.name.clone(), done.results);
-                    states.insert(done.name, done.state);
-                    task_runs.extend(done.runs);
+            // The next deadline that has not passed yet, if any.
+            let deadline = [
+                pipeline_deadline.filter(|_| !pipeline_timed_out),
+                tasks_deadline.filter(|_| !tasks_timed_out),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wake = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
                 }
-                None => break n.condition,
+            };
+            tokio::select! {
+                done = running.next() => match done {
+                    Some(done) => {
+                        let done: TaskDone = done;
+                        cancels.remove(&done.name);
+                        results.insert(done.name.clone(), done.results);
+                        states.insert(done.name, done.state);
+                        task_runs.extend(done.runs);
+                    }
+                    None => break n.condition,
+                },
+                _ = wake => {}
             }
         };
         RunRecord {
@@ -262,6 +329,7 @@ impl Runner {
         t: &PipelineTask,
         mut vars: Vars,
         params: &BTreeMap<String, ParamValue>,
+        cancel: CancellationToken,
     ) -> TaskDone {
         let done = |state, results, runs| TaskDone {
             name: t.name.clone(),
@@ -395,6 +463,7 @@ impl Runner {
             };
             let spec = spec.clone();
             let timeout = timeout.clone();
+            let cancel = cancel.clone();
             // An embedded spec sees the run's params and its pipeline task's, declared or not.
             let vars_params: BTreeMap<String, ParamValue> = if embedded {
                 given.iter().cloned().collect()
@@ -412,6 +481,7 @@ impl Runner {
                     &vars_params,
                     retries,
                     timeout,
+                    &cancel,
                 )
                 .await
             }
@@ -441,8 +511,12 @@ impl Runner {
         for (_, _, r) in outcomes {
             runs.extend(r);
         }
+        let cancelled = runs.iter().any(|r| r.ended.reason == "TaskRunCancelled");
         let state = if all_ok {
             TaskState::Succeeded
+        } else if cancelled {
+            results.clear();
+            TaskState::Cancelled
         } else if t.on_error.as_deref() == Some("continue") {
             TaskState::Failed { ignored: true }
         } else {
@@ -465,6 +539,7 @@ impl Runner {
         propagated: &BTreeMap<String, ParamValue>,
         retries: u32,
         timeout: Option<String>,
+        cancel: &CancellationToken,
     ) -> (Ended, BTreeMap<String, ParamValue>, Vec<TaskRunRecord>) {
         let mut records = Vec::new();
         let mut last = (
@@ -487,6 +562,7 @@ impl Runner {
                     propagated,
                     attempt,
                     timeout.as_deref(),
+                    cancel,
                 )
                 .await;
             records.push(TaskRunRecord {
@@ -496,9 +572,10 @@ impl Runner {
                 ended: ended.clone(),
                 results: results.clone(),
             });
-            let ok = ended.succeeded;
+            // A cancelled attempt is not retried.
+            let stop = ended.succeeded || ended.reason == "TaskRunCancelled";
             last = (ended, results);
-            if ok {
+            if stop {
                 break;
             }
         }
@@ -517,6 +594,7 @@ impl Runner {
         propagated: &BTreeMap<String, ParamValue>,
         attempt: u32,
         timeout: Option<&str>,
+        cancel: &CancellationToken,
     ) -> (Ended, BTreeMap<String, ParamValue>) {
         let fail = |reason: &str, message: String| {
             (
@@ -627,7 +705,7 @@ impl Runner {
             timeout_text: timeout.map(str::to_string),
             output: self.output.clone(),
         };
-        let out = execute(&steps, spec, &sandbox, &opts, &CancellationToken::new()).await;
+        let out = execute(&steps, spec, &sandbox, &opts, cancel).await;
         (out.ended, out.results)
     }
 

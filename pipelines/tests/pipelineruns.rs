@@ -192,3 +192,67 @@ async fn every_upstream_pipeline_run_ends_as_upstream_says() {
         }
     }
 }
+
+fn runner(work: &Path) -> Runner {
+    Runner {
+        tasks: BTreeMap::new(),
+        work_dir: work.join("runs"),
+        shell: "/bin/sh".into(),
+        private_view: false,
+        max_result_size: 1 << 20,
+        env: Vec::new(),
+        output: Arc::new(|_: &str, _: bool, _: &str| {}),
+    }
+}
+
+fn id(name: &str) -> RunId {
+    RunId {
+        name: name.into(),
+        namespace: "default".into(),
+        uid: "u".into(),
+        pipeline: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_cancel_the_run_and_the_tasks_timeout_still_runs_finally() {
+    let work = tempfile::tempdir().unwrap();
+    let r = runner(work.path());
+    let spec = |timeouts: Value| -> PipelineRunSpec {
+        serde_json::from_value(serde_json::json!({
+            "timeouts": timeouts,
+            "pipelineSpec": {
+                "tasks": [{"name": "slow", "taskSpec": {"steps": [{"script": "sleep 30"}]}}],
+                "finally": [{"name": "report", "taskSpec": {"steps": [{"script": "true"}]}}],
+            },
+        }))
+        .unwrap()
+    };
+    // timeouts.pipeline: the running task is cancelled (its process killed), no finally.
+    let s = spec(serde_json::json!({"pipeline": "1s"}));
+    let rec = r.run(&id("p"), &s, s.pipeline_spec.as_ref().unwrap()).await;
+    assert_eq!(
+        (rec.condition.status, rec.condition.reason),
+        ("False", "PipelineRunTimeout"),
+        "{rec:#?}"
+    );
+    assert_eq!(
+        rec.condition.message,
+        "PipelineRun \"p\" failed to finish within \"1s\""
+    );
+    assert!(rec
+        .skipped
+        .contains(&("report".to_string(), "PipelineRun timeout has been reached")));
+    assert!(rec
+        .task_runs
+        .iter()
+        .any(|t| t.pipeline_task == "slow" && t.ended.reason == "TaskRunCancelled"));
+    // timeouts.tasks: the DAG task is cancelled, finally runs.
+    let s = spec(serde_json::json!({"pipeline": "1m", "tasks": "1s"}));
+    let rec = r.run(&id("t"), &s, s.pipeline_spec.as_ref().unwrap()).await;
+    assert_eq!(rec.condition.reason, "PipelineRunTimeout", "{rec:#?}");
+    assert!(rec
+        .task_runs
+        .iter()
+        .any(|t| t.pipeline_task == "report" && t.ended.succeeded));
+}
