@@ -169,3 +169,30 @@ fn filters_match_only_true_without_error() {
         "a non-boolean result means no match"
     );
 }
+
+#[test]
+fn hostile_expressions_are_refused_not_a_stack_overflow() {
+    // Each was enough to kill the server (issue "Hardening"): deep NOTs, signs, parentheses.
+    for text in [
+        format!("{}TRUE", "NOT ".repeat(60_000)),
+        format!("{}1 = 1", "- ".repeat(60_000)),
+        format!("{}TRUE{}", "(".repeat(60_000), ")".repeat(60_000)),
+        format!("{}1{}", "ABS(".repeat(10_000), ")".repeat(10_000)),
+    ] {
+        let e = Expression::compile(&text).expect_err("too deep or too long");
+        assert_eq!(e.kind, ErrorKind::Parse);
+        assert!(
+            e.message.contains("nests deeper") || e.message.contains("tokens"),
+            "{}",
+            e.message
+        );
+    }
+    // A long chain is a deep tree: refused past the token limit.
+    let chain = vec!["TRUE"; 3000].join(" AND ");
+    assert!(Expression::compile(&chain).is_err());
+    // What real filters look like still compiles: 64 levels, 1000 terms.
+    let nested = format!("{}TRUE{}", "(".repeat(60), ")".repeat(60));
+    assert!(Expression::compile(&nested).is_ok());
+    let long = vec!["type = 'a'"; 300].join(" OR ");
+    assert!(Expression::compile(&long).is_ok());
+}

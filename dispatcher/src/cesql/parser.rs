@@ -112,11 +112,19 @@ pub enum Expr {
     Call(Func, Vec<Expr>),
 }
 
+/// Deepest nesting of `NOT`, unary signs, parentheses and function calls: the parser
+/// recurses on each, so a hostile filter (60,000 × `NOT `) must not exhaust the stack.
+pub const MAX_NESTING: usize = 64;
+/// Longest expression, in tokens: chains of operators make trees as deep as they are long,
+/// and evaluating (and dropping) a tree recurses on its depth.
+pub const MAX_TOKENS: usize = 2048;
+
 struct Parser<'a> {
     tokens: &'a [Token],
     pos: usize,
     /// Column just past the text, for "unexpected end".
     end: usize,
+    nesting: usize,
 }
 
 pub fn parse(tokens: &[Token], text: &str) -> Result<Expr, CompileError> {
@@ -124,9 +132,20 @@ pub fn parse(tokens: &[Token], text: &str) -> Result<Expr, CompileError> {
         tokens,
         pos: 0,
         end: text.chars().count() + 1,
+        nesting: 0,
     };
     if tokens.is_empty() {
         return Err(p.error("empty expression"));
+    }
+    if tokens.len() > MAX_TOKENS {
+        return Err(CompileError {
+            kind: ErrorKind::Parse,
+            message: format!(
+                "the expression has {} tokens; at most {MAX_TOKENS}",
+                tokens.len()
+            ),
+            column: 1,
+        });
     }
     let e = p.or()?;
     if p.pos < tokens.len() {
@@ -136,6 +155,19 @@ pub fn parse(tokens: &[Token], text: &str) -> Result<Expr, CompileError> {
 }
 
 impl Parser<'_> {
+    /// One level deeper, refused past [`MAX_NESTING`].
+    fn deeper(&mut self) -> Result<(), CompileError> {
+        self.nesting += 1;
+        if self.nesting > MAX_NESTING {
+            return Err(CompileError {
+                kind: ErrorKind::Parse,
+                message: format!("the expression nests deeper than {MAX_NESTING} levels"),
+                column: self.column(),
+            });
+        }
+        Ok(())
+    }
+
     fn peek(&self) -> Option<&Tok> {
         self.tokens.get(self.pos).map(|t| &t.tok)
     }
@@ -211,7 +243,10 @@ impl Parser<'_> {
     fn not(&mut self) -> Result<Expr, CompileError> {
         if self.keyword("NOT") {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.deeper()?;
+            let inner = self.not()?;
+            self.nesting -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         self.comparison()
     }
@@ -254,10 +289,12 @@ impl Parser<'_> {
             } else if self.keyword("IN") {
                 self.pos += 1;
                 self.expect(&Tok::LParen, "'(' to open the IN set")?;
+                self.deeper()?;
                 let mut set = vec![self.or()?];
                 while self.eat(&Tok::Comma) {
                     set.push(self.or()?);
                 }
+                self.nesting -= 1;
                 self.expect(&Tok::RParen, "')' to close the IN set")?;
                 left = Expr::In {
                     expr: Box::new(left),
@@ -307,10 +344,16 @@ impl Parser<'_> {
                 self.pos += 1;
                 return Ok(Expr::Lit(Value::Int(n as i32)));
             }
-            return Ok(Expr::Neg(Box::new(self.unary()?)));
+            self.deeper()?;
+            let inner = self.unary()?;
+            self.nesting -= 1;
+            return Ok(Expr::Neg(Box::new(inner)));
         }
         if self.eat(&Tok::Plus) {
-            return self.unary();
+            self.deeper()?;
+            let inner = self.unary()?;
+            self.nesting -= 1;
+            return Ok(inner);
         }
         self.primary()
     }
@@ -331,7 +374,9 @@ impl Parser<'_> {
                 }),
             Tok::Str(s) => Ok(Expr::Lit(Value::Str(s))),
             Tok::LParen => {
+                self.deeper()?;
                 let e = self.or()?;
+                self.nesting -= 1;
                 self.expect(&Tok::RParen, "')'")?;
                 Ok(e)
             }
@@ -351,10 +396,12 @@ impl Parser<'_> {
                 self.pos += 1;
                 let mut args = Vec::new();
                 if !self.eat(&Tok::RParen) {
+                    self.deeper()?;
                     args.push(self.or()?);
                     while self.eat(&Tok::Comma) {
                         args.push(self.or()?);
                     }
+                    self.nesting -= 1;
                     self.expect(&Tok::RParen, "')' to close the function call")?;
                 }
                 let f = Func::resolve(&w, args.len()).ok_or_else(|| CompileError {
