@@ -190,7 +190,10 @@ fn dialect(path: &str, f: &Value, errors: &mut Vec<FilterError>) -> Option<Filte
             Some(text) => match Expression::compile(text) {
                 Ok(e) => Some(Filter::Cesql(Box::new(e))),
                 Err(e) => {
-                    errors.push(err(&field, format!("{e} in {text:?}")));
+                    // The expression quoted, cut if long (a refused one may be huge).
+                    let shown: String = text.chars().take(200).collect();
+                    let more = if shown.len() < text.len() { "..." } else { "" };
+                    errors.push(err(&field, format!("{e} in {shown:?}{more}")));
                     None
                 }
             },
