@@ -144,6 +144,9 @@ impl Runner {
                 return failed("PipelineValidationFailed", m);
             }
         };
+        if let Err((reason, message)) = self.check_bindings(run, pipeline) {
+            return failed(reason, message);
+        }
         let mut states: BTreeMap<String, TaskState> = BTreeMap::new();
         let mut results: BTreeMap<String, BTreeMap<String, ParamValue>> = BTreeMap::new();
         let mut skipped = Vec::new();
@@ -286,6 +289,56 @@ impl Runner {
             skipped,
             task_runs,
         }
+    }
+
+    /// What must hold before anything starts (as Tekton checks it): every referenced Task
+    /// exists, the pipeline's required workspaces are bound by the run, and every task's
+    /// required workspaces are given one of the pipeline's.
+    fn check_bindings(
+        &self,
+        run: &PipelineRunSpec,
+        pipeline: &PipelineSpec,
+    ) -> Result<(), (&'static str, String)> {
+        for w in pipeline.workspaces.iter().filter(|w| !w.optional) {
+            if !run.workspaces.iter().any(|b| b.name == w.name) {
+                return Err((
+                    "InvalidWorkspaceBindings",
+                    format!("pipeline workspace {:?} is not bound by the run", w.name),
+                ));
+            }
+        }
+        for t in pipeline.tasks.iter().chain(&pipeline.finally) {
+            let spec = match (&t.task_spec, &t.task_ref) {
+                (Some(s), _) => &s.spec,
+                (None, Some(r)) => match self.tasks.get(&r.name) {
+                    Some(s) => s,
+                    None => {
+                        return Err((
+                            "CouldntGetTask",
+                            format!("pipeline task {:?}: Task {:?} not found", t.name, r.name),
+                        ))
+                    }
+                },
+                (None, None) => continue,
+            };
+            for w in spec.workspaces.iter().filter(|w| !w.optional) {
+                let given = t.workspaces.iter().find(|b| b.name == w.name);
+                let bound = given.is_some_and(|b| {
+                    let pw = b.workspace.as_deref().unwrap_or(&b.name);
+                    pipeline.workspaces.iter().any(|p| p.name == pw)
+                });
+                if !bound {
+                    return Err((
+                        "InvalidWorkspaceBindings",
+                        format!(
+                            "pipeline task {:?} does not bind the task's workspace {:?} to one of the pipeline's",
+                            t.name, w.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What a pipeline task's fields are substituted with.

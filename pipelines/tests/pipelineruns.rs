@@ -256,3 +256,38 @@ async fn timeouts_cancel_the_run_and_the_tasks_timeout_still_runs_finally() {
         .iter()
         .any(|t| t.pipeline_task == "report" && t.ended.succeeded));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_missing_a_task_or_a_binding_fails_before_anything_starts() {
+    let work = tempfile::tempdir().unwrap();
+    let r = runner(work.path());
+    let run = |spec: Value| -> PipelineRunSpec {
+        serde_json::from_value(serde_json::json!({ "pipelineSpec": spec })).unwrap()
+    };
+    let marker = work.path().join("ran");
+    let first = serde_json::json!({"name": "first", "taskSpec": {"steps": [{"script": format!("touch {}", marker.display())}]}});
+    let s =
+        run(serde_json::json!({"tasks": [first, {"name": "b", "taskRef": {"name": "nowhere"}}]}));
+    let rec = r
+        .run(&id("missing-task"), &s, s.pipeline_spec.as_ref().unwrap())
+        .await;
+    assert_eq!(
+        (rec.condition.status, rec.condition.reason),
+        ("False", "CouldntGetTask")
+    );
+    assert!(
+        rec.condition.message.contains("\"nowhere\""),
+        "{}",
+        rec.condition.message
+    );
+    let s = run(serde_json::json!({
+        "workspaces": [{"name": "src"}],
+        "tasks": [{"name": "first", "taskSpec": {"steps": [{"script": "true"}]}}],
+    }));
+    let rec = r
+        .run(&id("unbound"), &s, s.pipeline_spec.as_ref().unwrap())
+        .await;
+    assert_eq!(rec.condition.reason, "InvalidWorkspaceBindings");
+    assert!(rec.task_runs.is_empty());
+    assert!(!marker.exists(), "nothing ran");
+}
