@@ -17,6 +17,7 @@
 //! - [`system`]: system brokers with their own layout, and [`SystemTrigger`]s: in-process
 //!   handlers as Trigger resources in `ferry-system`.
 //! - [`lease`]: one holder per cluster (a one-partition consumer group).
+//! - [`process`]: process-group signals and bounded line reading, for kinds that run processes.
 //! - [`store`]: where resources persist (RocksDB, or a compacted Kafka topic).
 //! - [`kinds`]: eventing's kinds: Broker, Trigger, KafkaSink, KafkaSource, PingSource.
 //! - [`api`]: the HTTP API the CLI talks to, plus `/metrics`, `/healthz`, `/readyz`.
@@ -26,6 +27,7 @@ pub mod kind;
 pub mod kinds;
 pub mod lease;
 pub mod plane;
+pub mod process;
 pub mod queue;
 pub mod registry;
 pub mod resolve;

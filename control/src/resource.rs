@@ -65,6 +65,16 @@ impl Resource {
     }
 }
 
+/// An environment variable of a process (a container's `env` entry in Knative and Tekton
+/// YAML; `valueFrom` has no Kubernetes objects to read here and is refused as unknown).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
 /// The label of resources Ferry makes itself: users may read them, not change them.
 pub const SYSTEM_LABEL: &str = "ferry.dev/system";
 

@@ -8,13 +8,14 @@ use crate::params::ParamValue;
 use crate::plan::{Paths, PlannedStep};
 use crate::sandbox::Sandbox;
 use crate::spec::TaskSpec;
-use rustix::process::{Pid, Signal};
+use control::process::signal_group;
+use rustix::process::Signal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
 /// A step's output, as it comes: (container, stderr?, line).
@@ -72,47 +73,11 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// SIGKILL to the step's process group (each step leads its own).
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-    }
-}
-
 /// Longest output line passed on (longer ones are cut).
 const LINE_MAX: usize = 16 * 1024;
 
-/// Passes the step's output on line by line: any bytes (shown lossily), lines cut at
-/// `LINE_MAX` without holding more in memory, read to the end whatever comes.
 async fn forward(from: impl AsyncRead + Unpin, container: String, stderr: bool, sink: OutputSink) {
-    let mut reader = BufReader::new(from);
-    let mut line = Vec::new();
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok([]) | Err(_) => break,
-            Ok(buf) => buf,
-        };
-        let (used, end) = match buf.iter().position(|b| *b == b'\n') {
-            Some(at) => (at + 1, true),
-            None => (buf.len(), false),
-        };
-        let room = LINE_MAX.saturating_sub(line.len());
-        line.extend_from_slice(&buf[..used.min(room)]);
-        reader.consume(used);
-        if end {
-            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                line.pop();
-            }
-            sink(&container, stderr, &String::from_utf8_lossy(&line));
-            line.clear();
-        }
-    }
-    if !line.is_empty() {
-        sink(&container, stderr, &String::from_utf8_lossy(&line));
-    }
+    control::process::for_each_line(from, LINE_MAX, |l| sink(&container, stderr, &l)).await;
 }
 
 enum StepEnd {
@@ -201,12 +166,12 @@ async fn run_step(
         _ = sleep_until(opts.deadline) => StepEnd::TaskTimedOut,
         _ = cancel.cancelled() => StepEnd::Cancelled,
     };
+    // The group goes whatever ended the step: what the step left running goes with it.
+    if let Some(pid) = pid {
+        signal_group(pid, Signal::KILL);
+    }
     if !matches!(end, StepEnd::Exited(_)) {
-        kill_group(pid);
         let _ = child.kill().await;
-    } else {
-        // What the step left running in its group goes with it.
-        kill_group(pid);
     }
     for mut r in readers {
         // What escaped the group may hold the pipes open: the readers stop after a second.

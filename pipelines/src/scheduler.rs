@@ -17,6 +17,11 @@ use crate::spec::{PipelineSpec, PipelineTask, WhenExpression};
 use crate::subst::Vars;
 use std::collections::{BTreeMap, BTreeSet};
 
+mod condition;
+
+use condition::condition;
+pub use condition::status_vars;
+
 /// Where one pipeline task is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskState {
@@ -171,45 +176,6 @@ impl View<'_> {
     }
 }
 
-/// What finally tasks may read of the DAG tasks: `tasks.T.status` (`Succeeded`, `Failed`,
-/// `None` when skipped), `tasks.T.reason`, and `tasks.status` (`Succeeded`, `Failed`,
-/// `Completed`).
-pub fn status_vars(
-    spec: &PipelineSpec,
-    states: &BTreeMap<String, TaskState>,
-) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut any_failed = false;
-    let mut any_skipped = false;
-    for t in &spec.tasks {
-        let st = states
-            .get(&t.name)
-            .cloned()
-            .unwrap_or(TaskState::NotStarted);
-        let (status, reason) = match &st {
-            TaskState::Succeeded => ("Succeeded", "Succeeded"),
-            TaskState::Failed { ignored: true } => ("Failed", "FailureIgnored"),
-            TaskState::Failed { ignored: false } => ("Failed", "Failed"),
-            TaskState::Cancelled => ("Failed", "TaskRunCancelled"),
-            TaskState::Skipped(_) | TaskState::NotStarted | TaskState::Running => ("None", "None"),
-        };
-        // An ignored failure is a failure to `$(tasks.status)` too (as upstream).
-        any_failed |= matches!(st, TaskState::Failed { .. } | TaskState::Cancelled);
-        any_skipped |= matches!(st, TaskState::Skipped(_));
-        out.push((format!("tasks.{}.status", t.name), status.to_string()));
-        out.push((format!("tasks.{}.reason", t.name), reason.to_string()));
-    }
-    let overall = if any_failed {
-        "Failed"
-    } else if any_skipped {
-        "Completed"
-    } else {
-        "Succeeded"
-    };
-    out.push(("tasks.status".to_string(), overall.to_string()));
-    out
-}
-
 /// Whether every `when` holds (they are ANDed; `values` may expand `[*]`).
 pub fn when_holds(when: &[WhenExpression], vars: &Vars) -> bool {
     when.iter().all(|w| {
@@ -242,6 +208,25 @@ fn empty_matrix(t: &PipelineTask, vars: &Vars) -> bool {
         ParamValue::String(s) => vars.whole_array(s).is_some_and(Vec::is_empty),
         ParamValue::Object(_) => false,
     })
+}
+
+/// Records one decision: skip `task` (with its reason), or start it.
+fn decide(
+    states: &mut BTreeMap<String, TaskState>,
+    actions: &mut Vec<Action>,
+    task: &str,
+    skip: Option<Skip>,
+) {
+    match skip {
+        Some(s) => {
+            states.insert(task.to_string(), TaskState::Skipped(s));
+            actions.push(Action::Skip(task.to_string(), s));
+        }
+        None => {
+            states.insert(task.to_string(), TaskState::Running);
+            actions.push(Action::Start(task.to_string()));
+        }
+    }
 }
 
 /// The run's next moves.
@@ -349,16 +334,7 @@ pub fn next(view: &View) -> Next {
             } else {
                 None
             };
-            match skip {
-                Some(s) => {
-                    states.insert(t.name.clone(), TaskState::Skipped(s));
-                    actions.push(Action::Skip(t.name.clone(), s));
-                }
-                None => {
-                    states.insert(t.name.clone(), TaskState::Running);
-                    actions.push(Action::Start(t.name.clone()));
-                }
-            }
+            decide(&mut states, &mut actions, &t.name, skip);
             progressed = true;
         }
     }
@@ -393,16 +369,7 @@ pub fn next(view: &View) -> Next {
             } else {
                 None
             };
-            match skip {
-                Some(s) => {
-                    states.insert(t.name.clone(), TaskState::Skipped(s));
-                    actions.push(Action::Skip(t.name.clone(), s));
-                }
-                None => {
-                    states.insert(t.name.clone(), TaskState::Running);
-                    actions.push(Action::Start(t.name.clone()));
-                }
-            }
+            decide(&mut states, &mut actions, &t.name, skip);
         }
     }
     let condition = condition(
@@ -418,442 +385,5 @@ pub fn next(view: &View) -> Next {
     }
 }
 
-/// The run's condition once `states` hold.
-fn condition(
-    view: &View,
-    states: &BTreeMap<String, TaskState>,
-    dag_failed: bool,
-    invalid: Option<&str>,
-) -> Condition {
-    let all = view.spec.tasks.iter().chain(&view.spec.finally);
-    let (mut completed, mut failed, mut ignored, mut cancelled, mut skipped, mut incomplete) =
-        (0, 0, 0, 0, 0, 0);
-    for t in all {
-        match states.get(&t.name).unwrap_or(&TaskState::NotStarted) {
-            TaskState::Succeeded => completed += 1,
-            TaskState::Failed { ignored: i } => {
-                completed += 1;
-                failed += 1;
-                if *i {
-                    ignored += 1;
-                }
-            }
-            TaskState::Cancelled => {
-                completed += 1;
-                cancelled += 1;
-            }
-            TaskState::Skipped(_) => skipped += 1,
-            TaskState::NotStarted | TaskState::Running => incomplete += 1,
-        }
-    }
-    let failed_text = if ignored > 0 {
-        format!("{failed} (Ignored: {ignored})")
-    } else {
-        failed.to_string()
-    };
-    let real_failures = failed - ignored;
-    let any_real_failure = states
-        .values()
-        .any(|s| matches!(s, TaskState::Failed { ignored: false }));
-    let finally_failed = view.spec.finally.iter().any(|t| {
-        matches!(
-            states.get(&t.name),
-            Some(TaskState::Failed { ignored: false } | TaskState::Cancelled)
-        )
-    });
-    if incomplete > 0 {
-        let message = format!(
-            "Tasks Completed: {completed} (Failed: {real_failures}, Cancelled {cancelled}), Incomplete: {incomplete}, Skipped: {skipped}"
-        );
-        let reason = match view.mode {
-            Mode::CancelledRunFinally => "CancelledRunningFinally",
-            Mode::StoppedRunFinally => "StoppedRunningFinally",
-            _ if view.tasks_timed_out => "PipelineRunTimeoutRunningFinally",
-            _ if dag_failed => "PipelineRunStopping",
-            _ => "Running",
-        };
-        return Condition {
-            status: "Unknown",
-            reason,
-            message,
-        };
-    }
-    let message = format!(
-        "Tasks Completed: {completed} (Failed: {failed_text}, Cancelled {cancelled}), Skipped: {skipped}"
-    );
-    let (status, reason) = if let Some(m) = invalid {
-        return Condition {
-            status: "False",
-            reason: "InvalidTaskResultReference",
-            message: m.to_string(),
-        };
-    } else if view.pipeline_timed_out || view.tasks_timed_out {
-        ("False", "PipelineRunTimeout")
-    } else if any_real_failure {
-        ("False", "Failed")
-    } else if view.mode != Mode::Normal {
-        ("False", "Cancelled")
-    } else if dag_failed || finally_failed {
-        ("False", "Failed")
-    } else if skipped > 0 {
-        ("True", "Completed")
-    } else {
-        ("True", "Succeeded")
-    };
-    Condition {
-        status,
-        reason,
-        message,
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    struct Run {
-        spec: PipelineSpec,
-        dag: Dag,
-        states: BTreeMap<String, TaskState>,
-        results: BTreeMap<String, BTreeMap<String, ParamValue>>,
-        params: BTreeMap<String, ParamValue>,
-        mode: Mode,
-        tasks_timed_out: bool,
-        pipeline_timed_out: bool,
-    }
-
-    impl Run {
-        fn new(spec: serde_json::Value) -> Run {
-            let spec: PipelineSpec = serde_json::from_value(spec).unwrap();
-            let dag = Dag::of(&spec).unwrap();
-            Run {
-                spec,
-                dag,
-                states: BTreeMap::new(),
-                results: BTreeMap::new(),
-                params: BTreeMap::new(),
-                mode: Mode::Normal,
-                tasks_timed_out: false,
-                pipeline_timed_out: false,
-            }
-        }
-
-        /// Applies what `next` says (starts become Running) and returns it.
-        fn step(&mut self) -> Next {
-            let view = View {
-                spec: &self.spec,
-                dag: &self.dag,
-                states: &self.states,
-                results: &self.results,
-                params: &self.params,
-                mode: self.mode,
-                tasks_timed_out: self.tasks_timed_out,
-                pipeline_timed_out: self.pipeline_timed_out,
-            };
-            let n = next(&view);
-            for a in &n.actions {
-                match a {
-                    Action::Start(t) => self.states.insert(t.clone(), TaskState::Running),
-                    Action::Skip(t, s) => self.states.insert(t.clone(), TaskState::Skipped(*s)),
-                    Action::Cancel(t) => self.states.insert(t.clone(), TaskState::Cancelled),
-                    Action::Fail(t, _) => self
-                        .states
-                        .insert(t.clone(), TaskState::Failed { ignored: false }),
-                };
-            }
-            n
-        }
-
-        fn finish(&mut self, task: &str, state: TaskState) {
-            self.states.insert(task.into(), state);
-        }
-
-        fn result(&mut self, task: &str, name: &str, value: &str) {
-            self.results
-                .entry(task.into())
-                .or_default()
-                .insert(name.into(), ParamValue::String(value.into()));
-        }
-    }
-
-    fn started(n: &Next) -> Vec<&str> {
-        n.actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Start(t) => Some(t.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn t(name: &str, extra: serde_json::Value) -> serde_json::Value {
-        let mut v = json!({"name": name, "taskRef": {"name": "x"}});
-        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-            o.extend(e.clone());
-        }
-        v
-    }
-
-    #[test]
-    fn independent_tasks_start_together_and_results_feed_the_next() {
-        let mut r = Run::new(json!({"tasks": [
-            t("a", json!({})),
-            t("b", json!({})),
-            t("c", json!({"params": [{"name": "x", "value": "$(tasks.a.results.sum)"}]})),
-        ]}));
-        let n = r.step();
-        assert_eq!(started(&n), ["a", "b"]);
-        assert_eq!(n.condition.reason, "Running");
-        assert_eq!(
-            n.condition.message,
-            "Tasks Completed: 0 (Failed: 0, Cancelled 0), Incomplete: 3, Skipped: 0"
-        );
-        r.result("a", "sum", "4");
-        r.finish("a", TaskState::Succeeded);
-        assert_eq!(started(&r.step()), ["c"]);
-        r.finish("b", TaskState::Succeeded);
-        r.finish("c", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(
-            (n.condition.status, n.condition.reason),
-            ("True", "Succeeded")
-        );
-        assert_eq!(
-            n.condition.message,
-            "Tasks Completed: 3 (Failed: 0, Cancelled 0), Skipped: 0"
-        );
-    }
-
-    #[test]
-    fn when_false_skips_the_task_not_what_only_runs_after_it() {
-        let mut r = Run::new(json!({
-            "params": [{"name": "go", "default": "no"}],
-            "tasks": [
-                t("guarded", json!({"when": [{"input": "$(params.go)", "operator": "in", "values": ["yes"]}]})),
-                t("after", json!({"runAfter": ["guarded"]})),
-                t("user", json!({"params": [{"name": "x", "value": "$(tasks.guarded.results.r)"}]})),
-                t("grandchild", json!({"runAfter": ["user"]})),
-            ],
-        }));
-        r.params
-            .insert("go".into(), ParamValue::String("no".into()));
-        let n = r.step();
-        assert_eq!(started(&n), ["after"]);
-        assert!(n
-            .actions
-            .contains(&Action::Skip("guarded".into(), Skip::WhenFalse)));
-        assert!(n
-            .actions
-            .contains(&Action::Skip("user".into(), Skip::ResultsMissing)));
-        assert!(n
-            .actions
-            .contains(&Action::Skip("grandchild".into(), Skip::ParentSkipped)));
-        r.finish("after", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(
-            (n.condition.status, n.condition.reason),
-            ("True", "Completed")
-        );
-        assert_eq!(
-            n.condition.message,
-            "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 3"
-        );
-    }
-
-    #[test]
-    fn a_failure_stops_the_run_and_finally_sees_it() {
-        let mut r = Run::new(json!({
-            "tasks": [t("a", json!({})), t("slow", json!({})), t("b", json!({"runAfter": ["a"]}))],
-            "finally": [
-                t("report", json!({"params": [{"name": "s", "value": "$(tasks.a.status)"}],
-                    "when": [{"input": "$(tasks.status)", "operator": "in", "values": ["Failed"]}]})),
-                t("on-success", json!({"when": [{"input": "$(tasks.status)", "operator": "in", "values": ["Succeeded"]}]})),
-            ],
-        }));
-        assert_eq!(started(&r.step()), ["a", "slow"]);
-        r.finish("a", TaskState::Failed { ignored: false });
-        let n = r.step();
-        assert_eq!(n.actions, [Action::Skip("b".into(), Skip::Stopping)]);
-        assert_eq!(n.condition.reason, "PipelineRunStopping");
-        // What runs finishes; then finally.
-        r.finish("slow", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(started(&n), ["report"]);
-        assert!(n
-            .actions
-            .contains(&Action::Skip("on-success".into(), Skip::WhenFalse)));
-        r.finish("report", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(
-            (n.condition.status, n.condition.reason),
-            ("False", "Failed")
-        );
-        assert_eq!(
-            n.condition.message,
-            "Tasks Completed: 3 (Failed: 1, Cancelled 0), Skipped: 2"
-        );
-    }
-
-    #[test]
-    fn an_ignored_failure_lets_the_run_succeed() {
-        let mut r = Run::new(json!({"tasks": [
-            t("flaky", json!({"onError": "continue"})),
-            t("next", json!({"runAfter": ["flaky"]})),
-        ]}));
-        r.step();
-        r.finish("flaky", TaskState::Failed { ignored: true });
-        assert_eq!(started(&r.step()), ["next"]);
-        r.finish("next", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(
-            (n.condition.status, n.condition.reason),
-            ("True", "Succeeded")
-        );
-        assert_eq!(
-            n.condition.message,
-            "Tasks Completed: 2 (Failed: 1 (Ignored: 1), Cancelled 0), Skipped: 0"
-        );
-    }
-
-    #[test]
-    fn a_missing_result_fails_the_run() {
-        let mut r = Run::new(json!({"tasks": [
-            t("a", json!({})),
-            t("b", json!({"params": [{"name": "x", "value": "$(tasks.a.results.out)"}]})),
-        ]}));
-        r.step();
-        r.finish("a", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(n.condition.reason, "InvalidTaskResultReference");
-        assert!(
-            n.condition.message.contains("\"out\""),
-            "{}",
-            n.condition.message
-        );
-    }
-
-    #[test]
-    fn cancellation_modes() {
-        let spec = json!({
-            "tasks": [t("a", json!({})), t("b", json!({"runAfter": ["a"]}))],
-            "finally": [t("f", json!({}))],
-        });
-        // Cancelled: cancel what runs, no finally.
-        let mut r = Run::new(spec.clone());
-        r.step();
-        r.mode = Mode::Cancelled;
-        let n = r.step();
-        assert!(n.actions.contains(&Action::Cancel("a".into())));
-        let n = r.step();
-        assert!(n
-            .actions
-            .contains(&Action::Skip("f".into(), Skip::GracefullyCancelled)));
-        assert_eq!(
-            (n.condition.status, n.condition.reason),
-            ("False", "Cancelled")
-        );
-        // StoppedRunFinally: what runs finishes, nothing new, then finally.
-        let mut r = Run::new(spec);
-        r.step();
-        r.mode = Mode::StoppedRunFinally;
-        let n = r.step();
-        assert!(n.actions.is_empty(), "{n:?}");
-        assert_eq!(n.condition.reason, "StoppedRunningFinally");
-        r.finish("a", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(
-            n.actions,
-            [
-                Action::Skip("b".into(), Skip::GracefullyStopped),
-                Action::Start("f".into())
-            ]
-        );
-        r.finish("f", TaskState::Succeeded);
-        assert_eq!(r.step().condition.reason, "Cancelled");
-    }
-
-    #[test]
-    fn timeouts_cancel_what_runs_and_the_tasks_timeout_still_runs_finally() {
-        let spec = json!({
-            "tasks": [t("a", json!({})), t("b", json!({"runAfter": ["a"]}))],
-            "finally": [t("f", json!({}))],
-        });
-        // timeouts.tasks: DAG tasks cancelled, the rest skipped, finally runs. Cancelling
-        // takes effect when the executor reports it (here at once, by `step`).
-        let mut r = Run::new(spec.clone());
-        r.step();
-        r.tasks_timed_out = true;
-        assert_eq!(r.step().actions, [Action::Cancel("a".into())]);
-        let n = r.step();
-        assert_eq!(
-            n.actions,
-            [
-                Action::Skip("b".into(), Skip::Stopping),
-                Action::Start("f".into())
-            ]
-        );
-        assert_eq!(n.condition.reason, "PipelineRunTimeoutRunningFinally");
-        r.finish("f", TaskState::Succeeded);
-        let n = r.step();
-        assert_eq!(
-            (n.condition.status, n.condition.reason),
-            ("False", "PipelineRunTimeout")
-        );
-        // timeouts.pipeline: everything cancelled, finally skipped.
-        let mut r = Run::new(spec);
-        r.step();
-        r.pipeline_timed_out = true;
-        assert_eq!(r.step().actions, [Action::Cancel("a".into())]);
-        let n = r.step();
-        assert!(
-            n.actions
-                .contains(&Action::Skip("f".into(), Skip::TimedOut)),
-            "{n:?}"
-        );
-        assert_eq!(
-            (n.condition.status, n.condition.reason),
-            ("False", "PipelineRunTimeout")
-        );
-    }
-
-    #[test]
-    fn a_when_skip_does_not_cascade_even_below_another_skip() {
-        // m is skipped (empty matrix); c runs after it but its own `when` is false, which
-        // comes first: c is "When Expressions evaluated to false", so d, after c, runs.
-        let mut r = Run::new(json!({"tasks": [
-            t("m", json!({"matrix": {"params": [{"name": "v", "value": []}]}})),
-            t("c", json!({"runAfter": ["m"],
-                "when": [{"input": "a", "operator": "in", "values": ["b"]}]})),
-            t("d", json!({"runAfter": ["c"]})),
-        ]}));
-        let n = r.step();
-        assert_eq!(
-            n.actions,
-            [
-                Action::Skip("m".into(), Skip::EmptyMatrix),
-                Action::Skip("c".into(), Skip::WhenFalse),
-                Action::Start("d".into()),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_pending_run_starts_nothing() {
-        let mut r = Run::new(json!({"tasks": [t("a", json!({}))]}));
-        r.mode = Mode::Pending;
-        let n = r.step();
-        assert!(n.actions.is_empty());
-        assert_eq!(n.condition.reason, "PipelineRunPending");
-    }
-
-    #[test]
-    fn an_empty_matrix_skips_its_task() {
-        let mut r = Run::new(json!({"tasks": [
-            t("m", json!({"matrix": {"params": [{"name": "v", "value": []}]}})),
-        ]}));
-        let n = r.step();
-        assert_eq!(n.actions, [Action::Skip("m".into(), Skip::EmptyMatrix)]);
-        assert_eq!(n.condition.reason, "Completed");
-    }
-}
+mod tests;

@@ -94,13 +94,7 @@ pub struct StepTemplate {
     pub security_context: Option<Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EnvVar {
-    pub name: String,
-    #[serde(default)]
-    pub value: String,
-}
+pub use control::resource::EnvVar;
 
 /// A declared result: `string` (default), `array` or `object` (with `properties`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

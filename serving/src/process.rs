@@ -4,13 +4,13 @@
 //! recorded under the data dir so that a restart after a crash reclaims what was left.
 
 use crate::spec::{Probe, RevisionSpec};
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, oneshot};
 
@@ -146,20 +146,10 @@ fn reclaim(pid_dir: &Path) {
                     pid,
                     "killing a revision process (and its group) left by an earlier run"
                 );
-                signal(pid, Signal::KILL);
+                control::process::signal_group(pid, Signal::KILL);
             }
         }
         let _ = std::fs::remove_file(&path);
-    }
-}
-
-/// Sends `sig` to the process group `pid` leads (each instance leads its own), else to the
-/// process alone (gone already: nothing to do).
-pub fn signal(pid: u32, sig: Signal) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-        if rustix::process::kill_process_group(pid, sig).is_err() {
-            let _ = rustix::process::kill_process(pid, sig);
-        }
     }
 }
 
@@ -218,29 +208,10 @@ impl Output {
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
-    /// Reads `from` line by line into the kept output until it ends; a line longer than
-    /// `LOG_LINE_MAX` is cut (the rest skipped, never held in memory).
+    /// Reads `from` line by line into the kept output until it ends (lines cut at
+    /// `LOG_LINE_MAX`).
     pub async fn collect(self: Arc<Self>, from: impl AsyncRead + Unpin, stderr: bool) {
-        let mut reader = BufReader::new(from);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let limit = (LOG_LINE_MAX + 1) as u64;
-            match (&mut reader).take(limit).read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let complete = buf.last() == Some(&b'\n');
-                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        buf.pop();
-                    }
-                    buf.truncate(LOG_LINE_MAX);
-                    self.push(stderr, String::from_utf8_lossy(&buf).into_owned());
-                    if !complete && !skip_line(&mut reader).await {
-                        return;
-                    }
-                }
-            }
-        }
+        control::process::for_each_line(from, LOG_LINE_MAX, |l| self.push(stderr, l)).await;
     }
 }
 
@@ -285,23 +256,6 @@ impl Readiness {
             Some((200..400).contains(&code))
         };
         matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(true)))
-    }
-}
-
-/// Skips the rest of a line (or of a line's cut); false at the end of the output.
-async fn skip_line(reader: &mut (impl AsyncBufReadExt + Unpin)) -> bool {
-    loop {
-        let (used, done) = match reader.fill_buf().await {
-            Ok([]) | Err(_) => return false,
-            Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
-                Some(at) => (at + 1, true),
-                None => (buf.len(), false),
-            },
-        };
-        reader.consume(used);
-        if done {
-            return true;
-        }
     }
 }
 
