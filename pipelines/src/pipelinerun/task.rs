@@ -24,6 +24,21 @@ pub(super) struct TaskDone {
     pub(super) runs: Vec<TaskRunRecord>,
 }
 
+/// What one TaskRun (of a pipeline task, or of one matrix combination of it) runs.
+struct TaskRunInput<'a> {
+    id: &'a RunId,
+    run: &'a PipelineRunSpec,
+    t: &'a PipelineTask,
+    name: String,
+    spec: TaskSpec,
+    given: Vec<(String, ParamValue)>,
+    /// Params an embedded spec sees besides its own.
+    propagated: BTreeMap<String, ParamValue>,
+    retries: u32,
+    timeout: Option<String>,
+    cancel: CancellationToken,
+}
+
 impl TaskDone {
     /// `t` failed before any TaskRun could run (its Task missing, its matrix too large).
     fn failed(id: &RunId, t: &PipelineTask, reason: &str, message: String) -> TaskDone {
@@ -158,30 +173,25 @@ impl Runner {
             } else {
                 format!("{}-{}", id.name, t.name)
             };
-            let spec = spec.clone();
-            let timeout = timeout.clone();
-            let cancel = cancel.clone();
-            // An embedded spec sees the run's params and its pipeline task's, declared or not.
-            let vars_params: BTreeMap<String, ParamValue> = if embedded {
-                given.iter().cloned().collect()
-            } else {
-                BTreeMap::new()
+            let input = TaskRunInput {
+                id,
+                run,
+                t,
+                name,
+                spec: spec.clone(),
+                given: given.clone(),
+                // An embedded spec sees the run's params and its pipeline task's, declared
+                // or not.
+                propagated: if embedded {
+                    given.iter().cloned().collect()
+                } else {
+                    BTreeMap::new()
+                },
+                retries,
+                timeout: timeout.clone(),
+                cancel: cancel.clone(),
             };
-            async move {
-                self.task_run(
-                    id,
-                    run,
-                    t,
-                    &name,
-                    &spec,
-                    given,
-                    &vars_params,
-                    retries,
-                    timeout,
-                    &cancel,
-                )
-                .await
-            }
+            async move { self.task_run(&input).await }
         });
         let outcomes: Vec<(Ended, BTreeMap<String, ParamValue>, Vec<TaskRunRecord>)> =
             futures::future::join_all(attempts).await;
@@ -224,19 +234,9 @@ impl Runner {
     }
 
     /// One TaskRun, retried up to `retries` times.
-    #[allow(clippy::too_many_arguments)]
     async fn task_run(
         &self,
-        id: &RunId,
-        run: &PipelineRunSpec,
-        t: &PipelineTask,
-        name: &str,
-        spec: &TaskSpec,
-        given: &[(String, ParamValue)],
-        propagated: &BTreeMap<String, ParamValue>,
-        retries: u32,
-        timeout: Option<String>,
-        cancel: &CancellationToken,
+        input: &TaskRunInput<'_>,
     ) -> (Ended, BTreeMap<String, ParamValue>, Vec<TaskRunRecord>) {
         let mut records = Vec::new();
         let mut last = (
@@ -247,24 +247,11 @@ impl Runner {
             },
             BTreeMap::new(),
         );
-        for attempt in 0..=retries {
-            let (ended, results) = self
-                .attempt(
-                    id,
-                    run,
-                    t,
-                    name,
-                    spec,
-                    given,
-                    propagated,
-                    attempt,
-                    timeout.as_deref(),
-                    cancel,
-                )
-                .await;
+        for attempt in 0..=input.retries {
+            let (ended, results) = self.attempt(input, attempt).await;
             records.push(TaskRunRecord {
-                name: name.to_string(),
-                pipeline_task: t.name.clone(),
+                name: input.name.clone(),
+                pipeline_task: input.t.name.clone(),
                 retries: attempt,
                 ended: ended.clone(),
                 results: results.clone(),
@@ -279,20 +266,24 @@ impl Runner {
         (last.0, last.1, records)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One attempt of a TaskRun: its directory, workspaces and view, its steps planned and run.
     async fn attempt(
         &self,
-        id: &RunId,
-        run: &PipelineRunSpec,
-        t: &PipelineTask,
-        name: &str,
-        spec: &TaskSpec,
-        given: &[(String, ParamValue)],
-        propagated: &BTreeMap<String, ParamValue>,
+        input: &TaskRunInput<'_>,
         attempt: u32,
-        timeout: Option<&str>,
-        cancel: &CancellationToken,
     ) -> (Ended, BTreeMap<String, ParamValue>) {
+        let TaskRunInput {
+            id,
+            run,
+            t,
+            name,
+            spec,
+            given,
+            propagated,
+            cancel,
+            ..
+        } = input;
+        let timeout = input.timeout.as_deref();
         let fail = |reason: &str, message: String| {
             (
                 Ended {
