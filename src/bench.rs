@@ -75,6 +75,9 @@ fn temp_config(
         gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         serving_domain: "localhost".into(),
         revision_history: 20,
+        pipelines_shell: "sh".into(),
+        pipelines_max_result_size: 1 << 20,
+        pipelines_max_running_tasks: 64,
         autoscaler: Default::default(),
     }
 }

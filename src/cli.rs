@@ -6,12 +6,15 @@
 //! - `get.rs`: get, describe, delete, api-resources, and the table/YAML/JSON output.
 //! - `send.rs`, `tail.rs`: producing and reading events.
 //! - `dlq.rs`: a trigger's (or a source's) dead letters.
-//! - `logs.rs`: a revision's output.
+//! - `logs.rs`: a revision's or a run's output.
+//! - `cancel.rs`: cancelling a PipelineRun or a TaskRun.
 
 pub mod apply;
+pub mod cancel;
 pub mod client;
 pub mod dlq;
 pub mod get;
 pub mod logs;
+pub mod runs;
 pub mod send;
 pub mod tail;

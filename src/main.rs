@@ -46,8 +46,12 @@ enum Command {
     /// A trigger's dead letters: list, replay, purge.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
-    /// The output of a revision's instances (`ferry logs revision NAME`).
+    /// The output of a revision's instances or of a run's steps
+    /// (`ferry logs revision|pipelinerun|taskrun NAME [-f]`).
     Logs(cli::logs::LogsArgs),
+    /// Cancel a PipelineRun (`--graceful`: then finally; `--stop`: let running tasks finish)
+    /// or a TaskRun.
+    Cancel(cli::cancel::CancelArgs),
     /// Benchmarks on this machine's loopback.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => cli::tail::run(args).await,
             Command::Dlq(cmd) => cli::dlq::run(cmd).await,
             Command::Logs(args) => cli::logs::run(args).await,
+            Command::Cancel(args) => cli::cancel::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

@@ -33,6 +33,7 @@ pub struct Running {
     pub api_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
     serving: Arc<serving::Serving>,
+    pipelines: Arc<pipelines::Pipelines>,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -157,10 +158,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         gateway_addr
     };
     dispatcher.route_domain(&config.serving_domain, local_gateway);
-    // Every kind this server serves; Pipelines adds its own here.
+    let pipelines = pipelines::Pipelines::new(pipelines::PipelinesConfig {
+        work_dir: config.data_dir.join("pipelines"),
+        shell: config.pipelines_shell.clone(),
+        max_result_size: config.pipelines_max_result_size,
+        max_running_tasks: config.pipelines_max_running_tasks,
+    })
+    .context("starting pipelines")?;
+    // Every kind this server serves.
     let mut kinds = Registry::new();
     control::kinds::register_eventing(&mut kinds);
     serving::register(&mut kinds, &serving);
+    pipelines::register(&mut kinds, &pipelines);
     let control = ControlPlane::start(Parts {
         store,
         registry: kinds,
@@ -179,6 +188,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .start(&control)
         .await
         .context("starting serving's autoscaler")?;
+    pipelines
+        .start(&control)
+        .await
+        .context("starting pipelines' scheduler and executor")?;
 
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
@@ -205,7 +218,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ready: ready.clone(),
     };
     let token = shutdown.clone();
-    let api_router = api::router(api_state).merge(serving::api::router(serving.clone()));
+    let api_router = api::router(api_state)
+        .merge(serving::api::router(serving.clone()))
+        .merge(pipelines::api::router(pipelines.clone()));
     tasks.spawn(async move {
         axum::serve(api_listener, api_router)
             .with_graceful_shutdown(token.cancelled_owned())
@@ -248,6 +263,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         api_addr,
         gateway_addr,
         serving,
+        pipelines,
         shutdown,
         ready,
         tasks,
@@ -265,6 +281,7 @@ impl Running {
         self.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
         self.serving.end_streams();
+        self.pipelines.end_streams();
         let drained = tokio::time::timeout(self.grace, async {
             while let Some(r) = self.tasks.join_next().await {
                 match r {
@@ -281,6 +298,9 @@ impl Running {
         }
         // Revisions' processes: drained (the gateway is closed), then SIGTERM.
         self.serving.stop().await;
+        // Running TaskRuns are left as they are: after the restart they are reported
+        // interrupted (or retried); their steps die with the process.
+        self.pipelines.stop(Duration::ZERO).await;
         self.control.stop();
         self.dispatcher.shutdown().await;
         self.log.close().await.context("flushing the event log")?;

@@ -192,13 +192,18 @@ fn view(
             let info = kind.info();
             let mut columns = vec!["NAMESPACE", "NAME"];
             columns.extend(info.columns);
-            columns.push("AGE");
+            let aged = kind.age_column();
+            if aged {
+                columns.push("AGE");
+            }
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|r| {
                     let mut row = vec![r.metadata.namespace.clone(), r.metadata.name.clone()];
                     row.extend(kind.row(r));
-                    row.push(age(&r.metadata.creation_timestamp));
+                    if aged {
+                        row.push(age(&r.metadata.creation_timestamp));
+                    }
                     row
                 })
                 .collect();

@@ -116,6 +116,12 @@ pub trait Kind: Send + Sync + 'static {
     /// The cells of `r` under [`KindInfo::columns`].
     fn row(&self, r: &Resource) -> Vec<String>;
 
+    /// Whether `ferry get` ends its table with `AGE` (runs show `STARTED` and `DURATION`
+    /// instead, as `tkn` does).
+    fn age_column(&self) -> bool {
+        true
+    }
+
     /// Whether the resource `kind/namespace/name` is a name this kind keeps for resources it
     /// makes itself (a PingSource's trigger): users may not take it.
     fn reserves(&self, _kind: &str, _namespace: &str, _name: &str) -> bool {

@@ -237,6 +237,39 @@ impl ControlPlane {
         self.store_one(r).await
     }
 
+    /// Changes the stored status of `key` (if it is still the resource `uid`) with `change`,
+    /// for what a kind drives outside its reconcile (a run's executor and scheduler): stored,
+    /// published as a change, dependents queued. Returns the resource as stored, or `None` if
+    /// it is gone or another one of the name.
+    pub async fn update_status(
+        &self,
+        key: &Key,
+        uid: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Result<Option<Resource>, ControlError> {
+        let written = {
+            let _guard = self.writes.lock().await;
+            match self.store.get(&key.kind, &key.namespace, &key.name)? {
+                Some(mut cur) if cur.metadata.uid == uid => {
+                    let before = cur.status.clone();
+                    if !cur.status.is_object() {
+                        cur.status = Value::Object(Default::default());
+                    }
+                    change(&mut cur.status);
+                    if cur.status == before {
+                        return Ok(Some(cur));
+                    }
+                    self.store.put(&cur).await?;
+                    cur
+                }
+                _ => return Ok(None),
+            }
+        };
+        self.publish_change("updated", &written).await;
+        self.enqueue_dependents(&written.key(), Flags::WRITE)?;
+        Ok(Some(written))
+    }
+
     /// Validates every document, then stores them all and queues their reconcile; nothing is
     /// applied if any is invalid. Returns at once: [`wait_reconciled`](Self::wait_reconciled)
     /// waits for the outcome.

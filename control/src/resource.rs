@@ -228,6 +228,7 @@ fn validate_metadata(meta: Option<&Value>, err: &mut impl FnMut(&str, String)) -
     for key in meta.keys() {
         if ![
             "name",
+            "generateName",
             "namespace",
             "labels",
             "annotations",
@@ -240,15 +241,27 @@ fn validate_metadata(meta: Option<&Value>, err: &mut impl FnMut(&str, String)) -
             err(&format!("metadata.{key}"), "unknown field".into());
         }
     }
-    let name = match meta.get("name").and_then(Value::as_str) {
+    let generated = meta
+        .get("generateName")
+        .and_then(Value::as_str)
+        .map(generate_name);
+    let name = match meta
+        .get("name")
+        .and_then(Value::as_str)
+        .or(generated.as_deref())
+    {
         Some(n) => {
             if let Some(problem) = dns_label_problem(n) {
-                err("metadata.name", format!("{n:?} {problem}"));
+                let field = match meta.get("name") {
+                    Some(_) => "metadata.name",
+                    None => "metadata.generateName",
+                };
+                err(field, format!("{n:?} {problem}"));
             }
             n.to_string()
         }
         None => {
-            err("metadata.name", "required".into());
+            err("metadata.name", "required (or generateName)".into());
             String::new()
         }
     };
@@ -295,6 +308,20 @@ fn validate_metadata(meta: Option<&Value>, err: &mut impl FnMut(&str, String)) -
         annotations,
         ..Metadata::default()
     })
+}
+
+/// A name made from `metadata.generateName`: the prefix and five random characters, as
+/// Kubernetes makes them (each apply of such a document creates a new resource).
+fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let random = uuid::Uuid::new_v4();
+    let suffix: String = random
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    format!("{prefix}{suffix}")
 }
 
 /// Why `s` is not a DNS-1123 label (what Kubernetes names are), if it is not.

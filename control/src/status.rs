@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-pub(crate) fn now() -> String {
+pub fn now() -> String {
     dispatcher::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

@@ -35,6 +35,9 @@ pub struct Options {
     /// The TaskRun's timeout as written, for the message.
     pub timeout_text: Option<String>,
     pub output: OutputSink,
+    /// Starts steps so that they die with Ferry and are reclaimed after a crash; `None`:
+    /// plain children (tests).
+    pub spawner: Option<Arc<control::process::Spawner>>,
 }
 
 /// One step as `status.steps[]` shows it.
@@ -102,7 +105,10 @@ async fn run_step(
         }
     }
     let (program, args) = sandbox.wrap(&step.program, &step.args, step.working_dir.as_deref());
-    let mut cmd = tokio::process::Command::new(&program);
+    let mut cmd = match &opts.spawner {
+        Some(s) => s.command(&program),
+        None => tokio::process::Command::new(&program),
+    };
     cmd.args(&args)
         // The runner's variables first: a step's own `env` wins.
         .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -128,7 +134,11 @@ async fn run_step(
             return StepEnd::NotStarted(format!("cannot create workingDir {dir}: {e}"));
         }
     }
-    let mut child = match cmd.spawn() {
+    let spawned = match &opts.spawner {
+        Some(s) => s.spawn(cmd).await,
+        None => cmd.spawn(),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return StepEnd::NotStarted(format!("cannot start {:?}: {e}", step.program)),
     };
@@ -169,6 +179,9 @@ async fn run_step(
     // The group goes whatever ended the step: what the step left running goes with it.
     if let Some(pid) = pid {
         signal_group(pid, Signal::KILL);
+        if let Some(s) = &opts.spawner {
+            s.exited(pid);
+        }
     }
     if !matches!(end, StepEnd::Exited(_)) {
         let _ = child.kill().await;
@@ -405,6 +418,7 @@ mod tests {
         let sandbox = Sandbox::new(dir.path(), &BTreeMap::new(), false).unwrap();
         let paths = sandbox.host.clone();
         let opts = Options {
+            spawner: None,
             max_result_size: 16,
             env: Vec::new(),
             default_dir: dir.path().to_path_buf(),

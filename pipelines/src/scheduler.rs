@@ -73,6 +73,23 @@ impl Skip {
             Skip::EmptyMatrix => "Matrix Parameters have an empty array",
         }
     }
+
+    /// The skip a `status.skippedTasks[].reason` names.
+    pub fn from_reason(reason: &str) -> Option<Skip> {
+        [
+            Skip::Stopping,
+            Skip::GracefullyCancelled,
+            Skip::GracefullyStopped,
+            Skip::WhenFalse,
+            Skip::ParentSkipped,
+            Skip::ResultsMissing,
+            Skip::TimedOut,
+            Skip::TasksTimedOut,
+            Skip::EmptyMatrix,
+        ]
+        .into_iter()
+        .find(|s| s.reason() == reason)
+    }
 }
 
 /// `spec.status` of the run.

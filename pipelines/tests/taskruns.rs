@@ -94,6 +94,7 @@ async fn run(file: &Path, work: &Path, private: bool) -> (bool, String, String) 
     let log = Arc::new(Mutex::new(String::new()));
     let sink_log = log.clone();
     let opts = Options {
+        spawner: None,
         max_result_size: 1 << 20,
         env: vec![
             ("PATH".into(), path),

@@ -4,31 +4,24 @@
 //! recorded under the data dir so that a restart after a crash reclaims what was left.
 
 use crate::spec::{Probe, RevisionSpec};
-use rustix::process::Signal;
 use std::collections::{HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncRead;
-use tokio::process::{Child, Command};
-use tokio::sync::{broadcast, oneshot};
+use tokio::process::Child;
+use tokio::sync::broadcast;
 
 /// Lines of output kept per instance.
 const LOG_LINES: usize = 1000;
 /// Longest line kept (longer ones are cut).
 const LOG_LINE_MAX: usize = 16 * 1024;
 
-type SpawnRequest = (Command, oneshot::Sender<std::io::Result<Child>>);
-
-/// Starts processes from one long-lived thread. `PR_SET_PDEATHSIG` fires when the *thread*
-/// that forked the child ends; tokio's worker threads may come and go, this one does not.
+/// Starts instances (through [`control::process::Spawner`]: `setpriv --pdeathsig`, pids
+/// recorded and reclaimed) and gives them ports.
 pub struct Spawner {
-    tx: std::sync::mpsc::Sender<SpawnRequest>,
-    /// `setpriv` from util-linux, when the system has it.
-    setpriv: Option<PathBuf>,
-    /// Where each running instance's pid is recorded.
-    pid_dir: PathBuf,
+    procs: control::process::Spawner,
     /// Ports given to instances that exist.
     ports: Arc<Mutex<HashSet<u16>>>,
 }
@@ -37,29 +30,8 @@ impl Spawner {
     /// A spawner for the current tokio runtime; pids recorded in `pid_dir`, and whatever an
     /// earlier run left there killed first.
     pub fn new(pid_dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(pid_dir)?;
-        reclaim(pid_dir);
-        let handle = tokio::runtime::Handle::current();
-        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("ferry-spawner".into())
-            .spawn(move || {
-                let _runtime = handle.enter();
-                while let Ok((mut cmd, reply)) = rx.recv() {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })?;
-        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
-        if setpriv.is_none() {
-            tracing::warn!("setpriv (util-linux) not found: revision processes may outlive a killed Ferry until its next start reclaims them");
-        }
         Ok(Self {
-            tx,
-            setpriv,
-            pid_dir: pid_dir.to_path_buf(),
+            procs: control::process::Spawner::new(pid_dir, "revision")?,
             ports: Arc::default(),
         })
     }
@@ -78,14 +50,7 @@ impl Spawner {
             .command
             .split_first()
             .ok_or_else(|| std::io::Error::other("no command"))?;
-        let mut cmd = match &self.setpriv {
-            Some(setpriv) => {
-                let mut cmd = Command::new(setpriv);
-                cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
-                cmd
-            }
-            None => Command::new(program),
-        };
+        let mut cmd = self.procs.command(program);
         cmd.args(rest)
             .args(&c.args)
             .envs(c.env.iter().map(|e| (e.name.as_str(), e.value.as_str())))
@@ -99,57 +64,12 @@ impl Spawner {
         if let Some(dir) = &c.working_dir {
             cmd.current_dir(dir);
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((cmd, reply))
-            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-        let child = rx
-            .await
-            .map_err(|_| std::io::Error::other("the spawner thread is gone"))??;
-        if let Some(pid) = child.id() {
-            if let Some(start) = start_time(pid) {
-                let _ = std::fs::write(self.pid_dir.join(pid.to_string()), start);
-            }
-        }
-        Ok(child)
+        self.procs.spawn(cmd).await
     }
 
     /// Forgets an instance that has exited.
     pub fn exited(&self, pid: u32) {
-        let _ = std::fs::remove_file(self.pid_dir.join(pid.to_string()));
-    }
-}
-
-/// The process's start time (field 22 of `/proc/PID/stat`): with the pid, it names one process
-/// for good (pids are reused).
-fn start_time(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19).map(str::to_string)
-}
-
-/// Kills the processes an earlier run recorded that are still the same processes.
-fn reclaim(pid_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(pid_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let pid = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u32>().ok());
-        let recorded = std::fs::read_to_string(&path).ok();
-        if let (Some(pid), Some(recorded)) = (pid, recorded) {
-            if start_time(pid).as_deref() == Some(recorded.trim()) {
-                tracing::warn!(
-                    pid,
-                    "killing a revision process (and its group) left by an earlier run"
-                );
-                control::process::signal_group(pid, Signal::KILL);
-            }
-        }
-        let _ = std::fs::remove_file(&path);
+        self.procs.exited(pid);
     }
 }
 

@@ -14,6 +14,9 @@ pub struct ApplyArgs {
     /// A YAML file, a directory of them (*.yaml, *.yml, *.json), or - for stdin. Repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
+    /// The namespace of documents that name none (those that do keep theirs) [default: default].
+    #[arg(short, long)]
+    pub namespace: Option<String>,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -97,9 +100,16 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let sources = read_sources(&args.files)?;
     let client = Client::new(&args.server)?;
     let mut failed = false;
-    for source in sources {
+    for mut source in sources {
         if source.documents.is_empty() {
             continue;
+        }
+        if let Some(ns) = &args.namespace {
+            for d in &mut source.documents {
+                if let Some(meta) = d.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.entry("namespace").or_insert_with(|| json!(ns));
+                }
+            }
         }
         let body = json!({ "documents": source.documents });
         match client

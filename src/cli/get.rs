@@ -279,6 +279,10 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     if let Some(label) = owner_label {
         revisions(&client, &args.namespace, label, &args.name).await?;
     }
+    if matches!(r["kind"].as_str(), Some("PipelineRun" | "TaskRun")) {
+        super::runs::describe(&client, &r).await?;
+        return Ok(());
+    }
     println!("Conditions:");
     println!(
         "  {:<24} {:<8} {:<22} {:<20} MESSAGE",

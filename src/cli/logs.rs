@@ -1,5 +1,6 @@
-//! `ferry logs revision NAME [-n NS] [-f]`: the output of a revision's instances, each line
-//! prefixed by its instance.
+//! `ferry logs revision|pipelinerun|taskrun NAME [-n NS] [-f]`: the output of a revision's
+//! instances (each line prefixed by its instance) or of a run's steps (prefixed
+//! `[task/step]`).
 
 use super::client::{Client, ServerArg};
 use anyhow::{bail, Context};
@@ -8,7 +9,7 @@ use std::io::Write;
 
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
-    /// What to show the output of: `revision`.
+    /// What to show the output of: `revision`, `pipelinerun` (`pr`) or `taskrun` (`tr`).
     pub kind: String,
     pub name: String,
     #[arg(short, long, default_value = "default")]
@@ -21,15 +22,18 @@ pub struct LogsArgs {
 }
 
 pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
-    if !["revision", "revisions", "rev"].contains(&args.kind.to_ascii_lowercase().as_str()) {
-        bail!(
-            "ferry logs shows a revision's output: ferry logs revision NAME -n NAMESPACE [-f] (got {:?})",
+    let plural = match args.kind.to_ascii_lowercase().as_str() {
+        "revision" | "revisions" | "rev" => "revisions",
+        "pipelinerun" | "pipelineruns" | "pr" => "pipelineruns",
+        "taskrun" | "taskruns" | "tr" => "taskruns",
+        _ => bail!(
+            "ferry logs shows the output of a revision, a pipelinerun or a taskrun: ferry logs revision|pipelinerun|taskrun NAME -n NAMESPACE [-f] (got {:?})",
             args.kind
-        );
-    }
+        ),
+    };
     let client = Client::new(&args.server)?;
     let url = client.url(&format!(
-        "/api/v1/namespaces/{}/revisions/{}/logs?follow={}",
+        "/api/v1/namespaces/{}/{plural}/{}/logs?follow={}",
         args.namespace, args.name, args.follow
     ));
     let resp = client

@@ -72,6 +72,17 @@ pub struct ServeArgs {
     /// Revisions no route targets kept per configuration; older ones are removed [default: 20].
     #[arg(long, env = "FERRY_REVISION_HISTORY")]
     pub revision_history: Option<usize>,
+    /// Interpreter of pipeline step scripts without a `#!` line (run as `SHELL -c`, with
+    /// Tekton's `set -e`) [default: sh].
+    #[arg(long, env = "FERRY_PIPELINES_SHELL")]
+    pub pipelines_shell: Option<String>,
+    /// Largest result a pipeline task may write, in bytes [default: 1048576].
+    #[arg(long, env = "FERRY_PIPELINES_MAX_RESULT_SIZE")]
+    pub pipelines_max_result_size: Option<usize>,
+    /// Pipeline TaskRuns running at once on this node; the others wait, Pending
+    /// [default: 4 × the number of cores].
+    #[arg(long, env = "FERRY_PIPELINES_MAX_RUNNING_TASKS")]
+    pub pipelines_max_running_tasks: Option<usize>,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
@@ -110,6 +121,9 @@ struct FileConfig {
     gateway_listen: Option<SocketAddr>,
     serving_domain: Option<String>,
     revision_history: Option<usize>,
+    pipelines_shell: Option<String>,
+    pipelines_max_result_size: Option<usize>,
+    pipelines_max_running_tasks: Option<usize>,
     /// Knative's config-autoscaler keys (`stable-window: 60s`, ...).
     #[serde(default)]
     autoscaler: BTreeMap<String, serde_yaml_ng::Value>,
@@ -147,6 +161,9 @@ pub struct ServeConfig {
     pub gateway_listen: SocketAddr,
     pub serving_domain: String,
     pub revision_history: usize,
+    pub pipelines_shell: String,
+    pub pipelines_max_result_size: usize,
+    pub pipelines_max_running_tasks: usize,
     /// The global autoscaler settings (the file's `autoscaler:`).
     pub autoscaler: serving::autoscaler::Defaults,
 }
@@ -218,6 +235,20 @@ impl ServeArgs {
                 .revision_history
                 .or(file.revision_history)
                 .unwrap_or(20),
+            pipelines_shell: self
+                .pipelines_shell
+                .or(file.pipelines_shell)
+                .unwrap_or_else(|| "sh".into()),
+            pipelines_max_result_size: self
+                .pipelines_max_result_size
+                .or(file.pipelines_max_result_size)
+                .unwrap_or(1 << 20),
+            pipelines_max_running_tasks: self
+                .pipelines_max_running_tasks
+                .or(file.pipelines_max_running_tasks)
+                .unwrap_or_else(|| {
+                    4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                }),
             autoscaler,
         };
         config.validate(problems)?;
@@ -264,6 +295,12 @@ impl ServeConfig {
                 "partitions: {} must be between 1 and 1024",
                 self.partitions
             ));
+        }
+        if self.pipelines_max_running_tasks == 0 {
+            problems.push("pipelines-max-running-tasks must be at least 1".into());
+        }
+        if self.pipelines_max_result_size == 0 {
+            problems.push("pipelines-max-result-size must be at least 1 byte".into());
         }
         if self.max_event_size == 0 {
             problems.push("max-event-size: must be greater than 0".to_string());

@@ -14,6 +14,7 @@ mod dead_letters;
 mod ingress;
 mod kafka;
 mod nodes;
+mod pipelines;
 mod serving;
 mod sources;
 mod system;

@@ -73,7 +73,9 @@ impl ControlPlane {
             ..flags
         };
         let mut failed = out.retry;
-        if flags.write {
+        // Only what this pass changed is written: a status another writer updated meanwhile
+        // (a run's executor) is not put back to what this pass read.
+        if flags.write && out.status != r.status {
             if let Err(e) = self.write_status(&r, out.status).await {
                 tracing::warn!(resource = %key, error = %e, "cannot store the status; trying again");
                 failed = true;

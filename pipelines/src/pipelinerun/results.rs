@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// The pipeline's results: each value substituted; omitted when a task it uses failed, was
 /// skipped or did not write the result (#6139).
-pub(super) fn pipeline_results(
+pub fn pipeline_results(
     pipeline: &PipelineSpec,
     states: &BTreeMap<String, TaskState>,
     results: &BTreeMap<String, BTreeMap<String, ParamValue>>,

@@ -1,0 +1,121 @@
+//! PipelineRun: handed to the scheduler (`dev.ferry.pipelines.pipelinerun.changed.v1`) when
+//! it is created, when its spec changes (cancel), and when Ferry starts while it has not
+//! ended; its status is written by the scheduler ([`crate::driver`]). Deleting it deletes its
+//! TaskRuns (their processes stopped) and its directory.
+
+use super::taskrun::remove_dir;
+use super::{
+    check_params, immutable_run_spec, run_row, stored_pipeline, GROUP, PIPELINE_RUN_LABEL,
+    PIPELINE_RUN_UID_ANNOTATION, RUN_COLUMNS,
+};
+use crate::events::{self, CHANGED_TYPE};
+use crate::spec::PipelineRunSpec;
+use crate::status;
+use crate::taskrun::RunId;
+use crate::Pipelines;
+use control::kind::Flags;
+use control::kind::KindInfo;
+use control::{ControlError, ControlPlane, FieldErrors, Kind, Reconciled, Resource};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub struct PipelineRun(pub Arc<Pipelines>);
+
+static PIPELINE_RUN: KindInfo = KindInfo {
+    group: GROUP,
+    version: "v1",
+    kind: "PipelineRun",
+    plural: "pipelineruns",
+    short_names: &["pr"],
+    addressable: false,
+    columns: RUN_COLUMNS,
+};
+
+#[async_trait::async_trait]
+impl Kind for PipelineRun {
+    fn info(&self) -> &'static KindInfo {
+        &PIPELINE_RUN
+    }
+
+    fn validate(&self, r: &Resource, errors: &mut FieldErrors) {
+        let Some(spec) = errors.decode::<PipelineRunSpec>("spec", &r.spec) else {
+            return;
+        };
+        crate::validate::pipeline_run("spec", &spec, errors);
+        let declared = match (&spec.pipeline_spec, &spec.pipeline_ref) {
+            (Some(p), _) => Some(p.params.clone()),
+            (None, Some(pr)) => self
+                .0
+                .control()
+                .and_then(|cp| stored_pipeline(&cp, &r.metadata.namespace, &pr.name))
+                .map(|(p, _)| p.params),
+            (None, None) => None,
+        };
+        if let Some(declared) = declared {
+            check_params("spec.params", &declared, &spec.params, errors);
+        }
+    }
+
+    fn validate_update(&self, old: &Resource, new: &Resource, errors: &mut FieldErrors) {
+        immutable_run_spec(old, new, errors);
+    }
+
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
+        let unchanged = Reconciled::done(r.status.clone());
+        if !pass.write || status::is_done(&r.status) {
+            return unchanged;
+        }
+        let p = &self.0;
+        let first = p.first_seen(&r.metadata.uid);
+        let observed = r.status.get("observedGeneration").and_then(Value::as_i64);
+        let why = match (first, observed) {
+            (true, None) => "created",
+            (true, Some(_)) => "restart",
+            (false, Some(g)) if g != r.metadata.generation => "spec",
+            _ => return unchanged,
+        };
+        if let Err(e) = events::internal(cp, CHANGED_TYPE, r, why).await {
+            tracing::warn!(pipelinerun = %r.key(), error = %e, "cannot hand a PipelineRun to the scheduler");
+            if first {
+                p.unsee(&r.metadata.uid);
+            }
+            return Reconciled::retry(r.status.clone());
+        }
+        unchanged
+    }
+
+    async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
+        let p = &self.0;
+        p.forget_timer(&r.metadata.uid);
+        for tr in cp.list("TaskRun", Some(&r.metadata.namespace))? {
+            let mine = tr.metadata.labels.get(PIPELINE_RUN_LABEL) == Some(&r.metadata.name)
+                && tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION)
+                    == Some(&r.metadata.uid);
+            if mine {
+                match cp
+                    .delete("TaskRun", &tr.metadata.namespace, &tr.metadata.name)
+                    .await
+                {
+                    Ok(_) | Err(ControlError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let id = RunId {
+            name: r.metadata.name.clone(),
+            namespace: r.metadata.namespace.clone(),
+            uid: r.metadata.uid.clone(),
+            pipeline: None,
+        };
+        remove_dir(&p.runner().pipeline_run_dir(&id));
+        Ok(())
+    }
+
+    fn row(&self, r: &Resource) -> Vec<String> {
+        run_row(r)
+    }
+
+    fn age_column(&self) -> bool {
+        false
+    }
+}

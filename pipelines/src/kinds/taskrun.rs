@@ -1,0 +1,139 @@
+//! TaskRun: queued to the executor (`dev.ferry.pipelines.taskrun.queued.v1`) when it is
+//! created and when Ferry starts while it has not ended; cancelled through `spec.status:
+//! TaskRunCancelled`; its status is written by the executor ([`crate::worker`]).
+
+use super::{
+    check_params, immutable_run_spec, run_row, stored_task, GROUP, PIPELINE_RUN_LABEL, RUN_COLUMNS,
+};
+use crate::events::{self, QUEUED_TYPE};
+use crate::spec::TaskRunSpec;
+use crate::status;
+use crate::Pipelines;
+use control::kind::Flags;
+use control::kind::KindInfo;
+use control::{ControlError, ControlPlane, FieldErrors, Key, Kind, Reconciled, Resource};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct TaskRun(pub Arc<Pipelines>);
+
+static TASK_RUN: KindInfo = KindInfo {
+    group: GROUP,
+    version: "v1",
+    kind: "TaskRun",
+    plural: "taskruns",
+    short_names: &["tr"],
+    addressable: false,
+    columns: RUN_COLUMNS,
+};
+
+/// How long deleting a TaskRun waits for its processes to stop.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+#[async_trait::async_trait]
+impl Kind for TaskRun {
+    fn info(&self) -> &'static KindInfo {
+        &TASK_RUN
+    }
+
+    fn validate(&self, r: &Resource, errors: &mut FieldErrors) {
+        let Some(spec) = errors.decode::<TaskRunSpec>("spec", &r.spec) else {
+            return;
+        };
+        crate::validate::task_run("spec", &spec, errors);
+        // A PipelineRun's TaskRuns are checked when they run (and fail as Tekton's do).
+        if r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
+            return;
+        }
+        let declared = match (&spec.task_spec, &spec.task_ref) {
+            (Some(t), _) => Some(t.params.clone()),
+            (None, Some(tr)) => self
+                .0
+                .control()
+                .and_then(|cp| stored_task(&cp, &r.metadata.namespace, &tr.name))
+                .map(|t| t.params),
+            (None, None) => None,
+        };
+        if let Some(declared) = declared {
+            check_params("spec.params", &declared, &spec.params, errors);
+        }
+    }
+
+    fn validate_update(&self, old: &Resource, new: &Resource, errors: &mut FieldErrors) {
+        immutable_run_spec(old, new, errors);
+    }
+
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
+        let unchanged = Reconciled::done(r.status.clone());
+        if !pass.write || status::is_done(&r.status) {
+            return unchanged;
+        }
+        let p = &self.0;
+        let key = r.key();
+        let cancel = r.spec["status"] == "TaskRunCancelled";
+        if p.is_running(&key, &r.metadata.uid) {
+            if cancel {
+                p.cancel_running(&key);
+            }
+            return unchanged;
+        }
+        if cancel {
+            if let Err(e) = crate::worker::cancelled(cp, r).await {
+                tracing::warn!(taskrun = %key, error = %e, "cannot record a TaskRun's cancellation");
+                return Reconciled::retry(r.status.clone());
+            }
+            return unchanged;
+        }
+        if r.spec["status"] == "TaskRunPending" {
+            return unchanged;
+        }
+        // Created, or found not ended after a start: to the executor.
+        if p.first_seen(&r.metadata.uid) {
+            if let Err(e) = events::internal(cp, QUEUED_TYPE, r, "").await {
+                tracing::warn!(taskrun = %key, error = %e, "cannot queue a TaskRun");
+                p.unsee(&r.metadata.uid);
+                return Reconciled::retry(r.status.clone());
+            }
+        }
+        unchanged
+    }
+
+    async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
+        self.release(cp, &r.key()).await;
+        if !r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
+            let dir = self.0.runner().task_run_dir(
+                &r.metadata.namespace,
+                &r.metadata.name,
+                &r.metadata.uid,
+                None,
+            );
+            remove_dir(&dir);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, _cp: &ControlPlane, key: &Key) {
+        if let Some(stopped) = self.0.cancel_running(key) {
+            let _ = tokio::time::timeout(STOP_WAIT, stopped.cancelled()).await;
+        }
+    }
+
+    fn row(&self, r: &Resource) -> Vec<String> {
+        run_row(r)
+    }
+
+    fn age_column(&self) -> bool {
+        false
+    }
+}
+
+/// Removes a run's directory (logged if it cannot).
+pub(super) fn remove_dir(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a run's directory")
+        }
+    }
+}
