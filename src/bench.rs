@@ -3,6 +3,7 @@
 //! - `ingress.rs`: events/s and latency of durable appends, against a no-op HTTP ceiling.
 //! - `dispatch.rs`: ingress→subscriber latency and delivery throughput of triggers.
 //! - `serving.rs`: cold starts, the gateway's overhead against direct, a burst from zero.
+//! - `pipelines.rs`: the scheduler's cost per task (a chain, a fan-out, many runs at once).
 //! - `load.rs`: the load generator (keep-alive HTTP/1.1 connections, binary-mode events).
 //!
 //! Each starts a full server (RocksDB in a temp dir) in this process: the real stack, with
@@ -11,6 +12,7 @@
 mod dispatch;
 mod ingress;
 mod load;
+mod pipelines;
 mod serving;
 
 use crate::serve::{self, ServeConfig};
@@ -25,6 +27,8 @@ pub enum BenchCommand {
     Dispatch(dispatch::DispatchBench),
     /// Serving: cold starts, the gateway's overhead, a burst from zero.
     Serving(serving::ServingBench),
+    /// Pipelines: overhead per sequential task, a fan-out and join, runs/s.
+    Pipelines(pipelines::PipelinesBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -32,6 +36,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingress(b) => ingress::run(b).await,
         BenchCommand::Dispatch(b) => dispatch::run(b).await,
         BenchCommand::Serving(b) => serving::run(b).await,
+        BenchCommand::Pipelines(b) => pipelines::run(b).await,
     }
 }
 

@@ -275,6 +275,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// The control plane (benchmarks look at statuses in-process).
+    pub fn control(&self) -> Arc<ControlPlane> {
+        self.control.clone()
+    }
+
     /// Stops intake, waits for in-flight requests (up to the grace period), stops the triggers
     /// (each drains its in-flight deliveries and commits its offsets), flushes the log.
     pub async fn stop(mut self) -> anyhow::Result<()> {

@@ -719,3 +719,54 @@ spec:
     let after = get_json(&server, &["get", "taskrun", "survivor-after"]);
     assert_eq!(succeeded(&after).1, "Succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_a_run_live_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    apply(
+        &server,
+        &format!(
+            r#"apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {{name: live}}
+spec:
+  pipelineSpec:
+    tasks:
+      - name: talk
+        taskSpec:
+          steps:
+            - name: say
+              script: |
+                echo first line
+                while [ ! -e {gate} ]; do sleep 0.05; done
+                echo second line
+"#,
+            gate = gate.display()
+        ),
+    );
+    let mut follow = std::process::Command::new(BIN)
+        .args(["logs", "pipelinerun", "live", "-f", "--server", &server.api])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(first, "[talk/say] first line");
+    std::fs::write(&gate, "").unwrap();
+    let second = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(second, "[talk/say] second line");
+    // The run has ended: the stream ends, and so does the CLI.
+    let status = wait_exit(&mut follow, WAIT);
+    assert!(status.success());
+}
