@@ -367,9 +367,30 @@ impl ControlPlane {
     pub(crate) async fn store_one(&self, mut r: Resource) -> Result<Applied, ControlError> {
         let action = {
             let _guard = self.writes.lock().await;
-            let existing = self
+            let mut existing = self
                 .store
                 .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?;
+            // A generated name that is taken: another one, as Kubernetes retries.
+            if let Some(prefix) = r
+                .metadata
+                .generate_name
+                .clone()
+                .filter(|_| r.metadata.generated)
+            {
+                let mut tries = 0;
+                while existing.is_some() && tries < 16 {
+                    tries += 1;
+                    r.metadata.name = crate::resource::generate_name(&prefix);
+                    existing = self
+                        .store
+                        .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?;
+                }
+                if existing.is_some() {
+                    return Err(ControlError::BadRequest(format!(
+                        "no free name with prefix {prefix:?} after 16 tries"
+                    )));
+                }
+            }
             let action = match &existing {
                 None => {
                     r.metadata.uid = uuid::Uuid::new_v4().to_string();

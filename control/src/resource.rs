@@ -27,6 +27,12 @@ pub struct Metadata {
     pub generation: i64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub creation_timestamp: String,
+    /// The prefix the name was made from, when it was (`metadata.generateName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
+    /// The name was made in this apply: if it is taken, another is made.
+    #[serde(skip)]
+    pub generated: bool,
 }
 
 /// One resource: what the user applied plus what the server keeps about it.
@@ -241,9 +247,15 @@ fn validate_metadata(meta: Option<&Value>, err: &mut impl FnMut(&str, String)) -
             err(&format!("metadata.{key}"), "unknown field".into());
         }
     }
-    let generated = meta
-        .get("generateName")
-        .and_then(Value::as_str)
+    let prefix = meta.get("generateName").and_then(Value::as_str);
+    if let Some(p) = prefix.filter(|p| p.len() > MAX_GENERATE_NAME) {
+        err(
+            "metadata.generateName",
+            format!("{p:?} is longer than {MAX_GENERATE_NAME} characters (five are added)"),
+        );
+    }
+    let generated = prefix
+        .filter(|_| meta.get("name").is_none())
         .map(generate_name);
     let name = match meta
         .get("name")
@@ -306,13 +318,18 @@ fn validate_metadata(meta: Option<&Value>, err: &mut impl FnMut(&str, String)) -
         namespace,
         labels,
         annotations,
+        generate_name: prefix.map(str::to_string),
+        generated: generated.is_some(),
         ..Metadata::default()
     })
 }
 
+/// The longest `generateName`: a name is at most 63 characters.
+const MAX_GENERATE_NAME: usize = 58;
+
 /// A name made from `metadata.generateName`: the prefix and five random characters, as
 /// Kubernetes makes them (each apply of such a document creates a new resource).
-fn generate_name(prefix: &str) -> String {
+pub fn generate_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let random = uuid::Uuid::new_v4();
     let suffix: String = random

@@ -82,7 +82,11 @@ fn files(p: &Pipelines, run: &Resource) -> Vec<PathBuf> {
     trs.iter().map(file).collect()
 }
 
-/// The complete lines written to `files` past `read` (which moves on).
+/// At most this much of one file is read at a time (a large log streams, not held).
+const CHUNK: u64 = 1 << 20;
+
+/// The complete lines written to `files` past `read` (which moves on), at most [`CHUNK`] of
+/// each file.
 fn fresh(files: &[PathBuf], read: &mut HashMap<PathBuf, u64>) -> String {
     let mut out = String::new();
     for f in files {
@@ -94,7 +98,7 @@ fn fresh(files: &[PathBuf], read: &mut HashMap<PathBuf, u64>) -> String {
             continue;
         }
         let mut buf = Vec::new();
-        if file.read_to_end(&mut buf).is_err() {
+        if file.take(CHUNK).read_to_end(&mut buf).is_err() {
             continue;
         }
         // Only whole lines: a line being written is read on the next look.
@@ -127,42 +131,47 @@ async fn logs(
         }
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     };
-    let mut read = HashMap::new();
-    let head = fresh(&files(&p, &run), &mut read);
-    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    if !q.follow || crate::status::is_done(&run.status) {
-        return (text, head).into_response();
-    }
+    let follow = q.follow && !crate::status::is_done(&run.status);
     let stop = p.stop.clone();
-    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(head) });
-    let rest = futures::stream::unfold((p, run, read, false), move |(p, run, mut read, last)| {
-        let stop = stop.clone();
-        async move {
-            if last {
-                return None;
-            }
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return None,
-                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+    // What is written already, chunk by chunk; then (following) new lines until the run ends.
+    let stream = futures::stream::unfold(
+        (p, run, HashMap::new(), false),
+        move |(p, run, mut read, last)| {
+            let stop = stop.clone();
+            async move {
+                if last {
+                    return None;
                 }
-                let cp = p.control()?;
-                let now = cp
-                    .find(&run.kind, &run.metadata.namespace, &run.metadata.name)
-                    .ok()
-                    .flatten()
-                    .filter(|r| r.metadata.uid == run.metadata.uid);
-                // Gone or ended: what is left, then the end.
-                let ended = now
-                    .as_ref()
-                    .is_none_or(|r| crate::status::is_done(&r.status));
-                let chunk = fresh(&files(&p, now.as_ref().unwrap_or(&run)), &mut read);
-                if !chunk.is_empty() || ended {
-                    return Some((Ok(chunk), (p, run, read, ended)));
+                loop {
+                    let now = if follow {
+                        let cp = p.control()?;
+                        cp.find(&run.kind, &run.metadata.namespace, &run.metadata.name)
+                            .ok()
+                            .flatten()
+                            .filter(|r| r.metadata.uid == run.metadata.uid)
+                    } else {
+                        Some(run.clone())
+                    };
+                    // Gone or ended: what is left, then the end.
+                    let ended = !follow
+                        || now
+                            .as_ref()
+                            .is_none_or(|r| crate::status::is_done(&r.status));
+                    let chunk = fresh(&files(&p, now.as_ref().unwrap_or(&run)), &mut read);
+                    if !chunk.is_empty() {
+                        return Some((Ok::<_, std::io::Error>(chunk), (p, run, read, false)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    }
                 }
             }
-        }
-    });
-    use futures::StreamExt;
-    (text, Body::from_stream(first.chain(rest))).into_response()
+        },
+    );
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    (text, Body::from_stream(stream)).into_response()
 }

@@ -30,7 +30,6 @@ use crate::status::{self, set_condition};
 use crate::taskrun::DEFAULT_TIMEOUT;
 use crate::Pipelines;
 use cloudevent::Event;
-use control::resource::parse_go_duration;
 use control::{ControlPlane, Resource};
 use dispatcher::subscriber::HandlerError;
 use serde_json::{json, Value};
@@ -64,6 +63,7 @@ struct Run {
     pr: Resource,
     spec: PipelineRunSpec,
     id: RunId,
+    generation: i64,
 }
 
 async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(), String> {
@@ -73,7 +73,15 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
     else {
         return Ok(());
     };
-    if (!run.uid.is_empty() && pr.metadata.uid != run.uid) || status::is_done(&pr.status) {
+    if (!run.uid.is_empty() && pr.metadata.uid != run.uid) || p.is_deleting(&pr.metadata.uid) {
+        return Ok(());
+    }
+    if status::is_done(&pr.status) {
+        // Its end may not have woken the runs waiting for its slot (a publish failed).
+        p.forget_timer(&pr.metadata.uid);
+        if let Some(pipeline) = pr.spec["pipelineRef"]["name"].as_str() {
+            wake_waiting(cp, &pr.metadata.namespace, pipeline).await;
+        }
         return Ok(());
     }
     let spec: PipelineRunSpec = match pr.spec_as() {
@@ -113,7 +121,15 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
         uid: pr.metadata.uid.clone(),
         pipeline: spec.pipeline_ref.as_ref().map(|r| r.name.clone()),
     };
-    let mut run = Run { pr, spec, id };
+    // The generation whose spec this pass acts on: a newer one (a cancel meanwhile) gets a
+    // pass of its own.
+    let generation = pr.metadata.generation;
+    let mut run = Run {
+        pr,
+        spec,
+        id,
+        generation,
+    };
     if status::time(&run.pr.status, "startTime").is_none() {
         let limit = stored.as_ref().and_then(|(_, r)| max_concurrent_runs(r));
         match admit(p, cp, &run, &pipeline, limit).await? {
@@ -134,9 +150,20 @@ async fn admit(
     limit: Option<usize>,
 ) -> Result<Option<Resource>, String> {
     let pr = &run.pr;
-    if Mode::of(run.spec.status.as_deref()) == Mode::Pending {
-        wait(cp, pr, "PipelineRun is pending").await?;
-        return Ok(None);
+    match Mode::of(run.spec.status.as_deref()) {
+        Mode::Pending => {
+            wait(cp, pr, "PipelineRun is pending").await?;
+            return Ok(None);
+        }
+        Mode::Cancelled | Mode::CancelledRunFinally | Mode::StoppedRunFinally => {
+            let m = format!(
+                "PipelineRun {:?} was cancelled before it started",
+                run.id.name
+            );
+            finish_early(cp, pr, "Cancelled", &m).await?;
+            return Ok(None);
+        }
+        Mode::Normal => {}
     }
     // One admission at a time: two runs of one pipeline never both take the last slot.
     let _one = p.admission.lock().await;
@@ -310,7 +337,7 @@ fn children(cp: &ControlPlane, run: &Run) -> Result<BTreeMap<String, Vec<Resourc
 fn limits(spec: &PipelineRunSpec) -> (Option<Duration>, Option<Duration>, Option<String>) {
     let t = spec.timeouts.clone().unwrap_or_default();
     let parse = |v: Option<&String>| {
-        v.and_then(|v| parse_go_duration(v).ok())
+        v.and_then(|v| crate::validate::timeout(v).ok())
             .filter(|d| !d.is_zero())
     };
     let pipeline = match &t.pipeline {
@@ -336,6 +363,22 @@ async fn schedule(
     let params = resolve(&pipeline.params, &given).unwrap_or_default();
     let dag = Dag::of(pipeline).map_err(|e| format!("{e:?}"))?;
     let kids = children(cp, run)?;
+    // The TaskRuns planned so far; a task with one of them not made yet is still running.
+    let mut children_refs: Vec<Value> = pr.status["childReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let missing = |task: &str| {
+        children_refs
+            .iter()
+            .filter(|c| c["pipelineTaskName"] == task)
+            .filter_map(|c| c["name"].as_str())
+            .any(|n| {
+                !kids
+                    .get(task)
+                    .is_some_and(|trs| trs.iter().any(|tr| tr.metadata.name == n))
+            })
+    };
     // Each task's state and results, from its TaskRuns.
     let mut states: BTreeMap<String, TaskState> = BTreeMap::new();
     let mut results: BTreeMap<String, BTreeMap<String, ParamValue>> = BTreeMap::new();
@@ -347,7 +390,7 @@ async fn schedule(
             .iter()
             .map(|tr| status::ended(&tr.status).map(|e| (e, status::results(&tr.status))))
             .collect();
-        match outcomes {
+        match outcomes.filter(|_| !missing(&t.name)) {
             None => {
                 states.insert(t.name.clone(), TaskState::Running);
             }
@@ -435,12 +478,12 @@ async fn schedule(
             break;
         }
     }
-    // Act: TaskRuns made for what starts (with what was known when it was decided).
-    let mut children_refs: Vec<Value> = kids
-        .iter()
-        .flat_map(|(task, trs)| trs.iter().map(move |tr| child_ref(&tr.metadata.name, task)))
-        .collect();
-    for name in &starts {
+    // Act: TaskRuns made for what starts (with what was known when it was decided), and for
+    // a task whose TaskRuns were planned but not all made (a pass cut short).
+    let unfinished: Vec<String> = kids.keys().filter(|t| missing(t)).cloned().collect();
+    let remaining = pipeline_limit.map(|d| (start + d).duration_since(now).unwrap_or_default());
+    let mut planned: Vec<(String, String, Value)> = Vec::new();
+    for name in starts.iter().chain(&unfinished) {
         let finally = pipeline.finally.iter().any(|t| t.name == *name);
         let Some(t) = pipeline
             .tasks
@@ -453,53 +496,48 @@ async fn schedule(
         let vars = task_vars(&run.id, pipeline, &params, &states, &results, finally);
         match expand(&run.id, &run.spec, t, &vars, &params) {
             Ok(runs) => {
-                for child in runs {
-                    let mut labels = json!({
-                        PIPELINE_RUN_LABEL: run.id.name,
-                        PIPELINE_TASK_LABEL: t.name,
-                        MEMBER_OF_LABEL: if finally { "finally" } else { "tasks" },
-                    });
-                    if let Some(pl) = &run.id.pipeline {
-                        labels[PIPELINE_LABEL] = json!(pl);
+                for mut child in runs {
+                    // Without a timeout of its own a TaskRun gets what is left of the run's
+                    // (none when the run has none), as Tekton does.
+                    if child.spec.timeout.is_none() {
+                        let left = remaining.map_or(0, |d| d.as_secs().max(1));
+                        child.spec.timeout = Some(format!("{left}s"));
                     }
-                    if let Some(r) = &t.task_ref {
-                        labels[TASK_LABEL] = json!(r.name);
-                    }
-                    let doc = json!({
-                        "apiVersion": "tekton.dev/v1",
-                        "kind": "TaskRun",
-                        "metadata": {
-                            "name": child.name,
-                            "namespace": run.id.namespace,
-                            "labels": labels,
-                            "annotations": {PIPELINE_RUN_UID_ANNOTATION: run.id.uid},
-                        },
-                        "spec": child.spec,
-                    });
-                    match cp.apply_owned(&doc).await {
-                        Ok(_) => children_refs.push(child_ref(&child.name, &t.name)),
-                        // The task cannot run as written: it fails, the run goes on to its end.
-                        Err(control::ControlError::Invalid(list)) => {
-                            let why = list
-                                .iter()
-                                .map(|f| format!("{}: {}", f.field, f.message))
-                                .collect::<Vec<_>>()
-                                .join("; ");
-                            not_run.push((
-                                name.clone(),
-                                "CreateRunFailed".into(),
-                                format!("TaskRun {}: {why}", child.name),
-                            ));
-                            states.insert(name.clone(), TaskState::Failed { ignored: false });
-                        }
-                        Err(e) => return Err(e.to_string()),
-                    }
+                    planned.push((
+                        t.name.clone(),
+                        child.name.clone(),
+                        child_doc(run, t, finally, &child),
+                    ));
                 }
             }
             Err((reason, message)) => {
                 not_run.push((name.clone(), reason.into(), message));
                 states.insert(name.clone(), TaskState::Failed { ignored: false });
             }
+        }
+    }
+    if !planned.is_empty() {
+        // Planned in the status first: a pass cut short makes the rest next time.
+        for (task, name, _) in &planned {
+            if !children_refs.iter().any(|c| c["name"] == name.as_str()) {
+                children_refs.push(child_ref(name, task));
+            }
+        }
+        let refs = Value::Array(children_refs.clone());
+        cp.update_status(&pr.key(), &pr.metadata.uid, |s| s["childReferences"] = refs)
+            .await
+            .map_err(text)?;
+    }
+    for (task, name, doc) in &planned {
+        if let Err(why) = create_child(cp, run, name, doc).await? {
+            // The task cannot run as written: it fails, the run goes on to its end.
+            not_run.push((
+                task.clone(),
+                "CreateRunFailed".into(),
+                format!("TaskRun {name}: {why}"),
+            ));
+            states.insert(task.clone(), TaskState::Failed { ignored: false });
+            children_refs.retain(|c| c["name"] != name.as_str());
         }
     }
     // Cancel what must stop.
@@ -576,7 +614,7 @@ async fn schedule(
     } else {
         Vec::new()
     };
-    let generation = pr.metadata.generation;
+    let generation = run.generation;
     let written = cp
         .update_status(&pr.key(), &pr.metadata.uid, |s| {
             s["observedGeneration"] = json!(generation);
@@ -622,6 +660,9 @@ async fn schedule(
     if let Some(t) = transition {
         events::transition(cp, &written, t).await?;
     }
+    if written.metadata.generation != run.generation && !done {
+        events::internal(cp, CHANGED_TYPE, &written, "spec").await?;
+    }
     if done {
         p.forget_timer(&run.id.uid);
         if let Some(pipeline_name) = &run.id.pipeline {
@@ -637,6 +678,64 @@ async fn schedule(
         }
     }
     Ok(())
+}
+
+/// The TaskRun document of `child`, labelled as Tekton labels a PipelineRun's TaskRuns.
+fn child_doc(
+    run: &Run,
+    t: &crate::spec::PipelineTask,
+    finally: bool,
+    child: &crate::pipelinerun::ChildRun,
+) -> Value {
+    let mut labels = json!({
+        PIPELINE_RUN_LABEL: run.id.name,
+        PIPELINE_TASK_LABEL: t.name,
+        MEMBER_OF_LABEL: if finally { "finally" } else { "tasks" },
+    });
+    if let Some(pl) = &run.id.pipeline {
+        labels[PIPELINE_LABEL] = json!(pl);
+    }
+    if let Some(r) = &t.task_ref {
+        labels[TASK_LABEL] = json!(r.name);
+    }
+    json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "TaskRun",
+        "metadata": {
+            "name": child.name,
+            "namespace": run.id.namespace,
+            "labels": labels,
+            "annotations": {PIPELINE_RUN_UID_ANNOTATION: run.id.uid},
+        },
+        "spec": child.spec,
+    })
+}
+
+/// Makes the TaskRun `doc` unless it exists (this run's: done already). `Ok(Err(why))`: it
+/// cannot be made (invalid, or the name is another's).
+async fn create_child(
+    cp: &ControlPlane,
+    run: &Run,
+    name: &str,
+    doc: &Value,
+) -> Result<Result<(), String>, String> {
+    if let Some(tr) = cp.find("TaskRun", &run.id.namespace, name).map_err(text)? {
+        return Ok(
+            match tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION) == Some(&run.id.uid) {
+                true => Ok(()),
+                false => Err("the name belongs to another TaskRun".into()),
+            },
+        );
+    }
+    match cp.apply_owned(doc).await {
+        Ok(_) => Ok(Ok(())),
+        Err(control::ControlError::Invalid(list)) => Ok(Err(list
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; "))),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn child_ref(name: &str, task: &str) -> Value {
@@ -660,7 +759,7 @@ fn static_reason(reason: &str) -> &'static str {
 
 /// A run of `pipeline` ended: the runs waiting for a slot look again (the first in line
 /// takes it).
-async fn wake_waiting(cp: &ControlPlane, namespace: &str, pipeline: &str) {
+pub(crate) async fn wake_waiting(cp: &ControlPlane, namespace: &str, pipeline: &str) {
     let Ok(runs) = cp.list("PipelineRun", Some(namespace)) else {
         return;
     };

@@ -119,6 +119,8 @@ pub struct Pipelines {
     seen: Mutex<HashSet<String>>,
     /// One PipelineRun admitted at a time (`ferry.dev/max-concurrent-runs`).
     admission: tokio::sync::Mutex<()>,
+    /// PipelineRuns being deleted (by uid): no pass makes TaskRuns for them any more.
+    deleting: Mutex<HashSet<String>>,
     /// Wake-ups armed for runs' timeouts, by run uid.
     timers: Mutex<HashMap<String, std::time::SystemTime>>,
     /// Cancelled when the server stops: `ferry logs -f` streams end, timers stop.
@@ -157,6 +159,7 @@ impl Pipelines {
             seen: Mutex::new(HashSet::new()),
             admission: tokio::sync::Mutex::new(()),
             timers: Mutex::new(HashMap::new()),
+            deleting: Mutex::new(HashSet::new()),
             stop: CancellationToken::new(),
         }))
     }
@@ -212,6 +215,32 @@ impl Pipelines {
             .insert(uid.to_string())
     }
 
+    fn is_deleting(&self, uid: &str) -> bool {
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(uid)
+    }
+
+    /// Marks a PipelineRun as being deleted, for a minute (it is gone from the store by then).
+    fn mark_deleting(self: &Arc<Self>, uid: &str) {
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string());
+        let me = Arc::downgrade(self);
+        let uid = uid.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(DELETING_MARK).await;
+            if let Some(p) = me.upgrade() {
+                p.deleting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&uid);
+            }
+        });
+    }
+
     fn unsee(&self, uid: &str) {
         self.seen
             .lock()
@@ -231,6 +260,9 @@ impl Pipelines {
         self.lock_running().get(key).is_some_and(|r| r.uid == uid)
     }
 }
+
+/// How long a deleted PipelineRun stays marked (no pass makes TaskRuns for it meanwhile).
+const DELETING_MARK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Registers pipelines' kinds (Task, Pipeline, TaskRun, PipelineRun).
 pub fn register(registry: &mut Registry, pipelines: &Arc<Pipelines>) {

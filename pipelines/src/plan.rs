@@ -188,7 +188,7 @@ pub fn plan(
             .map(|w| v.replace(w));
         let timeout = match &s.timeout {
             Some(t) => Some(
-                control::resource::parse_go_duration(&v.replace(t))
+                crate::validate::timeout(&v.replace(t))
                     .map_err(|e| fail(format!("timeout {t:?}: {e}")))?,
             )
             .filter(|d| !d.is_zero()),

@@ -177,8 +177,8 @@ pub fn retry(status: &mut Value) {
     set_condition(
         status,
         "Unknown",
-        "Running",
-        "Retrying after a failed attempt",
+        "ToBeRetried",
+        "An attempt failed; the TaskRun runs again",
     );
 }
 

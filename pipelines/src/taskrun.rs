@@ -14,7 +14,6 @@ use crate::params::{resolve, ParamValue};
 use crate::plan::{plan, Context};
 use crate::sandbox::{Sandbox, WorkspaceDir};
 use crate::spec::{TaskRunSpec, TaskSpec, WorkspaceBinding};
-use control::resource::parse_go_duration;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -292,7 +291,7 @@ impl Runner {
             }
         };
         let limit = match job.timeout.as_deref() {
-            Some(t) => match parse_go_duration(t) {
+            Some(t) => match crate::validate::timeout(t) {
                 Ok(d) if d.is_zero() => None,
                 Ok(d) => Some(d),
                 Err(e) => return not_run("TaskRunValidationFailed", format!("timeout {t:?}: {e}")),

@@ -13,9 +13,22 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Tekton's limit on a matrix's combinations.
 pub const MAX_MATRIX_COMBINATIONS: usize = 256;
 
+/// The longest timeout: longer ones are refused (100 years is no timeout in practice, and
+/// adding more to a clock overflows it).
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
+/// A timeout as written (`1h30m`), at most [`MAX_TIMEOUT`].
+pub fn timeout(v: &str) -> Result<std::time::Duration, String> {
+    let d = parse_go_duration(v)?;
+    if d > MAX_TIMEOUT {
+        return Err("longer than 100 years".into());
+    }
+    Ok(d)
+}
+
 fn duration(path: &str, value: Option<&String>, errors: &mut FieldErrors) {
     if let Some(v) = value {
-        if let Err(e) = parse_go_duration(v) {
+        if let Err(e) = timeout(v) {
             errors.push(
                 path,
                 format!("{v:?} is not a duration like 1h30m or 10s ({e})"),

@@ -70,15 +70,22 @@ pub(crate) async fn on_queued(p: &Arc<Pipelines>, e: &Event) -> Result<(), Handl
     let p = p.clone();
     let uid = tr.metadata.uid.clone();
     tokio::spawn(async move {
-        if let Err(e) = run(&p, &cp, tr, &cancel).await {
-            tracing::warn!(taskrun = %key, error = %e, "TaskRun stopped early");
+        let failed = run(&p, &cp, tr, &cancel).await.err();
+        {
+            let mut running = p.lock_running();
+            if running.get(&key).is_some_and(|r| r.uid == uid) {
+                running.remove(&key);
+            }
         }
-        let mut running = p.lock_running();
-        if running.get(&key).is_some_and(|r| r.uid == uid) {
-            running.remove(&key);
-        }
-        drop(running);
         stopped.cancel();
+        if let Some(e) = failed {
+            // Its status could not be stored: queued again in a while, when the attempt that
+            // was under way counts as interrupted (or is run again if it had not begun).
+            tracing::warn!(taskrun = %key, error = %e, "TaskRun stopped early; queuing it again");
+            p.unsee(&uid);
+            tokio::time::sleep(REQUEUE_AFTER).await;
+            cp.requeue(key);
+        }
     });
     Ok(())
 }
@@ -98,16 +105,48 @@ pub(crate) fn pipeline_run(tr: &Resource) -> Option<RunId> {
     })
 }
 
-/// Writes `change` into the TaskRun's status; the TaskRun as stored (`None`: it is gone).
+/// Writes `change` into the TaskRun's status unless it has ended meanwhile (cancelled before
+/// it ran): the TaskRun as stored, or `None` (gone, or ended by another writer).
 async fn write(
     cp: &ControlPlane,
     tr: &Resource,
     change: impl FnOnce(&mut serde_json::Value),
 ) -> Result<Option<Resource>, String> {
-    cp.update_status(&tr.key(), &tr.metadata.uid, change)
+    let applied = std::sync::atomic::AtomicBool::new(false);
+    let written = cp
+        .update_status(&tr.key(), &tr.metadata.uid, |s| {
+            if !status::is_done(s) {
+                change(s);
+                applied.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(written.filter(|_| applied.load(std::sync::atomic::Ordering::Relaxed)))
 }
+
+/// Publishes Tekton's event for a TaskRun whose status is stored, trying a few times: the
+/// scheduler waits for it (a restart's pass would find the status anyway).
+async fn announce(cp: &ControlPlane, tr: &Resource, what: Transition) -> Result<(), String> {
+    let mut wait = PUBLISH_RETRY;
+    for _ in 0..PUBLISH_TRIES {
+        match events::transition(cp, tr, what).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(taskrun = %tr.key(), error = %e, "cannot publish a TaskRun's event; trying again")
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    events::transition(cp, tr, what).await
+}
+
+/// First wait between tries of [`announce`] (doubling).
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const PUBLISH_TRIES: u32 = 6;
+/// A TaskRun whose executor failed (its status could not be stored) is queued again after this.
+const REQUEUE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn run(
     p: &Pipelines,
@@ -137,7 +176,7 @@ async fn run(
             return Ok(());
         };
         if last {
-            return events::transition(cp, &now, Transition::Failed).await;
+            return announce(cp, &now, Transition::Failed).await;
         }
         attempt += 1;
         tr = now;
@@ -229,6 +268,7 @@ async fn run(
         else {
             return Ok(());
         };
+        announce(cp, &now, Transition::Unknown).await?;
         tr = now;
         attempt += 1;
     }
@@ -241,7 +281,14 @@ async fn finish(
     outcome: &Outcome,
     spec: &crate::spec::TaskSpec,
 ) -> Result<(), String> {
-    let Some(now) = write(cp, tr, |s| *s = status::attempt_ended(s, outcome, spec)).await? else {
+    let mut outcome = outcome.clone();
+    if outcome.ended.reason == "TaskRunCancelled" {
+        // Why, as whoever cancelled it said (the PipelineRun's timeout, its cancel).
+        if let Some(m) = tr.spec["statusMessage"].as_str() {
+            outcome.ended.message = m.to_string();
+        }
+    }
+    let Some(now) = write(cp, tr, |s| *s = status::attempt_ended(s, &outcome, spec)).await? else {
         return Ok(());
     };
     let t = if outcome.ended.succeeded {
@@ -249,7 +296,7 @@ async fn finish(
     } else {
         Transition::Failed
     };
-    events::transition(cp, &now, t).await
+    announce(cp, &now, t).await
 }
 
 /// The TaskRun was cancelled before it ran.

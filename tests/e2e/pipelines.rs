@@ -630,6 +630,26 @@ spec:
     })
     .await;
     assert!(get_json(&server, &["get", "pr", "second"])["status"]["startTime"].is_null());
+    // A third in line, cancelled while it waits: it ends at once, without starting.
+    apply(
+        &server,
+        "apiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {name: third}\nspec: {pipelineRef: {name: one-at-a-time}}\n",
+    );
+    eventually(WAIT, "third waits", || async {
+        let r = get_json(&server, &["get", "pr", "third"]);
+        (succeeded(&r).1 == "PipelineRunPending").then_some(())
+    })
+    .await;
+    let out = server.cli(&["cancel", "pr", "third"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let third = ended(&server, "pr", "default", "third").await;
+    assert_eq!(succeeded(&third).1, "Cancelled");
+    assert!(
+        items(&server, "taskruns", "default")
+            .iter()
+            .all(|t| t["metadata"]["labels"]["tekton.dev/pipelineRun"] != "third"),
+        "nothing of it ran"
+    );
     // More TaskRuns than slots: the third waits Pending.
     let tr = |n: usize| {
         format!("apiVersion: tekton.dev/v1\nkind: TaskRun\nmetadata: {{name: tr{n}}}\nspec:\n  taskSpec:\n    steps: [{{script: \"while [ ! -e {} ]; do sleep 0.05; done\"}}]\n", gate.display())
@@ -769,4 +789,35 @@ spec:
     // The run has ended: the stream ends, and so does the CLI.
     let status = wait_exit(&mut follow, WAIT);
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_on_one_node_in_kafka_mode() {
+    let kafka = super::tansu::Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &kafka_flags(&kafka.bootstrap));
+    apply(
+        &server,
+        r#"apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {name: on-kafka}
+spec:
+  pipelineSpec:
+    results: [{name: doubled, value: "$(tasks.double.results.out)"}]
+    tasks:
+      - name: give
+        taskSpec:
+          results: [{name: out}]
+          steps: [{script: 'printf 21 > $(results.out.path)'}]
+      - name: double
+        params: [{name: n, value: "$(tasks.give.results.out)"}]
+        taskSpec:
+          params: [{name: n}]
+          results: [{name: out}]
+          steps: [{script: 'printf $(( $(params.n) * 2 )) > $(results.out.path)'}]
+"#,
+    );
+    let pr = ended(&server, "pipelinerun", "default", "on-kafka").await;
+    assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
+    assert_eq!(result(&pr, "doubled"), Some(&Value::String("42".into())));
 }

@@ -42,6 +42,18 @@ impl Kind for PipelineRun {
             return;
         };
         crate::validate::pipeline_run("spec", &spec, errors);
+        // Params are checked when the run is made, against the Pipeline as it is then (a
+        // later change to the Pipeline must not keep the run from being cancelled).
+        let cp = self.0.control();
+        let exists = cp.as_ref().is_some_and(|cp| {
+            matches!(
+                cp.find("PipelineRun", &r.metadata.namespace, &r.metadata.name),
+                Ok(Some(_))
+            )
+        });
+        if exists {
+            return;
+        }
         let declared = match (&spec.pipeline_spec, &spec.pipeline_ref) {
             (Some(p), _) => Some(p.params.clone()),
             (None, Some(pr)) => self
@@ -62,16 +74,22 @@ impl Kind for PipelineRun {
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
         let unchanged = Reconciled::done(r.status.clone());
-        if !pass.write || status::is_done(&r.status) {
+        let p = &self.0;
+        if status::is_done(&r.status) {
+            p.unsee(&r.metadata.uid);
             return unchanged;
         }
-        let p = &self.0;
+        if !pass.write {
+            return unchanged;
+        }
         let first = p.first_seen(&r.metadata.uid);
         let observed = r.status.get("observedGeneration").and_then(Value::as_i64);
         let why = match (first, observed) {
             (true, None) => "created",
             (true, Some(_)) => "restart",
             (false, Some(g)) if g != r.metadata.generation => "spec",
+            // Changed before the scheduler's first pass wrote what it saw.
+            (false, None) => "spec",
             _ => return unchanged,
         };
         if let Err(e) = events::internal(cp, CHANGED_TYPE, r, why).await {
@@ -86,7 +104,9 @@ impl Kind for PipelineRun {
 
     async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
         let p = &self.0;
+        p.mark_deleting(&r.metadata.uid);
         p.forget_timer(&r.metadata.uid);
+        p.unsee(&r.metadata.uid);
         for tr in cp.list("TaskRun", Some(&r.metadata.namespace))? {
             let mine = tr.metadata.labels.get(PIPELINE_RUN_LABEL) == Some(&r.metadata.name)
                 && tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION)
@@ -108,6 +128,10 @@ impl Kind for PipelineRun {
             pipeline: None,
         };
         remove_dir(&p.runner().pipeline_run_dir(&id));
+        // A run that held one of its Pipeline's slots gives it up.
+        if let Some(pipeline) = r.spec["pipelineRef"]["name"].as_str() {
+            crate::driver::wake_waiting(cp, &r.metadata.namespace, pipeline).await;
+        }
         Ok(())
     }
 

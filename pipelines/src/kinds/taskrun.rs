@@ -41,8 +41,15 @@ impl Kind for TaskRun {
             return;
         };
         crate::validate::task_run("spec", &spec, errors);
-        // A PipelineRun's TaskRuns are checked when they run (and fail as Tekton's do).
-        if r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
+        // A PipelineRun's TaskRuns are checked when they run (and fail as Tekton's do); a
+        // TaskRun's params when it is made (not on a cancel after its Task changed).
+        let exists = self.0.control().is_some_and(|cp| {
+            matches!(
+                cp.find("TaskRun", &r.metadata.namespace, &r.metadata.name),
+                Ok(Some(_))
+            )
+        });
+        if exists || r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
             return;
         }
         let declared = match (&spec.task_spec, &spec.task_ref) {
@@ -65,10 +72,14 @@ impl Kind for TaskRun {
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
         let unchanged = Reconciled::done(r.status.clone());
-        if !pass.write || status::is_done(&r.status) {
+        let p = &self.0;
+        if status::is_done(&r.status) {
+            p.unsee(&r.metadata.uid);
             return unchanged;
         }
-        let p = &self.0;
+        if !pass.write {
+            return unchanged;
+        }
         let key = r.key();
         let cancel = r.spec["status"] == "TaskRunCancelled";
         if p.is_running(&key, &r.metadata.uid) {
@@ -100,7 +111,23 @@ impl Kind for TaskRun {
 
     async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
         self.release(cp, &r.key()).await;
-        if !r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
+        self.0.unsee(&r.metadata.uid);
+        if let Some(pr) = crate::worker::pipeline_run(r) {
+            // One of a run's TaskRuns deleted by hand: the run looks again (and makes it anew,
+            // as Tekton does), unless the run itself is being deleted.
+            if !self.0.is_deleting(&pr.uid) {
+                if let Ok(Some(run)) = cp.find("PipelineRun", &pr.namespace, &pr.name) {
+                    if run.metadata.uid == pr.uid && !status::is_done(&run.status) {
+                        if let Err(e) =
+                            events::internal(cp, crate::events::CHANGED_TYPE, &run, "child deleted")
+                                .await
+                        {
+                            tracing::warn!(pipelinerun = %run.key(), error = %e, "cannot tell a PipelineRun its TaskRun is gone");
+                        }
+                    }
+                }
+            }
+        } else {
             let dir = self.0.runner().task_run_dir(
                 &r.metadata.namespace,
                 &r.metadata.name,

@@ -129,11 +129,11 @@ pub fn expand(
         .into_iter()
         .enumerate()
         .map(|(i, given)| ChildRun {
-            name: if matrixed {
+            name: child_name(&if matrixed {
                 format!("{}-{}-{i}", id.name, t.name)
             } else {
                 format!("{}-{}", id.name, t.name)
-            },
+            }),
             spec: TaskRunSpec {
                 task_ref: t.task_ref.clone(),
                 task_spec: t.task_spec.as_ref().map(|s| s.spec.clone()),
@@ -145,6 +145,24 @@ pub fn expand(
             },
         })
         .collect())
+}
+
+/// A TaskRun's name: `name` if it is a valid one (at most 63 characters), else cut and ended
+/// with a hash of the whole, so that it stays unique and the same on every pass (as Tekton's
+/// `kmeta.ChildName` does).
+pub fn child_name(name: &str) -> String {
+    const MAX: usize = 63;
+    if name.len() <= MAX {
+        return name.to_string();
+    }
+    // FNV-1a, 64 bits: stable across builds (the name must come out the same after a restart).
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let suffix = format!("{hash:016x}");
+    let keep = MAX - suffix.len() - 1;
+    let head: String = name.chars().take(keep).collect();
+    format!("{}-{suffix}", head.trim_end_matches('-'))
 }
 
 /// One param per name, the last value given winning (a pipeline task's own over the run's
