@@ -48,6 +48,23 @@ pub(crate) async fn on_event(p: &Arc<Pipelines>, e: &Event) -> Result<(), Handle
             message: "the control plane is not running yet".into(),
         });
     };
+    // A TaskRun's end that this node's copy of the resources does not show yet (written by
+    // another node, Kafka mode): looked at again once it does, so that the end is not missed.
+    if let Some((ns, name)) = events::ended_task_run(e) {
+        let behind = match cp.find("TaskRun", &ns, &name) {
+            Ok(Some(tr)) => !status::is_done(&tr.status),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        if behind {
+            return Err(HandlerError {
+                retryable: true,
+                message: format!(
+                    "TaskRun {ns}/{name} has ended, but this node's store does not show it yet"
+                ),
+            });
+        }
+    }
     pass(p, &cp, &run).await.map_err(|message| HandlerError {
         retryable: true,
         message,

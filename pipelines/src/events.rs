@@ -185,6 +185,19 @@ pub fn pipeline_run_of(e: &Event) -> Result<Option<RunRef>, HandlerError> {
     }))
 }
 
+/// The TaskRun whose end `e` announces (`taskrun.successful`/`failed`), if it is one.
+pub fn ended_task_run(e: &Event) -> Option<(String, String)> {
+    let ty = e.attr_text("type")?;
+    if ty != tekton_type("taskrun", Transition::Successful)
+        && ty != tekton_type("taskrun", Transition::Failed)
+    {
+        return None;
+    }
+    let data: Value = serde_json::from_slice(e.data.as_deref().unwrap_or_default()).ok()?;
+    let m = &data["taskRun"]["metadata"];
+    Some((m["namespace"].as_str()?.into(), m["name"].as_str()?.into()))
+}
+
 /// The TaskRun a `queued` event names.
 pub fn queued(e: &Event) -> Result<RunRef, HandlerError> {
     serde_json::from_slice(e.data.as_deref().unwrap_or_default()).map_err(|err| HandlerError {

@@ -81,6 +81,8 @@ pub fn vars(
     v.set("context.taskRun.uid", ctx.task_run_uid.clone());
     v.set("context.task.name", ctx.task_name.clone());
     v.set("context.task.retry-count", ctx.retry_count.to_string());
+    // The same count under the TaskRun's name, as some documents write it.
+    v.set("context.taskRun.retry-count", ctx.retry_count.to_string());
     v.set(
         "context.pipelineTask.retries",
         ctx.pipeline_task_retries.to_string(),

@@ -40,7 +40,18 @@ pub(crate) async fn on_queued(p: &Arc<Pipelines>, e: &Event) -> Result<(), Handl
     };
     let tr = match cp.find("TaskRun", &what.namespace, &what.name) {
         Ok(Some(tr)) if tr.metadata.uid == what.uid => tr,
-        Ok(_) => return Ok(()),
+        Ok(Some(_)) => return Ok(()),
+        // Another node made it and this node's copy of the resources has not caught up yet
+        // (Kafka mode); or it was deleted since: tried again with backoff, then dead-lettered.
+        Ok(None) => {
+            return Err(HandlerError {
+                retryable: true,
+                message: format!(
+                    "TaskRun {}/{} is not (yet) in this node's store",
+                    what.namespace, what.name
+                ),
+            })
+        }
         Err(e) => {
             return Err(HandlerError {
                 retryable: true,

@@ -77,15 +77,16 @@ impl Kind for TaskRun {
             p.unsee(&r.metadata.uid);
             return unchanged;
         }
-        if !pass.write {
-            return unchanged;
-        }
         let key = r.key();
         let cancel = r.spec["status"] == "TaskRunCancelled";
+        // Running here: a cancel made anywhere (another node, in Kafka mode) stops it.
         if p.is_running(&key, &r.metadata.uid) {
             if cancel {
                 p.cancel_running(&key);
             }
+            return unchanged;
+        }
+        if !pass.write {
             return unchanged;
         }
         if cancel {

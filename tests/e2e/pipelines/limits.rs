@@ -1,0 +1,203 @@
+//! Concurrency limits, kill -9 of Ferry mid-run, Kafka mode.
+
+use super::*;
+use crate::support::*;
+use crate::triggers::apply;
+use serde_json::Value;
+use std::path::Path;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_keep_runs_pending_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--pipelines-max-running-tasks", "2"],
+    );
+    apply(
+        &server,
+        &format!(
+            r#"apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: one-at-a-time
+  annotations: {{ferry.dev/max-concurrent-runs: "1"}}
+spec:
+  tasks:
+    - name: wait
+      taskSpec:
+        steps: [{{script: "while [ ! -e {gate} ]; do sleep 0.05; done"}}]
+"#,
+            gate = gate.display()
+        ),
+    );
+    for name in ["first", "second"] {
+        apply(
+            &server,
+            &format!("apiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {{name: {name}}}\nspec: {{pipelineRef: {{name: one-at-a-time}}}}\n"),
+        );
+    }
+    eventually(WAIT, "first runs, second waits", || async {
+        let first = get_json(&server, &["get", "pr", "first"]);
+        let second = get_json(&server, &["get", "pr", "second"]);
+        let pending = succeeded(&second);
+        (succeeded(&first).1 == "Running" && pending.1 == "PipelineRunPending").then_some(pending.2)
+    })
+    .await;
+    assert!(get_json(&server, &["get", "pr", "second"])["status"]["startTime"].is_null());
+    // A third in line, cancelled while it waits: it ends at once, without starting.
+    apply(
+        &server,
+        "apiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {name: third}\nspec: {pipelineRef: {name: one-at-a-time}}\n",
+    );
+    eventually(WAIT, "third waits", || async {
+        let r = get_json(&server, &["get", "pr", "third"]);
+        (succeeded(&r).1 == "PipelineRunPending").then_some(())
+    })
+    .await;
+    let out = server.cli(&["cancel", "pr", "third"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let third = ended(&server, "pr", "default", "third").await;
+    assert_eq!(succeeded(&third).1, "Cancelled");
+    assert!(
+        items(&server, "taskruns", "default")
+            .iter()
+            .all(|t| t["metadata"]["labels"]["tekton.dev/pipelineRun"] != "third"),
+        "nothing of it ran"
+    );
+    // More TaskRuns than slots: the third waits Pending.
+    let tr = |n: usize| {
+        format!("apiVersion: tekton.dev/v1\nkind: TaskRun\nmetadata: {{name: tr{n}}}\nspec:\n  taskSpec:\n    steps: [{{script: \"while [ ! -e {} ]; do sleep 0.05; done\"}}]\n", gate.display())
+    };
+    apply(&server, &tr(1));
+    apply(&server, &tr(2));
+    eventually(WAIT, "a TaskRun waits for a slot", || async {
+        let waiting = [1, 2].iter().any(|n| {
+            let r = get_json(&server, &["get", "tr", &format!("tr{n}")]);
+            succeeded(&r).1 == "Pending" && succeeded(&r).2.contains("task slots")
+        });
+        waiting.then_some(())
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    for (kind, name) in [
+        ("pr", "first"),
+        ("pr", "second"),
+        ("tr", "tr1"),
+        ("tr", "tr2"),
+    ] {
+        let r = ended(&server, kind, "default", name).await;
+        assert_eq!(succeeded(&r).0, "True", "{name}: {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_kill_9_of_ferry_its_step_retried_and_no_process_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mut server = Server::start(&data, &[]);
+    apply(
+        &server,
+        &format!(
+            r#"apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {{name: survivor}}
+spec:
+  pipelineSpec:
+    tasks:
+      - name: slow
+        retries: 1
+        taskSpec:
+          steps:
+            - script: |
+                if [ -e {m}/tried ]; then echo second; exit 0; fi
+                touch {m}/tried
+                sleep 600 &
+                echo $! > {m}/pid
+                wait
+      - name: after
+        runAfter: [slow]
+        taskSpec:
+          steps: [{{script: "echo after"}}]
+"#,
+            m = marks.display()
+        ),
+    );
+    let pid: i32 = eventually(WAIT, "the first attempt is running", || async {
+        std::fs::read_to_string(marks.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .await;
+    server.kill9();
+    let server = Server::start(&data, &[]);
+    eventually(WAIT, "the killed run's processes are gone", || async {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .await;
+    let pr = ended(&server, "pipelinerun", "default", "survivor").await;
+    assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
+    let slow = get_json(&server, &["get", "taskrun", "survivor-slow"]);
+    let attempts = slow["status"]["retriesStatus"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(
+        succeeded(&serde_json::json!({"status": attempts[0]}))
+            .2
+            .contains("Ferry stopped"),
+        "{}",
+        attempts[0]
+    );
+    let after = get_json(&server, &["get", "taskrun", "survivor-after"]);
+    assert_eq!(succeeded(&after).1, "Succeeded");
+}
+
+/// A run of two tasks passing a result (21 doubled).
+fn doubling(name: &str) -> String {
+    format!(
+        r#"apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {{name: {name}}}
+spec:
+  pipelineSpec:
+    results: [{{name: doubled, value: "$(tasks.double.results.out)"}}]
+    tasks:
+      - name: give
+        taskSpec:
+          results: [{{name: out}}]
+          steps: [{{script: 'printf 21 > $(results.out.path)'}}]
+      - name: double
+        params: [{{name: n, value: "$(tasks.give.results.out)"}}]
+        taskSpec:
+          params: [{{name: n}}]
+          results: [{{name: out}}]
+          steps: [{{script: 'printf $(( $(params.n) * 2 )) > $(results.out.path)'}}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_run_on_kafka_with_one_node_and_with_two() {
+    let kafka = crate::tansu::Tansu::start();
+    let flags = kafka_flags(&kafka.bootstrap);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = Server::start(&dirs[0].path().join("data"), &flags);
+    apply(&server, &doubling("on-kafka"));
+    let pr = ended(&server, "pipelinerun", "default", "on-kafka").await;
+    assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
+    assert_eq!(result(&pr, "doubled"), Some(&Value::String("42".into())));
+    // A second node shares the system triggers' partitions: a run's scheduler and executor may
+    // be on different nodes, each reading its own copy of the resources.
+    let other = Server::start(&dirs[1].path().join("data"), &flags);
+    for i in 0..4 {
+        apply(&other, &doubling(&format!("shared-{i}")));
+    }
+    for i in 0..4 {
+        let pr = ended(&server, "pipelinerun", "default", &format!("shared-{i}")).await;
+        assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
+        assert_eq!(result(&pr, "doubled"), Some(&Value::String("42".into())));
+    }
+}
