@@ -28,6 +28,13 @@ use crate::log::{
 };
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+
+/// `min.insync.replicas` for a topic of `replication_factor` replicas: 2 when there are at
+/// least 2, so that `acks=all` means two brokers have a record (the broker's default of 1
+/// would let the leader alone acknowledge it); `None` (the broker's default) with one.
+pub fn min_insync_replicas(replication_factor: i32) -> Option<String> {
+    (replication_factor >= 2).then(|| "2".to_string())
+}
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
@@ -280,13 +287,17 @@ impl EventLog for KafkaLog {
             .max_bytes_per_partition
             .map(|b| b.to_string())
             .unwrap_or_else(|| "-1".into());
-        let new = NewTopic::new(
+        let min_insync = min_insync_replicas(self.inner.options.replication_factor);
+        let mut new = NewTopic::new(
             &name,
             config.partitions.max(1) as i32,
             TopicReplication::Fixed(self.inner.options.replication_factor),
         )
         .set("retention.ms", &age)
         .set("retention.bytes", &bytes);
+        if let Some(m) = &min_insync {
+            new = new.set("min.insync.replicas", m);
+        }
         let results = self
             .inner
             .admin

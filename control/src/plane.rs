@@ -306,7 +306,13 @@ impl ControlPlane {
         let Some(r) = self.registry.validate(errors, doc) else {
             return Ok(None);
         };
-        if let Some(kind) = self.registry.kind(&r.kind) {
+        // A generated name that happens to be taken is not an update of that resource: it
+        // gets another name when it is stored.
+        if let Some(kind) = self
+            .registry
+            .kind(&r.kind)
+            .filter(|_| !r.metadata.generated)
+        {
             if let Some(old) = self
                 .store
                 .get(&r.kind, &r.metadata.namespace, &r.metadata.name)?

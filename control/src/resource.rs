@@ -254,9 +254,8 @@ fn validate_metadata(meta: Option<&Value>, err: &mut impl FnMut(&str, String)) -
             format!("{p:?} is longer than {MAX_GENERATE_NAME} characters (five are added)"),
         );
     }
-    let generated = prefix
-        .filter(|_| meta.get("name").is_none())
-        .map(generate_name);
+    let named = meta.get("name").is_some_and(|n| !n.is_null());
+    let generated = prefix.filter(|_| !named).map(generate_name);
     let name = match meta
         .get("name")
         .and_then(Value::as_str)

@@ -50,9 +50,9 @@ pub(crate) async fn on_event(p: &Arc<Pipelines>, e: &Event) -> Result<(), Handle
     };
     // A TaskRun's end that this node's copy of the resources does not show yet (written by
     // another node, Kafka mode): looked at again once it does, so that the end is not missed.
-    if let Some((ns, name)) = events::ended_task_run(e) {
+    if let Some((ns, name, uid)) = events::ended_task_run(e) {
         let behind = match cp.find("TaskRun", &ns, &name) {
-            Ok(Some(tr)) => !status::is_done(&tr.status),
+            Ok(Some(tr)) => tr.metadata.uid == uid && !status::is_done(&tr.status),
             Ok(None) => false,
             Err(_) => true,
         };
@@ -90,8 +90,13 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
     else {
         return Ok(());
     };
-    if (!run.uid.is_empty() && pr.metadata.uid != run.uid) || p.is_deleting(&pr.metadata.uid) {
+    if !run.uid.is_empty() && pr.metadata.uid != run.uid {
         return Ok(());
+    }
+    if p.is_deleting(&pr.metadata.uid) {
+        // Being deleted: once it is gone this event is done with; if the delete failed, the
+        // run goes on.
+        return Err(format!("PipelineRun {} is being deleted", pr.key()));
     }
     if status::is_done(&pr.status) {
         // Its end may not have woken the runs waiting for its slot (a publish failed).
@@ -192,6 +197,7 @@ async fn admit(
             .filter(|r| {
                 r.spec["pipelineRef"]["name"].as_str() == Some(pipeline_name.as_str())
                     && !status::is_done(&r.status)
+                    && !p.is_deleting(&r.metadata.uid)
             })
             .collect();
         let running = runs
@@ -330,21 +336,42 @@ fn tasks_not_run(status: &Value) -> Vec<(String, String, String)> {
 }
 
 /// The run's TaskRuns by pipeline task, each task's in instance order.
-fn children(cp: &ControlPlane, run: &Run) -> Result<BTreeMap<String, Vec<Resource>>, String> {
+fn children(
+    p: &Pipelines,
+    cp: &ControlPlane,
+    run: &Run,
+) -> Result<BTreeMap<String, Vec<Resource>>, String> {
     let mut out: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
     for tr in cp.list("TaskRun", Some(&run.id.namespace)).map_err(text)? {
         let labels = &tr.metadata.labels;
         let mine = labels.get(PIPELINE_RUN_LABEL) == Some(&run.id.name)
-            && tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION) == Some(&run.id.uid);
+            && tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION) == Some(&run.id.uid)
+            // One being deleted by hand is as good as gone: it is made anew.
+            && !p.is_deleting(&tr.metadata.uid);
         if let (true, Some(task)) = (mine, labels.get(PIPELINE_TASK_LABEL)) {
             out.entry(task.clone()).or_default().push(tr);
         }
     }
+    // In the order they were planned (a matrix's instances' order is its results' order).
+    let planned: Vec<&str> = run.pr.status["childReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     for runs in out.values_mut() {
-        // `{run}-{task}-{i}`: shorter names first keeps -2 before -10.
+        let place = |r: &Resource| {
+            planned
+                .iter()
+                .position(|n| *n == r.metadata.name)
+                .unwrap_or(usize::MAX)
+        };
         runs.sort_by(|a, b| {
-            (a.metadata.name.len(), &a.metadata.name)
-                .cmp(&(b.metadata.name.len(), &b.metadata.name))
+            (place(a), a.metadata.name.len(), &a.metadata.name).cmp(&(
+                place(b),
+                b.metadata.name.len(),
+                &b.metadata.name,
+            ))
         });
     }
     Ok(out)
@@ -379,7 +406,7 @@ async fn schedule(
         .collect();
     let params = resolve(&pipeline.params, &given).unwrap_or_default();
     let dag = Dag::of(pipeline).map_err(|e| format!("{e:?}"))?;
-    let kids = children(cp, run)?;
+    let kids = children(p, cp, run)?;
     // The TaskRuns planned so far; a task with one of them not made yet is still running.
     let mut children_refs: Vec<Value> = pr.status["childReferences"]
         .as_array()
@@ -497,7 +524,13 @@ async fn schedule(
     }
     // Act: TaskRuns made for what starts (with what was known when it was decided), and for
     // a task whose TaskRuns were planned but not all made (a pass cut short).
-    let unfinished: Vec<String> = kids.keys().filter(|t| missing(t)).cloned().collect();
+    // Only while the run goes on: a stopping run makes nothing new.
+    let going_on = mode == Mode::Normal && !pipeline_timed_out && !tasks_timed_out;
+    let unfinished: Vec<String> = kids
+        .keys()
+        .filter(|t| going_on && missing(t))
+        .cloned()
+        .collect();
     let remaining = pipeline_limit.map(|d| (start + d).duration_since(now).unwrap_or_default());
     let mut planned: Vec<(String, String, Value)> = Vec::new();
     for name in starts.iter().chain(&unfinished) {
@@ -516,9 +549,13 @@ async fn schedule(
                 for mut child in runs {
                     // Without a timeout of its own a TaskRun gets what is left of the run's
                     // (none when the run has none), as Tekton does.
+                    // A second more than what is left, so that the run's own timeout, with its
+                    // reason, comes first.
                     if child.spec.timeout.is_none() {
-                        let left = remaining.map_or(0, |d| d.as_secs().max(1));
-                        child.spec.timeout = Some(format!("{left}s"));
+                        child.spec.timeout = Some(match remaining {
+                            Some(d) => format!("{}ms", d.as_millis() + 1000),
+                            None => "0s".into(),
+                        });
                     }
                     planned.push((
                         t.name.clone(),
@@ -541,11 +578,19 @@ async fn schedule(
             }
         }
         let refs = Value::Array(children_refs.clone());
-        cp.update_status(&pr.key(), &pr.metadata.uid, |s| s["childReferences"] = refs)
+        let stored = cp
+            .update_status(&pr.key(), &pr.metadata.uid, |s| s["childReferences"] = refs)
             .await
             .map_err(text)?;
+        if stored.is_none() {
+            // The run is gone (or another under its name): nothing to make.
+            return Ok(());
+        }
     }
     for (task, name, doc) in &planned {
+        if p.is_deleting(&run.id.uid) {
+            return Err(format!("PipelineRun {} is being deleted", pr.key()));
+        }
         if let Err(why) = create_child(cp, run, name, doc).await? {
             // The task cannot run as written: it fails, the run goes on to its end.
             not_run.push((

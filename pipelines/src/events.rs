@@ -185,8 +185,9 @@ pub fn pipeline_run_of(e: &Event) -> Result<Option<RunRef>, HandlerError> {
     }))
 }
 
-/// The TaskRun whose end `e` announces (`taskrun.successful`/`failed`), if it is one.
-pub fn ended_task_run(e: &Event) -> Option<(String, String)> {
+/// The TaskRun whose end `e` announces (`taskrun.successful`/`failed`), if it is one:
+/// (namespace, name, uid).
+pub fn ended_task_run(e: &Event) -> Option<(String, String, String)> {
     let ty = e.attr_text("type")?;
     if ty != tekton_type("taskrun", Transition::Successful)
         && ty != tekton_type("taskrun", Transition::Failed)
@@ -195,7 +196,11 @@ pub fn ended_task_run(e: &Event) -> Option<(String, String)> {
     }
     let data: Value = serde_json::from_slice(e.data.as_deref().unwrap_or_default()).ok()?;
     let m = &data["taskRun"]["metadata"];
-    Some((m["namespace"].as_str()?.into(), m["name"].as_str()?.into()))
+    Some((
+        m["namespace"].as_str()?.into(),
+        m["name"].as_str()?.into(),
+        m["uid"].as_str()?.into(),
+    ))
 }
 
 /// The TaskRun a `queued` event names.

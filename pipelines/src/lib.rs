@@ -222,12 +222,25 @@ impl Pipelines {
             .contains(uid)
     }
 
-    /// Marks a PipelineRun as being deleted, for a minute (it is gone from the store by then).
-    fn mark_deleting(self: &Arc<Self>, uid: &str) {
+    /// Marks a run as being deleted: no pass makes TaskRuns for it (a PipelineRun), none
+    /// counts it (a TaskRun deleted by hand, made anew), its end is not written.
+    fn mark_deleting(&self, uid: &str) {
         self.deleting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(uid.to_string());
+    }
+
+    /// The delete failed: the run goes on.
+    fn unmark_deleting(&self, uid: &str) {
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
+    /// Forgets the mark in a minute (the run is gone from the store by then).
+    fn forget_deleting_later(self: &Arc<Self>, uid: &str) {
         let me = Arc::downgrade(self);
         let uid = uid.to_string();
         tokio::spawn(async move {

@@ -148,14 +148,16 @@ async fn announce(cp: &ControlPlane, tr: &Resource, what: Transition) -> Result<
             }
         }
         tokio::time::sleep(wait).await;
-        wait *= 2;
+        wait = (wait * 2).min(PUBLISH_RETRY_MAX);
     }
     events::transition(cp, tr, what).await
 }
 
 /// First wait between tries of [`announce`] (doubling).
 const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
-const PUBLISH_TRIES: u32 = 6;
+const PUBLISH_TRIES: u32 = 12;
+/// Longest wait between tries.
+const PUBLISH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// A TaskRun whose executor failed (its status could not be stored) is queued again after this.
 const REQUEUE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -262,10 +264,19 @@ async fn run(
         tr = now;
         // Each of Tekton's event types at most once per run (retries are not new runs).
         if first {
-            events::transition(cp, &tr, Transition::Started).await?;
-            events::transition(cp, &tr, Transition::Running).await?;
+            // Nothing waits for these two: a failure to publish them is logged, not fatal
+            // (the steps have not run; failing here would cost the TaskRun an attempt).
+            for t in [Transition::Started, Transition::Running] {
+                if let Err(e) = events::transition(cp, &tr, t).await {
+                    tracing::warn!(taskrun = %tr.key(), error = %e, "cannot publish a TaskRun's event");
+                }
+            }
         }
         let outcome = p.runner().attempt(&job, attempt, cancel, log.clone()).await;
+        if p.is_deleting(&tr.metadata.uid) {
+            // Deleted by hand while it ran: its PipelineRun makes it anew.
+            return Ok(());
+        }
         let e = &outcome.ended;
         let over = e.succeeded || e.reason == "TaskRunCancelled" || attempt >= job.retries;
         if over {
@@ -294,8 +305,13 @@ async fn finish(
 ) -> Result<(), String> {
     let mut outcome = outcome.clone();
     if outcome.ended.reason == "TaskRunCancelled" {
-        // Why, as whoever cancelled it said (the PipelineRun's timeout, its cancel).
-        if let Some(m) = tr.spec["statusMessage"].as_str() {
+        // Why, as whoever cancelled it said (the PipelineRun's timeout, its cancel): the
+        // spec as it is now, not as it was when the TaskRun started.
+        let now = cp
+            .find("TaskRun", &tr.metadata.namespace, &tr.metadata.name)
+            .ok()
+            .flatten();
+        if let Some(m) = now.as_ref().and_then(|t| t.spec["statusMessage"].as_str()) {
             outcome.ended.message = m.to_string();
         }
     }

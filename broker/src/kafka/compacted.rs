@@ -95,12 +95,16 @@ impl CompactedTopic {
     pub async fn open(options: &KafkaOptions, topic: &str, follow: bool) -> Result<Self, LogError> {
         let admin: AdminClient<DefaultClientContext> =
             client_config(options).create().map_err(kafka_err)?;
-        let new = NewTopic::new(
+        let min_insync = super::min_insync_replicas(options.replication_factor);
+        let mut new = NewTopic::new(
             topic,
             1,
             TopicReplication::Fixed(options.replication_factor),
         )
         .set("cleanup.policy", "compact");
+        if let Some(m) = &min_insync {
+            new = new.set("min.insync.replicas", m);
+        }
         for r in admin
             .create_topics(
                 &[new],

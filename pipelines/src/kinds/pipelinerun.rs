@@ -21,6 +21,24 @@ use std::sync::Arc;
 
 pub struct PipelineRun(pub Arc<Pipelines>);
 
+/// Deletes the run's TaskRuns (their processes stopped).
+async fn delete_task_runs(cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
+    for tr in cp.list("TaskRun", Some(&r.metadata.namespace))? {
+        let mine = tr.metadata.labels.get(PIPELINE_RUN_LABEL) == Some(&r.metadata.name)
+            && tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION) == Some(&r.metadata.uid);
+        if mine {
+            match cp
+                .delete("TaskRun", &tr.metadata.namespace, &tr.metadata.name)
+                .await
+            {
+                Ok(_) | Err(ControlError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 static PIPELINE_RUN: KindInfo = KindInfo {
     group: GROUP,
     version: "v1",
@@ -50,7 +68,7 @@ impl Kind for PipelineRun {
                 cp.find("PipelineRun", &r.metadata.namespace, &r.metadata.name),
                 Ok(Some(_))
             )
-        });
+        }) && !r.metadata.generated;
         if exists {
             return;
         }
@@ -105,22 +123,13 @@ impl Kind for PipelineRun {
     async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
         let p = &self.0;
         p.mark_deleting(&r.metadata.uid);
+        if let Err(e) = delete_task_runs(cp, r).await {
+            p.unmark_deleting(&r.metadata.uid);
+            return Err(e);
+        }
+        p.forget_deleting_later(&r.metadata.uid);
         p.forget_timer(&r.metadata.uid);
         p.unsee(&r.metadata.uid);
-        for tr in cp.list("TaskRun", Some(&r.metadata.namespace))? {
-            let mine = tr.metadata.labels.get(PIPELINE_RUN_LABEL) == Some(&r.metadata.name)
-                && tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION)
-                    == Some(&r.metadata.uid);
-            if mine {
-                match cp
-                    .delete("TaskRun", &tr.metadata.namespace, &tr.metadata.name)
-                    .await
-                {
-                    Ok(_) | Err(ControlError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
         let id = RunId {
             name: r.metadata.name.clone(),
             namespace: r.metadata.namespace.clone(),

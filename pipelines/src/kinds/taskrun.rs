@@ -48,7 +48,7 @@ impl Kind for TaskRun {
                 cp.find("TaskRun", &r.metadata.namespace, &r.metadata.name),
                 Ok(Some(_))
             )
-        });
+        }) && !r.metadata.generated;
         if exists || r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
             return;
         }
@@ -111,31 +111,27 @@ impl Kind for TaskRun {
     }
 
     async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
+        let p = &self.0;
+        let pr = crate::worker::pipeline_run(r).filter(|pr| !p.is_deleting(&pr.uid));
+        if pr.is_some() {
+            // One of a run's TaskRuns deleted by hand: its end is not written (it is not a
+            // failure of the run) and the run makes it anew, as Tekton does.
+            p.mark_deleting(&r.metadata.uid);
+        }
         self.release(cp, &r.key()).await;
-        self.0.unsee(&r.metadata.uid);
-        if let Some(pr) = crate::worker::pipeline_run(r) {
-            // One of a run's TaskRuns deleted by hand: the run looks again (and makes it anew,
-            // as Tekton does), unless the run itself is being deleted.
-            if !self.0.is_deleting(&pr.uid) {
-                if let Ok(Some(run)) = cp.find("PipelineRun", &pr.namespace, &pr.name) {
-                    if run.metadata.uid == pr.uid && !status::is_done(&run.status) {
-                        if let Err(e) =
-                            events::internal(cp, crate::events::CHANGED_TYPE, &run, "child deleted")
-                                .await
-                        {
-                            tracing::warn!(pipelinerun = %run.key(), error = %e, "cannot tell a PipelineRun its TaskRun is gone");
-                        }
-                    }
-                }
+        p.unsee(&r.metadata.uid);
+        match pr {
+            Some(pr) => tell_when_gone(p.clone(), r.key(), r.metadata.uid.clone(), pr),
+            None if !r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) => {
+                let dir = p.runner().task_run_dir(
+                    &r.metadata.namespace,
+                    &r.metadata.name,
+                    &r.metadata.uid,
+                    None,
+                );
+                remove_dir(&dir);
             }
-        } else {
-            let dir = self.0.runner().task_run_dir(
-                &r.metadata.namespace,
-                &r.metadata.name,
-                &r.metadata.uid,
-                None,
-            );
-            remove_dir(&dir);
+            None => {}
         }
         Ok(())
     }
@@ -153,6 +149,35 @@ impl Kind for TaskRun {
     fn age_column(&self) -> bool {
         false
     }
+}
+
+/// How often, and how many times, a deleted TaskRun is looked for until it is gone.
+const GONE_POLL: Duration = Duration::from_millis(50);
+const GONE_TRIES: u32 = 200;
+
+/// Once the TaskRun `key` has left the store, its PipelineRun looks again (a pass before that
+/// would still see it).
+fn tell_when_gone(p: Arc<Pipelines>, key: Key, uid: String, pr: crate::taskrun::RunId) {
+    tokio::spawn(async move {
+        let Some(cp) = p.control() else { return };
+        for _ in 0..GONE_TRIES {
+            if !matches!(cp.find(&key.kind, &key.namespace, &key.name), Ok(Some(t)) if t.metadata.uid == uid)
+            {
+                break;
+            }
+            tokio::time::sleep(GONE_POLL).await;
+        }
+        p.forget_deleting_later(&uid);
+        if let Ok(Some(run)) = cp.find("PipelineRun", &pr.namespace, &pr.name) {
+            if run.metadata.uid == pr.uid && !status::is_done(&run.status) {
+                if let Err(e) =
+                    events::internal(&cp, events::CHANGED_TYPE, &run, "child deleted").await
+                {
+                    tracing::warn!(pipelinerun = %run.key(), error = %e, "cannot tell a PipelineRun its TaskRun is gone");
+                }
+            }
+        }
+    });
 }
 
 /// Removes a run's directory (logged if it cannot).

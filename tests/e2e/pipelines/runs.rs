@@ -461,3 +461,35 @@ spec:
     let status = wait_exit(&mut follow, WAIT);
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taskrun_deleted_by_hand_is_made_anew_and_the_run_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    apply(
+        &server,
+        &format!(
+            "apiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {{name: again}}\nspec:\n  pipelineSpec:\n    tasks:\n      - name: wait\n        taskSpec:\n          steps: [{{script: \"while [ ! -e {} ]; do sleep 0.05; done\"}}]\n",
+            gate.display()
+        ),
+    );
+    let first = eventually(WAIT, "the TaskRun runs", || async {
+        let tr = get_json(&server, &["get", "taskruns"])["items"][0].clone();
+        (succeeded(&tr).1 == "Running").then(|| tr["metadata"]["uid"].as_str().unwrap().to_string())
+    })
+    .await;
+    let out = server.cli(&["delete", "taskrun", "again-wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(WAIT, "a new TaskRun of the same name", || async {
+        let tr = get_json(&server, &["get", "taskruns"])["items"][0].clone();
+        tr["metadata"]["uid"]
+            .as_str()
+            .filter(|u| *u != first)
+            .map(|_| ())
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    let pr = ended(&server, "pipelinerun", "default", "again").await;
+    assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
+}
