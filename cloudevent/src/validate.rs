@@ -73,6 +73,14 @@ pub fn validate(event: &Event) -> Result<(), InvalidEvent> {
                 "attribute names may contain only a-z and 0-9",
             ));
         }
+        if name == "data" {
+            // The JSON format's member for the payload: an attribute of that name would be
+            // written twice there (a `ce-data` header in binary mode).
+            return Err(attr_err(
+                name,
+                "'data' is the event's payload, not an attribute: send it as the body",
+            ));
+        }
         let text = || match value {
             AttrValue::String(s) => Ok(s.as_str()),
             _ => Err(attr_err(name, "must be a string")),

@@ -252,3 +252,20 @@ fn binary_headers_round_trip_through_the_decoder() {
     assert_eq!(back.attr_text("n").as_deref(), Some("3"));
     assert_eq!(back.data, e.data);
 }
+
+#[test]
+fn a_ce_data_header_is_refused_not_written_twice_as_data() {
+    let h = headers(&[
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+        ("ce-data", "sneaky"),
+        ("content-type", "text/plain"),
+    ]);
+    let err = binary(&h, Bytes::from_static(b"body")).unwrap_err();
+    assert!(
+        err.to_string().contains("'data' is the event's payload"),
+        "{err}"
+    );
+}

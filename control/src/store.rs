@@ -71,6 +71,22 @@ pub(crate) fn parse_key(key: &[u8]) -> Option<Key> {
     Some(Key::new(parts.next()?, parts.next()?, parts.next()?))
 }
 
+/// A stored resource, or `None` (logged) when its record cannot be read: one bad record
+/// must not keep the rest from being listed (nor the server from starting).
+pub(crate) fn readable(k: &[u8], v: &[u8]) -> Option<Resource> {
+    match serde_json::from_slice(v) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(
+                key = %String::from_utf8_lossy(k),
+                error = %e,
+                "skipping a resource record that cannot be read"
+            );
+            None
+        }
+    }
+}
+
 /// Marks a store whose first start is done (the default broker was created once).
 pub(crate) const INITIALIZED: &[u8] = b"!initialized";
 
@@ -128,11 +144,9 @@ impl ResourceStore for RocksStore {
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
-            let r: Resource = serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                source,
-            })?;
-            out.push(r);
+            if let Some(r) = readable(&k, &v) {
+                out.push(r);
+            }
         }
         Ok(out)
     }
@@ -143,5 +157,39 @@ impl ResourceStore for RocksStore {
         }
         self.db.put_opt(INITIALIZED, b"1", &Self::synced())?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn one_unreadable_record_does_not_hide_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let doc = |name: &str| -> Resource {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "eventing.knative.dev/v1",
+                "kind": "Broker",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {},
+            }))
+            .unwrap()
+        };
+        store.put(&doc("a")).await.unwrap();
+        store.put(&doc("c")).await.unwrap();
+        store.db.put(b"Broker/default/b", b"{not json").unwrap();
+        let names: Vec<String> = store
+            .list("Broker", None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.metadata.name)
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        // Read by name, it is an error that says which record.
+        let err = store.get("Broker", "default", "b").unwrap_err();
+        assert!(err.to_string().contains("Broker/default/b"), "{err}");
     }
 }

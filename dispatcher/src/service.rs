@@ -217,6 +217,10 @@ impl Dispatcher {
     pub async fn forget(&self, namespace: &str, name: &str) -> Result<(), DispatchError> {
         self.stop(namespace, name).await;
         self.store.purge(&format!("{namespace}/{name}"), true)?;
+        // Its gauges go with it (a scrape would report a lag of a trigger that is no more).
+        for gauge in [&self.metrics.lag, &self.metrics.partitions] {
+            let _ = gauge.remove_label_values(&[namespace, name]);
+        }
         Ok(())
     }
 

@@ -110,14 +110,17 @@ fn looks_like_event(headers: &HeaderMap) -> bool {
             })
 }
 
-/// `Retry-After`: delta-seconds or an HTTP-date.
+/// `Retry-After`: delta-seconds or an HTTP-date in any of the three forms HTTP allows
+/// (IMF-fixdate, and the obsolete RFC 850 and asctime forms).
 fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    let at = httpdate::parse_http_date(v.trim()).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Where a trigger's events go.
@@ -356,6 +359,29 @@ mod tests {
             Outcome::Retry(f) => assert_eq!(f.retry_after, None),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn retry_after_takes_every_http_date_form() {
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let fixdate = httpdate::fmt_http_date(later);
+        // The same instant in the obsolete forms: "Sunday, 06-Nov-94 08:49:37 GMT" and
+        // "Sun Nov  6 08:49:37 1994".
+        let t = chrono::DateTime::<chrono::Utc>::from(later);
+        let rfc850 = t.format("%A, %d-%b-%y %H:%M:%S GMT").to_string();
+        let asctime = t.format("%a %b %e %H:%M:%S %Y").to_string();
+        for form in [fixdate, rfc850, asctime] {
+            let wait = parse_retry_after(&form).unwrap_or_else(|| panic!("{form:?} refused"));
+            assert!(
+                wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+                "{form:?}: {wait:?}"
+            );
+        }
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

@@ -467,3 +467,31 @@ async fn a_subscriber_ref_to_a_broker_resolves_when_it_appears() {
     );
     assert!(text.contains("SubscriberResolved"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_triggers_gauges_leave_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let sub = TestSubscriber::start().await;
+    apply(
+        &server,
+        &trigger("short-lived", "default", &sub.at("x"), ""),
+    );
+    let line = "ferry_dispatch_lag{namespace=\"default\",trigger=\"short-lived\"}";
+    let metrics = || async {
+        reqwest::get(format!("{}/metrics", server.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    eventually(WAIT, "the trigger's lag gauge", || async {
+        metrics().await.contains(line).then_some(())
+    })
+    .await;
+    let out = server.cli(&["delete", "trigger", "short-lived"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = metrics().await;
+    assert!(!text.contains(line), "{text}");
+}

@@ -50,11 +50,12 @@ impl ResourceStore for KafkaStore {
             Some(ns) => format!("{kind}/{ns}/"),
             None => format!("{kind}/"),
         };
-        self.topic
+        Ok(self
+            .topic
             .scan(prefix.as_bytes())
             .iter()
-            .map(|(k, v)| Self::decode(k, v))
-            .collect()
+            .filter_map(|(k, v)| super::readable(k, v))
+            .collect())
     }
 
     async fn put(&self, r: &Resource) -> Result<(), StoreError> {
