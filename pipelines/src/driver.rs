@@ -228,12 +228,7 @@ async fn admit(
             return Ok(None);
         }
     }
-    let given: Vec<(String, ParamValue)> = run
-        .spec
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), p.value.clone()))
-        .collect();
+    let given = crate::spec::pairs(&run.spec.params);
     let problem = match resolve(&pipeline.params, &given) {
         Err(e) => Some((
             e.first().map_or("ParameterMissing", |e| e.reason),
@@ -398,12 +393,7 @@ async fn schedule(
     pipeline: &PipelineSpec,
 ) -> Result<(), String> {
     let pr = &run.pr;
-    let given: Vec<(String, ParamValue)> = run
-        .spec
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), p.value.clone()))
-        .collect();
+    let given = crate::spec::pairs(&run.spec.params);
     let params = resolve(&pipeline.params, &given).unwrap_or_default();
     let dag = Dag::of(pipeline).map_err(|e| format!("{e:?}"))?;
     let kids = children(p, cp, run)?;

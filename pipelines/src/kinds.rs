@@ -80,10 +80,7 @@ fn check_params(
     given: &[crate::spec::Param],
     errors: &mut FieldErrors,
 ) {
-    let given: Vec<(String, crate::params::ParamValue)> = given
-        .iter()
-        .map(|p| (p.name.clone(), p.value.clone()))
-        .collect();
+    let given = crate::spec::pairs(given);
     if let Err(problems) = resolve(declared, &given) {
         for p in problems {
             errors.push(path, p.message);

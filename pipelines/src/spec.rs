@@ -241,6 +241,14 @@ pub struct Param {
     pub value: ParamValue,
 }
 
+/// Given params as (name, value) pairs, as [`crate::params::resolve`] takes them.
+pub fn pairs(params: &[Param]) -> Vec<(String, ParamValue)> {
+    params
+        .iter()
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect()
+}
+
 /// `matrix`: params fanned out as a cartesian product, plus `include`d combinations.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

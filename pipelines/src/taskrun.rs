@@ -102,11 +102,7 @@ impl Job {
             uid: uid.into(),
             spec: task_spec,
             embedded,
-            params: spec
-                .params
-                .iter()
-                .map(|p| (p.name.clone(), p.value.clone()))
-                .collect(),
+            params: crate::spec::pairs(&spec.params),
             workspaces: spec.workspaces.clone(),
             timeout: spec.timeout.clone(),
             retries: spec.retries.unwrap_or(0),
