@@ -88,7 +88,15 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
         .find("PipelineRun", &run.namespace, &run.name)
         .map_err(text)?
     else {
-        return Ok(());
+        // Deleted here: done with. Otherwise it may be another node's new run that this
+        // node's copy of the resources does not show yet (Kafka mode): looked at again.
+        if run.uid.is_empty() || p.is_deleting(&run.uid) {
+            return Ok(());
+        }
+        return Err(format!(
+            "PipelineRun {}/{} is not (yet) in this node's store",
+            run.namespace, run.name
+        ));
     };
     if !run.uid.is_empty() && pr.metadata.uid != run.uid {
         return Ok(());
@@ -372,18 +380,28 @@ fn children(
     Ok(out)
 }
 
-/// The run's limits: `timeouts.pipeline` (Tekton's default 1 h; 0: none), `timeouts.tasks`.
-fn limits(spec: &PipelineRunSpec) -> (Option<Duration>, Option<Duration>, Option<String>) {
+/// The run's limits: `timeouts.pipeline` (Tekton's default 1 h; 0: none), `timeouts.tasks`,
+/// `timeouts.finally` (from `status.finallyStartTime`).
+struct Limits {
+    pipeline: Option<Duration>,
+    tasks: Option<Duration>,
+    finally: Option<Duration>,
+}
+
+fn limits(spec: &PipelineRunSpec) -> Limits {
     let t = spec.timeouts.clone().unwrap_or_default();
     let parse = |v: Option<&String>| {
         v.and_then(|v| crate::validate::timeout(v).ok())
             .filter(|d| !d.is_zero())
     };
-    let pipeline = match &t.pipeline {
-        Some(v) => parse(Some(v)),
-        None => Some(DEFAULT_TIMEOUT),
-    };
-    (pipeline, parse(t.tasks.as_ref()), t.pipeline.clone())
+    Limits {
+        pipeline: match &t.pipeline {
+            Some(v) => parse(Some(v)),
+            None => Some(DEFAULT_TIMEOUT),
+        },
+        tasks: parse(t.tasks.as_ref()),
+        finally: parse(t.finally.as_ref()),
+    }
 }
 
 async fn schedule(
@@ -451,10 +469,22 @@ async fn schedule(
     }
     // Timeouts.
     let start = status::time(&pr.status, "startTime").unwrap_or_else(SystemTime::now);
-    let (pipeline_limit, tasks_limit, pipeline_text) = limits(&run.spec);
+    let Limits {
+        pipeline: pipeline_limit,
+        tasks: tasks_limit,
+        finally: finally_limit,
+    } = limits(&run.spec);
+    let texts = run.spec.timeouts.clone().unwrap_or_default();
     let now = SystemTime::now();
     let passed = |limit: Option<Duration>| limit.is_some_and(|d| now >= start + d);
-    let pipeline_timed_out = passed(pipeline_limit);
+    // `timeouts.finally` counts from when the first finally task was made.
+    let finally_start = status::time(&pr.status, "finallyStartTime");
+    let finally_timed_out = match (finally_start, finally_limit) {
+        (Some(f), Some(d)) => now >= f + d,
+        _ => false,
+    };
+    // Past `timeouts.finally`, finally is stopped as the whole run is at its timeout.
+    let pipeline_timed_out = passed(pipeline_limit) || finally_timed_out;
     let tasks_timed_out = passed(tasks_limit);
     let mode = Mode::of(run.spec.status.as_deref());
     // Decide, until nothing new comes of it.
@@ -568,8 +598,16 @@ async fn schedule(
             }
         }
         let refs = Value::Array(children_refs.clone());
+        let finally_begins = planned
+            .iter()
+            .any(|(task, _, _)| pipeline.finally.iter().any(|f| f.name == *task));
         let stored = cp
-            .update_status(&pr.key(), &pr.metadata.uid, |s| s["childReferences"] = refs)
+            .update_status(&pr.key(), &pr.metadata.uid, |s| {
+                s["childReferences"] = refs;
+                if finally_begins && s.get("finallyStartTime").is_none() {
+                    s["finallyStartTime"] = json!(control::status::now());
+                }
+            })
             .await
             .map_err(text)?;
         if stored.is_none() {
@@ -638,14 +676,12 @@ async fn schedule(
                 message: format!(
                     "PipelineRun {:?} failed to finish within {:?}",
                     run.id.name,
-                    if pipeline_timed_out {
-                        pipeline_text.clone().unwrap_or_else(|| "1h0m0s".into())
+                    if finally_timed_out {
+                        texts.finally.clone().unwrap_or_default()
+                    } else if pipeline_timed_out {
+                        texts.pipeline.clone().unwrap_or_else(|| "1h0m0s".into())
                     } else {
-                        run.spec
-                            .timeouts
-                            .as_ref()
-                            .and_then(|t| t.tasks.clone())
-                            .unwrap_or_default()
+                        texts.tasks.clone().unwrap_or_default()
                     }
                 ),
                 ..c.clone()
@@ -721,11 +757,24 @@ async fn schedule(
             wake_waiting(cp, &run.id.namespace, pipeline_name).await;
         }
     } else {
+        let finally_deadline = match (
+            status::time(&written.status, "finallyStartTime"),
+            finally_limit,
+        ) {
+            (Some(f), Some(d)) if !finally_timed_out => Some(f + d),
+            _ => None,
+        };
         let deadlines = [
             pipeline_limit.filter(|_| !pipeline_timed_out),
             tasks_limit.filter(|_| !tasks_timed_out),
         ];
-        if let Some(at) = deadlines.into_iter().flatten().map(|d| start + d).min() {
+        if let Some(at) = deadlines
+            .into_iter()
+            .flatten()
+            .map(|d| start + d)
+            .chain(finally_deadline)
+            .min()
+        {
             p.arm_timer(&written, at);
         }
     }

@@ -43,6 +43,8 @@ pub(crate) async fn on_queued(p: &Arc<Pipelines>, e: &Event) -> Result<(), Handl
         Ok(Some(_)) => return Ok(()),
         // Another node made it and this node's copy of the resources has not caught up yet
         // (Kafka mode); or it was deleted since: tried again with backoff, then dead-lettered.
+        // Deleted here: done with.
+        Ok(None) if p.is_deleting(&what.uid) => return Ok(()),
         Ok(None) => {
             return Err(HandlerError {
                 retryable: true,

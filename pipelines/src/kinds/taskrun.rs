@@ -113,25 +113,25 @@ impl Kind for TaskRun {
     async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
         let p = &self.0;
         let pr = crate::worker::pipeline_run(r).filter(|pr| !p.is_deleting(&pr.uid));
-        if pr.is_some() {
-            // One of a run's TaskRuns deleted by hand: its end is not written (it is not a
-            // failure of the run) and the run makes it anew, as Tekton does.
-            p.mark_deleting(&r.metadata.uid);
-        }
+        // Its end is not written (deleted by hand, it is no failure of its run, which makes it
+        // anew, as Tekton does), and its queued events are done with.
+        p.mark_deleting(&r.metadata.uid);
         self.release(cp, &r.key()).await;
         p.unsee(&r.metadata.uid);
         match pr {
             Some(pr) => tell_when_gone(p.clone(), r.key(), r.metadata.uid.clone(), pr),
-            None if !r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) => {
-                let dir = p.runner().task_run_dir(
-                    &r.metadata.namespace,
-                    &r.metadata.name,
-                    &r.metadata.uid,
-                    None,
-                );
-                remove_dir(&dir);
+            None => {
+                p.forget_deleting_later(&r.metadata.uid);
+                if !r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
+                    let dir = p.runner().task_run_dir(
+                        &r.metadata.namespace,
+                        &r.metadata.name,
+                        &r.metadata.uid,
+                        None,
+                    );
+                    remove_dir(&dir);
+                }
             }
-            None => {}
         }
         Ok(())
     }

@@ -179,24 +179,17 @@ spec:
     )
 }
 
+/// One node on Kafka (several nodes sharing runs is not supported yet: see README).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelines_run_on_kafka_with_one_node_and_with_two() {
+async fn pipelines_run_on_one_kafka_node() {
     let kafka = crate::tansu::Tansu::start();
-    let flags = kafka_flags(&kafka.bootstrap);
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let server = Server::start(&dirs[0].path().join("data"), &flags);
-    apply(&server, &doubling("on-kafka"));
-    let pr = ended(&server, "pipelinerun", "default", "on-kafka").await;
-    assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
-    assert_eq!(result(&pr, "doubled"), Some(&Value::String("42".into())));
-    // A second node shares the system triggers' partitions: a run's scheduler and executor may
-    // be on different nodes, each reading its own copy of the resources.
-    let other = Server::start(&dirs[1].path().join("data"), &flags);
-    for i in 0..4 {
-        apply(&other, &doubling(&format!("shared-{i}")));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &kafka_flags(&kafka.bootstrap));
+    for i in 0..3 {
+        apply(&server, &doubling(&format!("on-kafka-{i}")));
     }
-    for i in 0..4 {
-        let pr = ended(&server, "pipelinerun", "default", &format!("shared-{i}")).await;
+    for i in 0..3 {
+        let pr = ended(&server, "pipelinerun", "default", &format!("on-kafka-{i}")).await;
         assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
         assert_eq!(result(&pr, "doubled"), Some(&Value::String("42".into())));
     }

@@ -298,6 +298,15 @@ spec:
     finally: [{name: report, taskSpec: {steps: [{script: "true"}]}}]
 ---
 apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {name: finally-timeout}
+spec:
+  timeouts: {pipeline: 10m, finally: 1s}
+  pipelineSpec:
+    tasks: [{name: quick, taskSpec: {steps: [{script: "true"}]}}]
+    finally: [{name: slow-cleanup, taskSpec: {steps: [{script: "sleep 600"}]}}]
+---
+apiVersion: tekton.dev/v1
 kind: TaskRun
 metadata: {name: task-timeout}
 spec:
@@ -313,6 +322,14 @@ spec:
         message,
         "PipelineRun \"pipeline-timeout\" failed to finish within \"1s\""
     );
+    // timeouts.finally: the finally task is stopped, the run times out.
+    let pr = ended(&server, "pipelinerun", "default", "finally-timeout").await;
+    let (_, reason, message) = succeeded(&pr);
+    assert_eq!(reason, "PipelineRunTimeout", "{message}");
+    assert!(message.contains("\"1s\""), "{message}");
+    assert!(pr["status"]["finallyStartTime"].is_string(), "{pr}");
+    let cleanup = get_json(&server, &["get", "taskrun", "finally-timeout-slow-cleanup"]);
+    assert_eq!(succeeded(&cleanup).1, "TaskRunCancelled");
     let tr = ended(&server, "taskrun", "default", "task-timeout").await;
     let (status, reason, message) = succeeded(&tr);
     assert_eq!(
