@@ -155,10 +155,8 @@ pub fn child_name(name: &str) -> String {
     if name.len() <= MAX {
         return name.to_string();
     }
-    // FNV-1a, 64 bits: stable across builds (the name must come out the same after a restart).
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    // Stable across processes and builds: the name must come out the same after a restart.
+    let hash = broker::event::fnv1a(name.as_bytes());
     let suffix = format!("{hash:016x}");
     let keep = MAX - suffix.len() - 1;
     let head: String = name.chars().take(keep).collect();
@@ -216,4 +214,20 @@ pub fn fold(
         TaskState::Failed { ignored: false }
     };
     (state, results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child_name;
+
+    #[test]
+    fn long_names_are_cut_and_hashed_the_same_way_every_time() {
+        let long = format!("{}-task-12", "r".repeat(70));
+        let a = child_name(&long);
+        assert!(a.len() <= 63, "{a}");
+        assert_eq!(a, child_name(&long));
+        assert_ne!(a, child_name(&format!("{}-task-13", "r".repeat(70))));
+        assert!(control::resource::dns_label_problem(&a).is_none(), "{a}");
+        assert_eq!(child_name("short-name"), "short-name");
+    }
 }
