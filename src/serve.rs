@@ -180,6 +180,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             ingress_url: ingress_url.trim_end_matches('/').to_string(),
             topic_defaults,
             sink_batch_records: config.kafka.as_ref().and_then(|k| k.max_batch_records),
+            node: node_id(&config.data_dir)?,
         },
     })
     .await
@@ -310,6 +311,20 @@ impl Running {
         self.dispatcher.shutdown().await;
         self.log.close().await.context("flushing the event log")?;
         Ok(())
+    }
+}
+
+/// This node's id: kept in `<data-dir>/node-id`, made (8 hex digits) on the first start.
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) | Err(_) => {
+            let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+            std::fs::write(&path, &id)
+                .with_context(|| format!("cannot write the node id to {}", path.display()))?;
+            Ok(id)
+        }
     }
 }
 

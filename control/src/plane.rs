@@ -81,6 +81,9 @@ pub struct ControlConfig {
     pub topic_defaults: TopicConfig,
     /// `batch.num.messages` for KafkaSinks' producers (see `--kafka-max-batch-records`).
     pub sink_batch_records: Option<usize>,
+    /// This node's id (stable across restarts: kept in the data dir). Work that must stay on
+    /// one node (a pipeline run's) is owned by a node and handled by its triggers.
+    pub node: String,
 }
 
 /// The parts of the server the control plane drives.

@@ -83,6 +83,9 @@ pub struct EnvVar {
 
 /// The label of resources Ferry makes itself: users may read them, not change them.
 pub const SYSTEM_LABEL: &str = "ferry.dev/system";
+/// On a system trigger: the node whose in-process handler it delivers to (only that node runs
+/// it); on a resource: the node that owns its work.
+pub const NODE_ANNOTATION: &str = "ferry.dev/node";
 
 /// A resource's identity: its kind's name, namespace and name (`Kind/namespace/name`, which is
 /// also its key in the store).

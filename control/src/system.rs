@@ -80,6 +80,7 @@ pub struct SystemTrigger {
     delivery: Value,
     ordered: bool,
     max_age: Option<Duration>,
+    node: Option<String>,
 }
 
 impl SystemTrigger {
@@ -94,7 +95,15 @@ impl SystemTrigger {
             delivery: json!({}),
             ordered: false,
             max_age: None,
+            node: None,
         }
+    }
+
+    /// Only on the node `node` (its handler is that node's alone; in Kafka mode it is a
+    /// consumer group of one node, which reads every partition). Its name should say the node.
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
     }
 
     /// The Subscriptions API filters (`[{"exact": {"type": "..."}}]`), as a Trigger's
@@ -143,6 +152,9 @@ impl SystemTrigger {
                 MAX_EVENT_AGE.into(),
                 json!(format!("PT{}S", age.as_secs_f64())),
             );
+        }
+        if let Some(node) = &self.node {
+            annotations.insert(crate::resource::NODE_ANNOTATION.into(), json!(node));
         }
         let mut spec = json!({
             "broker": self.broker,

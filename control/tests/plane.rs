@@ -124,6 +124,7 @@ async fn start(extra: impl FnOnce(&mut Registry)) -> Setup {
                 retention: Retention::default(),
             },
             sink_batch_records: None,
+            node: "test".into(),
         },
     })
     .await

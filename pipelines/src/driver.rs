@@ -81,6 +81,8 @@ struct Run {
     spec: PipelineRunSpec,
     id: RunId,
     generation: i64,
+    /// The node that owns it (this one).
+    owner: String,
 }
 
 async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(), String> {
@@ -99,6 +101,10 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
         ));
     };
     if !run.uid.is_empty() && pr.metadata.uid != run.uid {
+        return Ok(());
+    }
+    // Another node's run (its own triggers take its events).
+    if events::owner(&pr, &cp.config().node) != cp.config().node {
         return Ok(());
     }
     if p.is_deleting(&pr.metadata.uid) {
@@ -159,6 +165,7 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
         spec,
         id,
         generation,
+        owner: cp.config().node.clone(),
     };
     if status::time(&run.pr.status, "startTime").is_none() {
         let limit = stored.as_ref().and_then(|(_, r)| max_concurrent_runs(r));
@@ -265,8 +272,12 @@ async fn admit(
     }
     let spec_doc = serde_json::to_value(pipeline).map_err(text)?;
     let generation = pr.metadata.generation;
+    let me = cp.config().node.clone();
     let started = cp
         .update_status(&pr.key(), &pr.metadata.uid, |s| {
+            if !s["node"].is_string() {
+                s["node"] = json!(me);
+            }
             s["startTime"] = json!(control::status::now());
             s["pipelineSpec"] = spec_doc;
             s["observedGeneration"] = json!(generation);
@@ -285,10 +296,14 @@ async fn admit(
 async fn wait(cp: &ControlPlane, pr: &Resource, message: &str) -> Result<(), String> {
     let before = status::reason(&pr.status).to_string();
     let generation = pr.metadata.generation;
+    let me = cp.config().node.clone();
     let r = cp
         .update_status(&pr.key(), &pr.metadata.uid, |s| {
             set_condition(s, "Unknown", "PipelineRunPending", message);
             s["observedGeneration"] = json!(generation);
+            if !s["node"].is_string() {
+                s["node"] = json!(me);
+            }
         })
         .await
         .map_err(text)?;
@@ -806,7 +821,11 @@ fn child_doc(
             "name": child.name,
             "namespace": run.id.namespace,
             "labels": labels,
-            "annotations": {PIPELINE_RUN_UID_ANNOTATION: run.id.uid},
+            "annotations": {
+                PIPELINE_RUN_UID_ANNOTATION: run.id.uid,
+                // Its run's node runs it: the run's workspaces are there.
+                control::resource::NODE_ANNOTATION: run.owner,
+            },
         },
         "spec": child.spec,
     })

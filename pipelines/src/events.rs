@@ -10,9 +10,10 @@
 //!   changed, a timeout passed, Ferry restarted).
 //!
 //! Every event of a PipelineRun and its TaskRuns has the PipelineRun as `partitionkey`
-//! (`{ns}/{name}`), so one run's events stay in order. Two system triggers consume them:
-//! `pipelines-scheduler` (ordered per run; run events and TaskRuns' ends) drives the
-//! PipelineRun ([`crate::driver`]), `pipelines-executor` (queued TaskRuns) runs them
+//! (`{ns}/{name}`), so one run's events stay in order, and the node that owns the run as
+//! `ferrynode`. Each node's two system triggers consume its own runs' events:
+//! `pipelines-scheduler-{node}` (ordered per run; run events and TaskRuns' ends) drives the
+//! PipelineRun ([`crate::driver`]), `pipelines-executor-{node}` (queued TaskRuns) runs them
 //! ([`crate::worker`]). Both keep Knative's default retries: these events are work, not
 //! samples.
 
@@ -31,8 +32,12 @@ use std::time::Duration;
 
 /// The system broker of runs' events.
 pub const PIPELINES_BROKER: &str = "pipelines";
+/// The system triggers, one pair per node: `pipelines-scheduler-{node}`,
+/// `pipelines-executor-{node}`.
 pub const SCHEDULER_TRIGGER: &str = "pipelines-scheduler";
 pub const EXECUTOR_TRIGGER: &str = "pipelines-executor";
+/// The extension attribute naming the node that owns a run (and handles its events).
+pub const NODE_ATTR: &str = "ferrynode";
 pub const QUEUED_TYPE: &str = "dev.ferry.pipelines.taskrun.queued.v1";
 pub const CHANGED_TYPE: &str = "dev.ferry.pipelines.pipelinerun.changed.v1";
 /// How long run events are kept.
@@ -91,6 +96,18 @@ impl RunRef {
     }
 }
 
+/// The node that owns the run `r` (runs its tasks, drives it): a TaskRun's
+/// `ferry.dev/node` annotation (a PipelineRun's TaskRuns are its node's), else its
+/// `status.node`, else `me` (it is new here).
+pub fn owner(r: &Resource, me: &str) -> String {
+    r.metadata
+        .annotations
+        .get(control::resource::NODE_ANNOTATION)
+        .cloned()
+        .or_else(|| r.status["node"].as_str().map(str::to_string))
+        .unwrap_or_else(|| me.to_string())
+}
+
 /// The `partitionkey` of a run's events: its PipelineRun's (or its own, for a TaskRun of its
 /// own).
 pub fn partition_key(r: &Resource) -> String {
@@ -129,6 +146,7 @@ pub async fn transition(cp: &ControlPlane, r: &Resource, what: Transition) -> Re
     let event = EventBuilder::new(&tekton_type(&r.kind, what), &source(r))
         .subject(r.metadata.name.clone())
         .attr(PARTITION_KEY, partition_key(r))
+        .attr(NODE_ATTR, owner(r, &cp.config().node))
         .json(&json!({ field: doc }))
         .build()
         .map_err(|e| e.to_string());
@@ -141,6 +159,7 @@ pub async fn internal(cp: &ControlPlane, ty: &str, r: &Resource, why: &str) -> R
     let event = EventBuilder::new(ty, &source(r))
         .subject(r.metadata.name.clone())
         .attr(PARTITION_KEY, partition_key(r))
+        .attr(NODE_ATTR, owner(r, &cp.config().node))
         .json(&data)
         .build()
         .map_err(|e| e.to_string());
@@ -211,18 +230,23 @@ pub fn queued(e: &Event) -> Result<RunRef, HandlerError> {
     })
 }
 
-/// The system broker and both triggers.
+/// The system broker and this node's two triggers: each takes the events of the runs this node
+/// owns (`ferrynode`), so a run is driven and executed by one node (its workspaces are there).
 pub(crate) async fn start(
     p: &Arc<Pipelines>,
     cp: &Arc<ControlPlane>,
 ) -> Result<(), PipelinesError> {
+    let node = cp.config().node.clone();
+    let scheduler = format!("{SCHEDULER_TRIGGER}-{node}");
+    let executor = format!("{EXECUTOR_TRIGGER}-{node}");
+    let mine = json!({"exact": {NODE_ATTR: node}});
     cp.ensure_system_broker(
         PIPELINES_BROKER,
         BrokerLayout::default().retention(RETENTION),
     )
     .await?;
     let weak = Arc::downgrade(p);
-    let schedule = Handler::new(SCHEDULER_TRIGGER, move |e| {
+    let schedule = Handler::new(scheduler.clone(), move |e| {
         let p = weak.clone();
         async move {
             match p.upgrade() {
@@ -243,13 +267,14 @@ pub(crate) async fn start(
         .map(|t| json!({"exact": {"type": t}}))
         .collect();
     cp.system_trigger(
-        SystemTrigger::new(SCHEDULER_TRIGGER, PIPELINES_BROKER, schedule)
-            .filter(json!([{"any": any}]))
-            .ordered(),
+        SystemTrigger::new(&scheduler, PIPELINES_BROKER, schedule)
+            .filter(json!([mine.clone(), {"any": any}]))
+            .ordered()
+            .on_node(&node),
     )
     .await?;
     let weak = Arc::downgrade(p);
-    let execute = Handler::new(EXECUTOR_TRIGGER, move |e| {
+    let execute = Handler::new(executor.clone(), move |e| {
         let p = weak.clone();
         async move {
             match p.upgrade() {
@@ -260,8 +285,9 @@ pub(crate) async fn start(
         .boxed()
     });
     cp.system_trigger(
-        SystemTrigger::new(EXECUTOR_TRIGGER, PIPELINES_BROKER, execute)
-            .filter(json!([{"exact": {"type": QUEUED_TYPE}}])),
+        SystemTrigger::new(&executor, PIPELINES_BROKER, execute)
+            .filter(json!([mine, {"exact": {"type": QUEUED_TYPE}}]))
+            .on_node(&node),
     )
     .await?;
     Ok(())

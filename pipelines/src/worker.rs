@@ -61,7 +61,7 @@ pub(crate) async fn on_queued(p: &Arc<Pipelines>, e: &Event) -> Result<(), Handl
             })
         }
     };
-    if status::is_done(&tr.status) {
+    if status::is_done(&tr.status) || events::owner(&tr, &cp.config().node) != cp.config().node {
         return Ok(());
     }
     let key = tr.key();

@@ -139,6 +139,14 @@ impl Kind for Trigger {
     }
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
+        // Another node's system trigger (its handler lives there): not run here.
+        let node = r.metadata.annotations.get(crate::resource::NODE_ANNOTATION);
+        if node.is_some_and(|n| *n != cp.config().node) {
+            cp.dispatcher()
+                .stop(&r.metadata.namespace, &r.metadata.name)
+                .await;
+            return Reconciled::done(r.status.clone());
+        }
         let mut resolved = json!({});
         let outcome = start(cp, r, pass, &mut resolved).await;
         if outcome.is_err() {

@@ -21,6 +21,39 @@ use std::sync::Arc;
 
 pub struct PipelineRun(pub Arc<Pipelines>);
 
+/// A run just made on this node is this node's (`status.node`), said before anything else is
+/// done with it, so that after a restart of several nodes only this one picks it up. `None`:
+/// it could not be stored (try again).
+pub(super) async fn own_if_created(
+    cp: &ControlPlane,
+    r: &Resource,
+    pass: Flags,
+) -> Option<Resource> {
+    let owned = r.status["node"].is_string()
+        || r.metadata
+            .annotations
+            .contains_key(control::resource::NODE_ANNOTATION);
+    if !pass.created || owned {
+        return Some(r.clone());
+    }
+    let me = cp.config().node.clone();
+    match cp
+        .update_status(&r.key(), &r.metadata.uid, |s| {
+            if !s["node"].is_string() {
+                s["node"] = serde_json::json!(me);
+            }
+        })
+        .await
+    {
+        Ok(Some(now)) => Some(now),
+        Ok(None) => Some(r.clone()),
+        Err(e) => {
+            tracing::warn!(run = %r.key(), error = %e, "cannot record the run's node");
+            None
+        }
+    }
+}
+
 /// Deletes the run's TaskRuns (their processes stopped).
 async fn delete_task_runs(cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
     for tr in cp.list("TaskRun", Some(&r.metadata.namespace))? {
@@ -100,8 +133,24 @@ impl Kind for PipelineRun {
         if !pass.write {
             return unchanged;
         }
-        let first = p.first_seen(&r.metadata.uid);
+        let Some(r) = own_if_created(cp, r, pass).await else {
+            return Reconciled::retry(r.status.clone());
+        };
+        let r = &r;
+        let me = &cp.config().node;
         let observed = r.status.get("observedGeneration").and_then(Value::as_i64);
+        if events::owner(r, me) != *me {
+            // Another node's run: a change made here (a cancel) goes to that node (the event
+            // names it); a start of this node leaves it alone.
+            if observed.is_some_and(|g| g != r.metadata.generation) {
+                if let Err(e) = events::internal(cp, CHANGED_TYPE, r, "spec").await {
+                    tracing::warn!(pipelinerun = %r.key(), error = %e, "cannot hand a PipelineRun's change to its node");
+                    return Reconciled::retry(r.status.clone());
+                }
+            }
+            return unchanged;
+        }
+        let first = p.first_seen(&r.metadata.uid);
         let why = match (first, observed) {
             (true, None) => "created",
             (true, Some(_)) => "restart",

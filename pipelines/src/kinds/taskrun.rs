@@ -99,7 +99,15 @@ impl Kind for TaskRun {
         if r.spec["status"] == "TaskRunPending" {
             return unchanged;
         }
-        // Created, or found not ended after a start: to the executor.
+        let Some(r) = super::pipelinerun::own_if_created(cp, r, pass).await else {
+            return Reconciled::retry(r.status.clone());
+        };
+        let r = &r;
+        // Created, or found not ended after a start: to the executor (its node's: a start of
+        // this node picks up only this node's TaskRuns).
+        if events::owner(r, &cp.config().node) != cp.config().node {
+            return unchanged;
+        }
         if p.first_seen(&r.metadata.uid) {
             if let Err(e) = events::internal(cp, QUEUED_TYPE, r, "").await {
                 tracing::warn!(taskrun = %key, error = %e, "cannot queue a TaskRun");

@@ -179,18 +179,57 @@ spec:
     )
 }
 
-/// One node on Kafka (several nodes sharing runs is not supported yet: see README).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelines_run_on_one_kafka_node() {
+async fn on_kafka_each_run_is_driven_and_run_by_the_node_that_took_it() {
     let kafka = crate::tansu::Tansu::start();
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &kafka_flags(&kafka.bootstrap));
+    let flags = kafka_flags(&kafka.bootstrap);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Server::start(&dirs[0].path().join("data"), &flags);
+    let b = Server::start(&dirs[1].path().join("data"), &flags);
+    // Runs applied on either node; each is owned by the node it was applied on.
     for i in 0..3 {
-        apply(&server, &doubling(&format!("on-kafka-{i}")));
+        apply(&a, &doubling(&format!("on-a-{i}")));
+        apply(&b, &doubling(&format!("on-b-{i}")));
     }
-    for i in 0..3 {
-        let pr = ended(&server, "pipelinerun", "default", &format!("on-kafka-{i}")).await;
-        assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
-        assert_eq!(result(&pr, "doubled"), Some(&Value::String("42".into())));
+    for (node, dir, prefix) in [(&a, &dirs[0], "on-a"), (&b, &dirs[1], "on-b")] {
+        let me = std::fs::read_to_string(dir.path().join("data/node-id")).unwrap();
+        for i in 0..3 {
+            let name = format!("{prefix}-{i}");
+            let pr = ended(node, "pipelinerun", "default", &name).await;
+            assert_eq!(succeeded(&pr).1, "Succeeded", "{pr}");
+            assert_eq!(result(&pr, "doubled"), Some(&Value::String("42".into())));
+            assert_eq!(pr["status"]["node"].as_str(), Some(me.trim()), "{pr}");
+            // Its steps ran on that node: their work directories are in its data dir.
+            let uid = pr["metadata"]["uid"].as_str().unwrap();
+            let run_dir = dir
+                .path()
+                .join(format!("data/pipelines/default/{name}-{uid}"));
+            assert!(
+                run_dir.join(format!("{name}-give")).exists(),
+                "{}",
+                run_dir.display()
+            );
+        }
     }
+    // A cancel made on the other node reaches the run's node, which stops its step.
+    apply(
+        &a,
+        "apiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {name: long}\nspec:\n  pipelineSpec:\n    tasks: [{name: sleep, taskSpec: {steps: [{script: 'sleep 600'}]}}]\n",
+    );
+    eventually(WAIT, "the step runs", || async {
+        let tr = a.cli(&["get", "taskrun", "long-sleep", "-o", "json"]);
+        let tr: Value = serde_json::from_slice(&tr.stdout).ok()?;
+        (succeeded(&tr).1 == "Running").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the other node sees it running", || async {
+        let pr = b.cli(&["get", "pr", "long", "-o", "json"]);
+        let pr: Value = serde_json::from_slice(&pr.stdout).ok()?;
+        pr["status"]["observedGeneration"].is_i64().then_some(())
+    })
+    .await;
+    let out = b.cli(&["cancel", "pr", "long"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pr = ended(&a, "pipelinerun", "default", "long").await;
+    assert_eq!(succeeded(&pr).1, "Cancelled", "{pr}");
 }
