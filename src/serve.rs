@@ -314,18 +314,34 @@ impl Running {
     }
 }
 
-/// This node's id: kept in `<data-dir>/node-id`, made (8 hex digits) on the first start.
+/// This node's id: kept in `<data-dir>/node-id`, made (8 hex digits) on the first start. It
+/// names the node's own system triggers and the runs it owns: a copied data dir must get a new
+/// one (delete the file), and an unreadable one stops the start rather than orphan the runs.
 fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     let path = data_dir.join("node-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-        Ok(_) | Err(_) => {
-            let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-            std::fs::write(&path, &id)
-                .with_context(|| format!("cannot write the node id to {}", path.display()))?;
-            Ok(id)
-        }
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        Ok(_) => String::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if id.is_empty() {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        std::fs::write(&path, &id)
+            .with_context(|| format!("cannot write the node id to {}", path.display()))?;
+        return Ok(id);
     }
+    let fine = id.len() <= 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !fine {
+        anyhow::bail!(
+            "{}: {id:?} is not a node id (1 to 16 of a-z and 0-9)",
+            path.display()
+        );
+    }
+    Ok(id)
 }
 
 /// `ferry serve`: run until SIGTERM or SIGINT, then shut down gracefully.

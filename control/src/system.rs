@@ -225,6 +225,18 @@ impl ControlPlane {
         self.apply_system(&doc).await
     }
 
+    /// Deletes a system trigger no longer used (a controller renamed), if there is one.
+    pub async fn remove_system_trigger(&self, name: &str) -> Result<(), ControlError> {
+        let Some(r) = self.find("Trigger", SYSTEM_NAMESPACE, name)? else {
+            return Ok(());
+        };
+        if !r.is_system() {
+            return Ok(());
+        }
+        let kind = self.kind("Trigger")?.clone();
+        self.delete_resource(&kind, r.key()).await
+    }
+
     /// Registers the handler of a system trigger on this node and applies its Trigger.
     pub async fn system_trigger(&self, trigger: SystemTrigger) -> Result<(), ControlError> {
         self.handlers

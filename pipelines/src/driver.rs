@@ -103,6 +103,14 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
     if !run.uid.is_empty() && pr.metadata.uid != run.uid {
         return Ok(());
     }
+    if pr.metadata.generation < run.generation {
+        // Changed on another node, and this node's copy does not show it yet (Kafka).
+        return Err(format!(
+            "PipelineRun {} changed (generation {}), not yet seen here",
+            pr.key(),
+            run.generation
+        ));
+    }
     // Another node's run (its own triggers take its events).
     if events::owner(&pr, &cp.config().node) != cp.config().node {
         return Ok(());

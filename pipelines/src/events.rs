@@ -83,6 +83,9 @@ pub struct RunRef {
     /// Why (`changed`): `created`, `spec`, `timeout`, `restart`, `slot`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub why: String,
+    /// The generation the publisher saw: a node whose copy is older waits for it (Kafka).
+    #[serde(default)]
+    pub generation: i64,
 }
 
 impl RunRef {
@@ -92,6 +95,7 @@ impl RunRef {
             name: r.metadata.name.clone(),
             uid: r.metadata.uid.clone(),
             why: why.into(),
+            generation: r.metadata.generation,
         }
     }
 }
@@ -100,9 +104,15 @@ impl RunRef {
 /// `ferry.dev/node` annotation (a PipelineRun's TaskRuns are its node's), else its
 /// `status.node`, else `me` (it is new here).
 pub fn owner(r: &Resource, me: &str) -> String {
+    // Only a PipelineRun's TaskRun (made by its scheduler) is taken at its annotation's word.
+    let child = r.kind == "TaskRun"
+        && r.metadata
+            .annotations
+            .contains_key(PIPELINE_RUN_UID_ANNOTATION);
     r.metadata
         .annotations
         .get(control::resource::NODE_ANNOTATION)
+        .filter(|_| child)
         .cloned()
         .or_else(|| r.status["node"].as_str().map(str::to_string))
         .unwrap_or_else(|| me.to_string())
@@ -187,6 +197,7 @@ pub fn pipeline_run_of(e: &Event) -> Result<Option<RunRef>, HandlerError> {
             name: m["name"].as_str().unwrap_or_default().into(),
             uid: m["uid"].as_str().unwrap_or_default().into(),
             why: String::new(),
+            generation: 0,
         }));
     }
     let m = &data["taskRun"]["metadata"];
@@ -201,6 +212,7 @@ pub fn pipeline_run_of(e: &Event) -> Result<Option<RunRef>, HandlerError> {
             .unwrap_or_default()
             .into(),
         why: String::new(),
+        generation: 0,
     }))
 }
 
@@ -236,6 +248,10 @@ pub(crate) async fn start(
     p: &Arc<Pipelines>,
     cp: &Arc<ControlPlane>,
 ) -> Result<(), PipelinesError> {
+    // Before each node had its own (unfiltered triggers would take every node's runs).
+    for legacy in [SCHEDULER_TRIGGER, EXECUTOR_TRIGGER] {
+        cp.remove_system_trigger(legacy).await?;
+    }
     let node = cp.config().node.clone();
     let scheduler = format!("{SCHEDULER_TRIGGER}-{node}");
     let executor = format!("{EXECUTOR_TRIGGER}-{node}");

@@ -177,6 +177,16 @@ impl Pipelines {
     pub async fn start(self: &Arc<Self>, cp: &Arc<ControlPlane>) -> Result<(), PipelinesError> {
         let _ = self.control.set(Arc::downgrade(cp));
         events::start(self, cp).await?;
+        // Runs reconciled before this node's triggers existed (the first start with them)
+        // published events the triggers, made at the log's end, do not see: again, now.
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for kind in ["PipelineRun", "TaskRun"] {
+            for r in cp.list(kind, None)? {
+                if !status::is_done(&r.status) {
+                    cp.requeue(r.key());
+                }
+            }
+        }
         Ok(())
     }
 

@@ -245,7 +245,12 @@ async fn run(
     let task_spec = serde_json::to_value(&job.spec).map_err(|e| e.to_string())?;
     loop {
         let first = attempt == 0;
+        let me = cp.config().node.clone();
         let Some(now) = write(cp, &tr, |s| {
+            // Whoever runs it owns it (a TaskRun of its own, started here).
+            if !s["node"].is_string() {
+                s["node"] = json!(me);
+            }
             s["startTime"] = json!(control::status::now());
             s["podName"] = json!("");
             s["taskSpec"] = task_spec.clone();

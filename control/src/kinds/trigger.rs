@@ -140,7 +140,11 @@ impl Kind for Trigger {
 
     async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
         // Another node's system trigger (its handler lives there): not run here.
-        let node = r.metadata.annotations.get(crate::resource::NODE_ANNOTATION);
+        let node = r
+            .metadata
+            .annotations
+            .get(crate::resource::NODE_ANNOTATION)
+            .filter(|_| r.is_system());
         if node.is_some_and(|n| *n != cp.config().node) {
             cp.dispatcher()
                 .stop(&r.metadata.namespace, &r.metadata.name)

@@ -130,22 +130,31 @@ impl Kind for PipelineRun {
             p.unsee(&r.metadata.uid);
             return unchanged;
         }
+        let me = &cp.config().node;
+        let observed = r.status.get("observedGeneration").and_then(Value::as_i64);
         if !pass.write {
+            // Another node changed this node's run (a cancel made there): this node's
+            // scheduler looks again, now that this node's copy shows the change.
+            let changed = observed.is_some_and(|g| g != r.metadata.generation);
+            if changed && events::owner(r, me) == *me {
+                if let Err(e) = events::internal(cp, CHANGED_TYPE, r, "spec").await {
+                    tracing::warn!(pipelinerun = %r.key(), error = %e, "cannot hand a PipelineRun's change to the scheduler");
+                    return Reconciled::retry(r.status.clone());
+                }
+            }
             return unchanged;
         }
         let Some(r) = own_if_created(cp, r, pass).await else {
             return Reconciled::retry(r.status.clone());
         };
         let r = &r;
-        let me = &cp.config().node;
-        let observed = r.status.get("observedGeneration").and_then(Value::as_i64);
         if events::owner(r, me) != *me {
             // Another node's run: a change made here (a cancel) goes to that node (the event
             // names it); a start of this node leaves it alone.
-            if observed.is_some_and(|g| g != r.metadata.generation) {
+            if observed != Some(r.metadata.generation) {
                 if let Err(e) = events::internal(cp, CHANGED_TYPE, r, "spec").await {
                     tracing::warn!(pipelinerun = %r.key(), error = %e, "cannot hand a PipelineRun's change to its node");
-                    return Reconciled::retry(r.status.clone());
+                    return Reconciled::retry(unchanged.status);
                 }
             }
             return unchanged;
@@ -164,7 +173,7 @@ impl Kind for PipelineRun {
             if first {
                 p.unsee(&r.metadata.uid);
             }
-            return Reconciled::retry(r.status.clone());
+            return Reconciled::retry(unchanged.status);
         }
         unchanged
     }

@@ -89,6 +89,11 @@ impl Kind for TaskRun {
         if !pass.write {
             return unchanged;
         }
+        // Whatever it waits for (a cancel, TaskRunPending), it is the node's it was made on.
+        let Some(r) = super::pipelinerun::own_if_created(cp, r, pass).await else {
+            return Reconciled::retry(unchanged.status);
+        };
+        let r = &r;
         if cancel {
             if let Err(e) = crate::worker::cancelled(cp, r).await {
                 tracing::warn!(taskrun = %key, error = %e, "cannot record a TaskRun's cancellation");
@@ -99,10 +104,6 @@ impl Kind for TaskRun {
         if r.spec["status"] == "TaskRunPending" {
             return unchanged;
         }
-        let Some(r) = super::pipelinerun::own_if_created(cp, r, pass).await else {
-            return Reconciled::retry(r.status.clone());
-        };
-        let r = &r;
         // Created, or found not ended after a start: to the executor (its node's: a start of
         // this node picks up only this node's TaskRuns).
         if events::owner(r, &cp.config().node) != cp.config().node {
