@@ -36,7 +36,7 @@ impl Spawner {
             .spawn(move || {
                 let _runtime = handle.enter();
                 while let Ok((mut cmd, reply)) = rx.recv() {
-                    let _ = reply.send(cmd.spawn());
+                    let _ = reply.send(spawn_retrying(|| cmd.spawn()));
                 }
             })?;
         let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
@@ -91,6 +91,28 @@ impl Spawner {
 
     pub fn what(&self) -> &'static str {
         self.what
+    }
+}
+
+/// How many times a spawn is tried while the program file is busy.
+const BUSY_TRIES: u32 = 20;
+
+/// Spawns, trying again (briefly) while exec says the program file is busy (`ETXTBSY`): a
+/// script just written can be held open for an instant by a child another thread is forking
+/// (pipelines write and run step scripts concurrently).
+pub fn spawn_retrying<T>(mut spawn: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match spawn() {
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error())
+                    && tries < BUSY_TRIES =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2 * u64::from(tries)));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The pipeline scheduler: the system trigger `pipelines-scheduler` calls [`on_event`] for
+//! The pipeline scheduler: this node's system trigger `pipelines-scheduler-{node}` calls [`on_event`] for
 //! every run event of a PipelineRun (its start, a TaskRun's end, `changed`), one at a time
 //! per run. Each call is one level-triggered pass over what is stored — the run, its
 //! Pipeline (kept in `status.pipelineSpec` from the start on), its TaskRuns (by their labels)
@@ -14,6 +14,9 @@
 //! 4. the run's status written (`Succeeded`, `childReferences`, `skippedTasks`, `results`,
 //!    `completionTime`) and Tekton's event for the transition published after it;
 //! 5. a wake-up armed for the next timeout.
+//!
+//! `admit.rs`: step 1 and the waiting runs woken when a slot frees; `children.rs`: the run's
+//! TaskRuns found and made; `timers.rs`: the wake-ups.
 
 use crate::dag::Dag;
 use crate::events::{self, RunRef, Transition, CHANGED_TYPE};
@@ -36,6 +39,14 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+mod admit;
+mod children;
+mod timers;
+
+pub(crate) use admit::wake_waiting;
+use admit::{admit, finish_early};
+use children::{child_doc, child_ref, children, create_child};
 
 /// One scheduler pass for the PipelineRun `e` is about.
 pub(crate) async fn on_event(p: &Arc<Pipelines>, e: &Event) -> Result<(), HandlerError> {
@@ -185,168 +196,6 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
     schedule(p, cp, &run, &pipeline).await
 }
 
-/// Starts the run if it may start now: `Some` (as stored, started) or `None` (it waits, or
-/// failed before starting).
-async fn admit(
-    p: &Pipelines,
-    cp: &ControlPlane,
-    run: &Run,
-    pipeline: &PipelineSpec,
-    limit: Option<usize>,
-) -> Result<Option<Resource>, String> {
-    let pr = &run.pr;
-    match Mode::of(run.spec.status.as_deref()) {
-        Mode::Pending => {
-            wait(cp, pr, "PipelineRun is pending").await?;
-            return Ok(None);
-        }
-        Mode::Cancelled | Mode::CancelledRunFinally | Mode::StoppedRunFinally => {
-            let m = format!(
-                "PipelineRun {:?} was cancelled before it started",
-                run.id.name
-            );
-            finish_early(cp, pr, "Cancelled", &m).await?;
-            return Ok(None);
-        }
-        Mode::Normal => {}
-    }
-    // One admission at a time: two runs of one pipeline never both take the last slot.
-    let _one = p.admission.lock().await;
-    if let (Some(limit), Some(pipeline_name)) = (limit, &run.id.pipeline) {
-        let runs: Vec<Resource> = cp
-            .list("PipelineRun", Some(&pr.metadata.namespace))
-            .map_err(text)?
-            .into_iter()
-            .filter(|r| {
-                r.spec["pipelineRef"]["name"].as_str() == Some(pipeline_name.as_str())
-                    && !status::is_done(&r.status)
-                    && !p.is_deleting(&r.metadata.uid)
-            })
-            .collect();
-        let running = runs
-            .iter()
-            .filter(|r| status::time(&r.status, "startTime").is_some())
-            .count();
-        let mut waiting: Vec<&Resource> = runs
-            .iter()
-            .filter(|r| {
-                status::time(&r.status, "startTime").is_none()
-                    && r.spec["status"].as_str() != Some("PipelineRunPending")
-            })
-            .collect();
-        waiting.sort_by(|a, b| {
-            (&a.metadata.creation_timestamp, &a.metadata.name)
-                .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
-        });
-        let place = waiting
-            .iter()
-            .position(|r| r.metadata.uid == pr.metadata.uid)
-            .unwrap_or(0);
-        if running + place >= limit {
-            let m = format!(
-                "waiting for a slot: Pipeline {pipeline_name:?} allows {limit} concurrent runs ({}), {running} running, {place} ahead of this one",
-                crate::kinds::MAX_CONCURRENT_RUNS_ANNOTATION
-            );
-            wait(cp, pr, &m).await?;
-            return Ok(None);
-        }
-    }
-    let given = crate::spec::pairs(&run.spec.params);
-    let problem = match resolve(&pipeline.params, &given) {
-        Err(e) => Some((
-            e.first().map_or("ParameterMissing", |e| e.reason),
-            e.iter()
-                .map(|e| e.message.clone())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-        Ok(_) => match Dag::of(pipeline) {
-            Err(e) => Some((
-                "PipelineValidationFailed",
-                e.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )),
-            Ok(_) => check_bindings(&run.spec, pipeline, |n| {
-                stored_task(cp, &pr.metadata.namespace, n)
-            })
-            .err(),
-        },
-    };
-    if let Some((reason, message)) = problem {
-        finish_early(cp, pr, reason, &message).await?;
-        return Ok(None);
-    }
-    let spec_doc = serde_json::to_value(pipeline).map_err(text)?;
-    let generation = pr.metadata.generation;
-    let me = cp.config().node.clone();
-    let started = cp
-        .update_status(&pr.key(), &pr.metadata.uid, |s| {
-            if !s["node"].is_string() {
-                s["node"] = json!(me);
-            }
-            s["startTime"] = json!(control::status::now());
-            s["pipelineSpec"] = spec_doc;
-            s["observedGeneration"] = json!(generation);
-            set_condition(s, "Unknown", "Started", "");
-        })
-        .await
-        .map_err(text)?;
-    let Some(started) = started else {
-        return Ok(None);
-    };
-    events::transition(cp, &started, Transition::Started).await?;
-    Ok(Some(started))
-}
-
-/// The run waits (`Unknown`, `PipelineRunPending`, `message`).
-async fn wait(cp: &ControlPlane, pr: &Resource, message: &str) -> Result<(), String> {
-    let before = status::reason(&pr.status).to_string();
-    let generation = pr.metadata.generation;
-    let me = cp.config().node.clone();
-    let r = cp
-        .update_status(&pr.key(), &pr.metadata.uid, |s| {
-            set_condition(s, "Unknown", "PipelineRunPending", message);
-            s["observedGeneration"] = json!(generation);
-            if !s["node"].is_string() {
-                s["node"] = json!(me);
-            }
-        })
-        .await
-        .map_err(text)?;
-    if let Some(r) = r.filter(|_| before != "PipelineRunPending") {
-        events::transition(cp, &r, Transition::Unknown).await?;
-    }
-    Ok(())
-}
-
-/// The run fails before any task ran.
-async fn finish_early(
-    cp: &ControlPlane,
-    pr: &Resource,
-    reason: &str,
-    message: &str,
-) -> Result<(), String> {
-    let generation = pr.metadata.generation;
-    let r = cp
-        .update_status(&pr.key(), &pr.metadata.uid, |s| {
-            let now = control::status::now();
-            if s.get("startTime").is_none() {
-                s["startTime"] = json!(now);
-            }
-            s["completionTime"] = json!(now);
-            s["observedGeneration"] = json!(generation);
-            set_condition(s, "False", reason, message);
-        })
-        .await
-        .map_err(text)?;
-    if let Some(r) = r {
-        events::transition(cp, &r, Transition::Failed).await?;
-    }
-    Ok(())
-}
-
 /// A pipeline task that failed before any TaskRun of it could run (its matrix too large, a
 /// result it uses missing): `status.tasksNotRun[]`.
 fn tasks_not_run(status: &Value) -> Vec<(String, String, String)> {
@@ -359,48 +208,6 @@ fn tasks_not_run(status: &Value) -> Vec<(String, String, String)> {
             (s("name"), s("reason"), s("message"))
         })
         .collect()
-}
-
-/// The run's TaskRuns by pipeline task, each task's in instance order.
-fn children(
-    p: &Pipelines,
-    cp: &ControlPlane,
-    run: &Run,
-) -> Result<BTreeMap<String, Vec<Resource>>, String> {
-    let mut out: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
-    for tr in cp.list("TaskRun", Some(&run.id.namespace)).map_err(text)? {
-        let labels = &tr.metadata.labels;
-        let mine = labels.get(PIPELINE_RUN_LABEL) == Some(&run.id.name)
-            && tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION) == Some(&run.id.uid)
-            // One being deleted by hand is as good as gone: it is made anew.
-            && !p.is_deleting(&tr.metadata.uid);
-        if let (true, Some(task)) = (mine, labels.get(PIPELINE_TASK_LABEL)) {
-            out.entry(task.clone()).or_default().push(tr);
-        }
-    }
-    // In the order they were planned (a matrix's instances' order is its results' order).
-    let planned: Vec<&str> = run.pr.status["childReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    for runs in out.values_mut() {
-        let place = |r: &Resource| {
-            planned
-                .iter()
-                .position(|n| *n == r.metadata.name)
-                .unwrap_or(usize::MAX)
-        };
-        runs.sort_by(|a, b| {
-            (place(a), a.metadata.name.len(), &a.metadata.name).cmp(&(
-                place(b),
-                b.metadata.name.len(),
-                &b.metadata.name,
-            ))
-        });
-    }
-    Ok(out)
 }
 
 /// The run's limits: `timeouts.pipeline` (Tekton's default 1 h; 0: none), `timeouts.tasks`,
@@ -804,77 +611,6 @@ async fn schedule(
     Ok(())
 }
 
-/// The TaskRun document of `child`, labelled as Tekton labels a PipelineRun's TaskRuns.
-fn child_doc(
-    run: &Run,
-    t: &crate::spec::PipelineTask,
-    finally: bool,
-    child: &crate::pipelinerun::ChildRun,
-) -> Value {
-    let mut labels = json!({
-        PIPELINE_RUN_LABEL: run.id.name,
-        PIPELINE_TASK_LABEL: t.name,
-        MEMBER_OF_LABEL: if finally { "finally" } else { "tasks" },
-    });
-    if let Some(pl) = &run.id.pipeline {
-        labels[PIPELINE_LABEL] = json!(pl);
-    }
-    if let Some(r) = &t.task_ref {
-        labels[TASK_LABEL] = json!(r.name);
-    }
-    json!({
-        "apiVersion": "tekton.dev/v1",
-        "kind": "TaskRun",
-        "metadata": {
-            "name": child.name,
-            "namespace": run.id.namespace,
-            "labels": labels,
-            "annotations": {
-                PIPELINE_RUN_UID_ANNOTATION: run.id.uid,
-                // Its run's node runs it: the run's workspaces are there.
-                control::resource::NODE_ANNOTATION: run.owner,
-            },
-        },
-        "spec": child.spec,
-    })
-}
-
-/// Makes the TaskRun `doc` unless it exists (this run's: done already). `Ok(Err(why))`: it
-/// cannot be made (invalid, or the name is another's).
-async fn create_child(
-    cp: &ControlPlane,
-    run: &Run,
-    name: &str,
-    doc: &Value,
-) -> Result<Result<(), String>, String> {
-    if let Some(tr) = cp.find("TaskRun", &run.id.namespace, name).map_err(text)? {
-        return Ok(
-            match tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION) == Some(&run.id.uid) {
-                true => Ok(()),
-                false => Err("the name belongs to another TaskRun".into()),
-            },
-        );
-    }
-    match cp.apply_owned(doc).await {
-        Ok(_) => Ok(Ok(())),
-        Err(control::ControlError::Invalid(list)) => Ok(Err(list
-            .iter()
-            .map(|f| format!("{}: {}", f.field, f.message))
-            .collect::<Vec<_>>()
-            .join("; "))),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn child_ref(name: &str, task: &str) -> Value {
-    json!({
-        "apiVersion": "tekton.dev/v1",
-        "kind": "TaskRun",
-        "name": name,
-        "pipelineTaskName": task,
-    })
-}
-
 /// The reasons a task can fail before running, as `'static` for the condition.
 fn static_reason(reason: &str) -> &'static str {
     match reason {
@@ -882,69 +618,5 @@ fn static_reason(reason: &str) -> &'static str {
         "CouldntGetTask" => "CouldntGetTask",
         "CreateRunFailed" => "CreateRunFailed",
         _ => "PipelineValidationFailed",
-    }
-}
-
-/// A run of `pipeline` ended: the runs waiting for a slot look again (the first in line
-/// takes it).
-pub(crate) async fn wake_waiting(cp: &ControlPlane, namespace: &str, pipeline: &str) {
-    let Ok(runs) = cp.list("PipelineRun", Some(namespace)) else {
-        return;
-    };
-    for r in runs.iter().filter(|r| {
-        r.spec["pipelineRef"]["name"].as_str() == Some(pipeline)
-            && status::reason(&r.status) == "PipelineRunPending"
-            && r.spec["status"].as_str() != Some("PipelineRunPending")
-    }) {
-        if let Err(e) = events::internal(cp, CHANGED_TYPE, r, "slot").await {
-            tracing::warn!(run = %r.key(), error = %e, "cannot wake a waiting PipelineRun");
-        }
-    }
-}
-
-impl Pipelines {
-    /// Publishes `changed` for the run at `at` (once per run and deadline), so that its
-    /// timeout is acted on. A restart re-arms it on the run's first pass.
-    fn arm_timer(self: &Arc<Self>, pr: &Resource, at: SystemTime) {
-        {
-            let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
-            if timers.get(&pr.metadata.uid) == Some(&at) {
-                return;
-            }
-            timers.insert(pr.metadata.uid.clone(), at);
-        }
-        let me = Arc::downgrade(self);
-        let pr = pr.clone();
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let Some(p) = me.upgrade() else { return };
-            let current = p
-                .timers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&pr.metadata.uid)
-                == Some(&at);
-            if !current {
-                return;
-            }
-            p.forget_timer(&pr.metadata.uid);
-            if let Some(cp) = p.control() {
-                if let Err(e) = events::internal(&cp, CHANGED_TYPE, &pr, "timeout").await {
-                    tracing::warn!(run = %pr.key(), error = %e, "cannot publish a PipelineRun's timeout");
-                }
-            }
-        });
-    }
-
-    pub(crate) fn forget_timer(&self, uid: &str) {
-        self.timers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
     }
 }

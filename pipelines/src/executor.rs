@@ -136,7 +136,7 @@ async fn run_step(
     }
     let spawned = match &opts.spawner {
         Some(s) => s.spawn(cmd).await,
-        None => cmd.spawn(),
+        None => control::process::spawn_retrying(|| cmd.spawn()),
     };
     let mut child = match spawned {
         Ok(c) => c,
