@@ -88,6 +88,18 @@ fn check_params(
     }
 }
 
+/// Whether `r` is being made (not stored yet, or under a name just generated): what is checked
+/// only when a run is made (its params against its Task or Pipeline as they are then).
+fn is_new(p: &Pipelines, r: &Resource) -> bool {
+    r.metadata.generated
+        || !p.control().is_some_and(|cp| {
+            matches!(
+                cp.find(&r.kind, &r.metadata.namespace, &r.metadata.name),
+                Ok(Some(_))
+            )
+        })
+}
+
 /// Runs' specs may change only in `status` (to cancel) once they exist, as Tekton allows.
 fn immutable_run_spec(old: &Resource, new: &Resource, errors: &mut FieldErrors) {
     let strip = |v: &Value| {

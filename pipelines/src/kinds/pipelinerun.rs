@@ -95,13 +95,7 @@ impl Kind for PipelineRun {
         crate::validate::pipeline_run("spec", &spec, errors);
         // Params are checked when the run is made, against the Pipeline as it is then (a
         // later change to the Pipeline must not keep the run from being cancelled).
-        let cp = self.0.control();
-        let exists = cp.as_ref().is_some_and(|cp| {
-            matches!(
-                cp.find("PipelineRun", &r.metadata.namespace, &r.metadata.name),
-                Ok(Some(_))
-            )
-        }) && !r.metadata.generated;
+        let exists = !super::is_new(&self.0, r);
         if exists {
             return;
         }

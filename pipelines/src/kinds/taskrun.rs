@@ -43,12 +43,7 @@ impl Kind for TaskRun {
         crate::validate::task_run("spec", &spec, errors);
         // A PipelineRun's TaskRuns are checked when they run (and fail as Tekton's do); a
         // TaskRun's params when it is made (not on a cancel after its Task changed).
-        let exists = self.0.control().is_some_and(|cp| {
-            matches!(
-                cp.find("TaskRun", &r.metadata.namespace, &r.metadata.name),
-                Ok(Some(_))
-            )
-        }) && !r.metadata.generated;
+        let exists = !super::is_new(&self.0, r);
         if exists || r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
             return;
         }
