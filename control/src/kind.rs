@@ -113,6 +113,13 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether any kind may depend on resources of this one. `false` spares every change of
+    /// them the look for dependents (which reads every stored resource): for kinds whose
+    /// status changes often and that nothing depends on (runs).
+    fn has_dependents(&self) -> bool {
+        true
+    }
+
     /// The cells of `r` under [`KindInfo::columns`].
     fn row(&self, r: &Resource) -> Vec<String>;
 

@@ -39,13 +39,17 @@ pub fn ready(status: &Value) -> Option<bool> {
     condition_status(status, "Ready").map(|s| s == "True")
 }
 
-/// The status (`True`, `False`, `Unknown`) of condition `kind`, if present.
-pub fn condition_status<'a>(status: &'a Value, kind: &str) -> Option<&'a str> {
+/// The condition `kind` of a status, if present.
+pub fn find_condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
     status
         .get("conditions")
         .and_then(Value::as_array)
         .and_then(|c| c.iter().find(|c| c["type"] == kind))
-        .and_then(|c| c["status"].as_str())
+}
+
+/// The status (`True`, `False`, `Unknown`) of condition `kind`, if present.
+pub fn condition_status<'a>(status: &'a Value, kind: &str) -> Option<&'a str> {
+    find_condition(status, kind).and_then(|c| c["status"].as_str())
 }
 
 /// Why a resource is not Ready: the condition that failed, its reason and its message.

@@ -88,9 +88,11 @@ impl Dispatcher {
     /// Sends every host under `domain` (`*.localhost`) to `addr` (the serving gateway, which
     /// routes by the Host header), whatever the system's resolver says of those names.
     pub fn route_domain(&self, domain: &str, addr: SocketAddr) {
-        if let Ok(mut d) = self.local_hosts.0.write() {
-            d.push((format!(".{}", domain.to_ascii_lowercase()), addr));
-        }
+        self.local_hosts
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((format!(".{}", domain.to_ascii_lowercase()), addr));
     }
 
     /// An HTTP subscriber using the dispatcher's connection pool.

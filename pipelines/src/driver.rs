@@ -92,8 +92,6 @@ struct Run {
     spec: PipelineRunSpec,
     id: RunId,
     generation: i64,
-    /// The node that owns it (this one).
-    owner: String,
 }
 
 async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(), String> {
@@ -184,7 +182,6 @@ async fn pass(p: &Arc<Pipelines>, cp: &ControlPlane, run: &RunRef) -> Result<(),
         spec,
         id,
         generation,
-        owner: cp.config().node.clone(),
     };
     if status::time(&run.pr.status, "startTime").is_none() {
         let limit = stored.as_ref().and_then(|(_, r)| max_concurrent_runs(r));
@@ -243,7 +240,12 @@ async fn schedule(
     let pr = &run.pr;
     let given = crate::spec::pairs(&run.spec.params);
     let params = resolve(&pipeline.params, &given).unwrap_or_default();
-    let dag = Dag::of(pipeline).map_err(|e| format!("{e:?}"))?;
+    let dag = Dag::of(pipeline).map_err(|e| {
+        e.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
     let kids = children(p, cp, run)?;
     // The TaskRuns planned so far; a task with one of them not made yet is still running.
     let mut children_refs: Vec<Value> = pr.status["childReferences"]
@@ -410,7 +412,7 @@ async fn schedule(
                     planned.push((
                         t.name.clone(),
                         child.name.clone(),
-                        child_doc(run, t, finally, &child),
+                        child_doc(run, t, finally, &child, &cp.config().node),
                     ));
                 }
             }

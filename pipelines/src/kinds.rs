@@ -72,32 +72,34 @@ pub(crate) fn stored_pipeline(
     Some((spec, r))
 }
 
-/// Params given to something that declares `declared` (a value missing, of the wrong type):
-/// every problem under `path`. Undeclared ones are accepted, as Tekton does.
-fn check_params(
-    path: &str,
-    declared: &[ParamSpec],
+/// A run's params against what its Task or Pipeline (`declared`, when it is known) declares:
+/// a value missing, of the wrong type; every problem under `spec.params`. Checked only when the
+/// run is made, against its Task or Pipeline as they are then (a later change to them must not
+/// keep the run from being cancelled). Undeclared params are accepted, as Tekton does.
+fn check_params_when_made(
+    p: &Pipelines,
+    r: &Resource,
     given: &[crate::spec::Param],
     errors: &mut FieldErrors,
+    declared: impl FnOnce(&ControlPlane) -> Option<Vec<ParamSpec>>,
 ) {
-    let given = crate::spec::pairs(given);
-    if let Err(problems) = resolve(declared, &given) {
-        for p in problems {
-            errors.push(path, p.message);
+    let Some(cp) = p.control() else { return };
+    let made = !r.metadata.generated
+        && matches!(
+            cp.find(&r.kind, &r.metadata.namespace, &r.metadata.name),
+            Ok(Some(_))
+        );
+    if made {
+        return;
+    }
+    let Some(declared) = declared(&cp) else {
+        return;
+    };
+    if let Err(problems) = resolve(&declared, &crate::spec::pairs(given)) {
+        for problem in problems {
+            errors.push("spec.params", problem.message);
         }
     }
-}
-
-/// Whether `r` is being made (not stored yet, or under a name just generated): what is checked
-/// only when a run is made (its params against its Task or Pipeline as they are then).
-fn is_new(p: &Pipelines, r: &Resource) -> bool {
-    r.metadata.generated
-        || !p.control().is_some_and(|cp| {
-            matches!(
-                cp.find(&r.kind, &r.metadata.namespace, &r.metadata.name),
-                Ok(Some(_))
-            )
-        })
 }
 
 /// Runs' specs may change only in `status` (to cancel) once they exist, as Tekton allows.

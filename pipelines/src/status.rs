@@ -17,10 +17,7 @@ pub fn succeeded(status: &Value) -> Option<&str> {
 }
 
 fn succeeded_condition(status: &Value) -> Option<&Value> {
-    status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .and_then(|c| c.iter().find(|c| c["type"] == SUCCEEDED))
+    control::status::find_condition(status, SUCCEEDED)
 }
 
 /// The `Succeeded` condition's reason.

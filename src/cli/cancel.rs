@@ -52,11 +52,8 @@ pub async fn run(args: CancelArgs) -> anyhow::Result<()> {
         args.namespace, args.name
     );
     let mut run = client.request(Method::GET, &path, None).await?;
-    let ended = run["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Succeeded" && c["status"] != "Unknown");
+    let ended = control::status::condition_status(&run["status"], "Succeeded")
+        .is_some_and(|s| s != "Unknown");
     if ended {
         bail!(
             "{plural}/{} in namespace {} has already ended; nothing to cancel",

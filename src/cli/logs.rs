@@ -45,7 +45,12 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        bail!("{} ({status})", text.trim());
+        bail!(
+            "cannot show the logs of {plural}/{} in namespace {}: {} ({status})",
+            args.name,
+            args.namespace,
+            text.trim()
+        );
     }
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {

@@ -13,11 +13,7 @@ fn text(v: &Value) -> String {
 }
 
 fn succeeded(status: &Value) -> (String, String, String) {
-    let c = status["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "Succeeded");
+    let c = control::status::find_condition(status, "Succeeded");
     let get = |k: &str| c.and_then(|c| c[k].as_str()).unwrap_or("").to_string();
     match c {
         Some(_) => (get("status"), get("reason"), get("message")),

@@ -17,6 +17,13 @@ impl ControlPlane {
         changed: &Key,
         flags: Flags,
     ) -> Result<(), ControlError> {
+        if self
+            .registry
+            .kind(&changed.kind)
+            .is_some_and(|k| !k.has_dependents())
+        {
+            return Ok(());
+        }
         for kind in self.registry.all() {
             for r in self.store.list(kind.info().kind, None)? {
                 if kind.depends_on(self, &r).contains(changed) {

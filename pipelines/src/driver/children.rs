@@ -50,6 +50,8 @@ pub(super) fn child_doc(
     t: &crate::spec::PipelineTask,
     finally: bool,
     child: &crate::pipelinerun::ChildRun,
+    // The node that owns the run (this one).
+    owner: &str,
 ) -> Value {
     let mut labels = json!({
         PIPELINE_RUN_LABEL: run.id.name,
@@ -72,7 +74,7 @@ pub(super) fn child_doc(
             "annotations": {
                 PIPELINE_RUN_UID_ANNOTATION: run.id.uid,
                 // Its run's node runs it: the run's workspaces are there.
-                control::resource::NODE_ANNOTATION: run.owner,
+                control::resource::NODE_ANNOTATION: owner,
             },
         },
         "spec": child.spec,
@@ -91,7 +93,10 @@ pub(super) async fn create_child(
         return Ok(
             match tr.metadata.annotations.get(PIPELINE_RUN_UID_ANNOTATION) == Some(&run.id.uid) {
                 true => Ok(()),
-                false => Err("the name belongs to another TaskRun".into()),
+                false => Err(format!(
+                    "a TaskRun of that name exists and is not this run's; delete it (ferry delete taskrun {name} -n {}) and run again",
+                    run.id.namespace
+                )),
             },
         );
     }

@@ -5,8 +5,8 @@
 
 use super::taskrun::remove_dir;
 use super::{
-    check_params, immutable_run_spec, run_row, stored_pipeline, GROUP, PIPELINE_RUN_LABEL,
-    PIPELINE_RUN_UID_ANNOTATION, RUN_COLUMNS,
+    check_params_when_made, immutable_run_spec, run_row, stored_pipeline, GROUP,
+    PIPELINE_RUN_LABEL, PIPELINE_RUN_UID_ANNOTATION, RUN_COLUMNS,
 };
 use crate::events::{self, CHANGED_TYPE};
 use crate::spec::PipelineRunSpec;
@@ -93,24 +93,15 @@ impl Kind for PipelineRun {
             return;
         };
         crate::validate::pipeline_run("spec", &spec, errors);
-        // Params are checked when the run is made, against the Pipeline as it is then (a
-        // later change to the Pipeline must not keep the run from being cancelled).
-        let exists = !super::is_new(&self.0, r);
-        if exists {
-            return;
-        }
-        let declared = match (&spec.pipeline_spec, &spec.pipeline_ref) {
-            (Some(p), _) => Some(p.params.clone()),
-            (None, Some(pr)) => self
-                .0
-                .control()
-                .and_then(|cp| stored_pipeline(&cp, &r.metadata.namespace, &pr.name))
-                .map(|(p, _)| p.params),
-            (None, None) => None,
-        };
-        if let Some(declared) = declared {
-            check_params("spec.params", &declared, &spec.params, errors);
-        }
+        check_params_when_made(&self.0, r, &spec.params, errors, |cp| {
+            match (&spec.pipeline_spec, &spec.pipeline_ref) {
+                (Some(p), _) => Some(p.params.clone()),
+                (None, Some(pr)) => {
+                    stored_pipeline(cp, &r.metadata.namespace, &pr.name).map(|(p, _)| p.params)
+                }
+                (None, None) => None,
+            }
+        });
     }
 
     fn validate_update(&self, old: &Resource, new: &Resource, errors: &mut FieldErrors) {
@@ -201,6 +192,11 @@ impl Kind for PipelineRun {
     }
 
     fn age_column(&self) -> bool {
+        false
+    }
+
+    /// Nothing depends on a run: its frequent status writes look for no dependents.
+    fn has_dependents(&self) -> bool {
         false
     }
 }

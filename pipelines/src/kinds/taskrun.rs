@@ -3,7 +3,8 @@
 //! TaskRunCancelled`; its status is written by the executor ([`crate::worker`]).
 
 use super::{
-    check_params, immutable_run_spec, run_row, stored_task, GROUP, PIPELINE_RUN_LABEL, RUN_COLUMNS,
+    check_params_when_made, immutable_run_spec, run_row, stored_task, GROUP, PIPELINE_RUN_LABEL,
+    RUN_COLUMNS,
 };
 use crate::events::{self, QUEUED_TYPE};
 use crate::spec::TaskRunSpec;
@@ -41,24 +42,19 @@ impl Kind for TaskRun {
             return;
         };
         crate::validate::task_run("spec", &spec, errors);
-        // A PipelineRun's TaskRuns are checked when they run (and fail as Tekton's do); a
-        // TaskRun's params when it is made (not on a cancel after its Task changed).
-        let exists = !super::is_new(&self.0, r);
-        if exists || r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
+        // A PipelineRun's TaskRuns are checked when they run (and fail as Tekton's do).
+        if r.metadata.labels.contains_key(PIPELINE_RUN_LABEL) {
             return;
         }
-        let declared = match (&spec.task_spec, &spec.task_ref) {
-            (Some(t), _) => Some(t.params.clone()),
-            (None, Some(tr)) => self
-                .0
-                .control()
-                .and_then(|cp| stored_task(&cp, &r.metadata.namespace, &tr.name))
-                .map(|t| t.params),
-            (None, None) => None,
-        };
-        if let Some(declared) = declared {
-            check_params("spec.params", &declared, &spec.params, errors);
-        }
+        check_params_when_made(&self.0, r, &spec.params, errors, |cp| {
+            match (&spec.task_spec, &spec.task_ref) {
+                (Some(t), _) => Some(t.params.clone()),
+                (None, Some(tr)) => {
+                    stored_task(cp, &r.metadata.namespace, &tr.name).map(|t| t.params)
+                }
+                (None, None) => None,
+            }
+        });
     }
 
     fn validate_update(&self, old: &Resource, new: &Resource, errors: &mut FieldErrors) {
@@ -151,6 +147,11 @@ impl Kind for TaskRun {
     }
 
     fn age_column(&self) -> bool {
+        false
+    }
+
+    /// Nothing depends on a run: its frequent status writes look for no dependents.
+    fn has_dependents(&self) -> bool {
         false
     }
 }
