@@ -4,16 +4,19 @@
 //! - `dispatch.rs`: ingress→subscriber latency and delivery throughput of triggers.
 //! - `serving.rs`: cold starts, the gateway's overhead against direct, a burst from zero.
 //! - `pipelines.rs`: the scheduler's cost per task (a chain, a fan-out, many runs at once).
+//! - `soak.rs`: a fixed rate for a long time, a flaky subscriber, kill -9s: lost and duplicated.
 //! - `load.rs`: the load generator (keep-alive HTTP/1.1 connections, binary-mode events).
 //!
 //! Each starts a full server (RocksDB in a temp dir) in this process: the real stack, with
-//! load generator, server and subscribers sharing the machine's cores.
+//! load generator, server and subscribers sharing the machine's cores (the soak runs the
+//! `ferry serve` binary as a child process, so that it can kill it).
 
 mod dispatch;
 mod ingress;
 mod load;
 mod pipelines;
 mod serving;
+mod soak;
 
 use crate::serve::{self, ServeConfig};
 use std::net::SocketAddr;
@@ -29,6 +32,9 @@ pub enum BenchCommand {
     Serving(serving::ServingBench),
     /// Pipelines: overhead per sequential task, a fan-out and join, runs/s.
     Pipelines(pipelines::PipelinesBench),
+    /// A fixed event rate through a broker and trigger for a while, the subscriber failing a
+    /// fraction at random and Ferry killed with -9 now and then: nothing acknowledged lost.
+    Soak(soak::SoakBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -37,6 +43,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Dispatch(b) => dispatch::run(b).await,
         BenchCommand::Serving(b) => serving::run(b).await,
         BenchCommand::Pipelines(b) => pipelines::run(b).await,
+        BenchCommand::Soak(b) => soak::run(b).await,
     }
 }
 
@@ -74,6 +81,7 @@ fn temp_config(
         partitions,
         retention: Duration::from_secs(3600),
         retention_bytes: None,
+        dead_letter_retention: Duration::from_secs(3600),
         max_event_size: 1024 * 1024,
         shutdown_grace: Duration::from_secs(2),
         kafka,
@@ -83,6 +91,8 @@ fn temp_config(
         pipelines_shell: "sh".into(),
         pipelines_max_result_size: 1 << 20,
         pipelines_max_running_tasks: 64,
+        ingress_server: ::ingress::ServerLimits::default(),
+        ingress: ::ingress::IngressConfig::default(),
         autoscaler: Default::default(),
     }
 }

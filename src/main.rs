@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run Ferry: event log, ingress, control API (until SIGTERM/SIGINT).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create or update resources from YAML files (multi-document), directories or stdin (-).
     Apply(cli::apply::ApplyArgs),
     /// List resources, or show one.
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Apply(args) => cli::apply::run(args).await,
             Command::Get(args) => cli::get::get(args).await,
             Command::Describe(args) => cli::get::describe(args).await,

@@ -15,7 +15,7 @@ use control::api::{self, ApiState};
 use control::store::{KafkaStore, ResourceStore, RocksStore};
 use control::{ControlConfig, ControlPlane, Parts, Registry};
 use dispatcher::Dispatcher;
-use ingress::{IngressConfig, IngressMetrics, IngressState};
+use ingress::{IngressMetrics, IngressState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -110,16 +110,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         },
     };
     let delivery_store = match &config.kafka {
-        Some(kafka) => dispatcher::store::DeliveryStore::on(Arc::new(
-            dispatcher::store::KafkaKv::open(kafka)
+        Some(kafka) => {
+            let cache = config.data_dir.join("dispatch-cache");
+            dispatcher::store::DeliveryStore::kafka(kafka, &cache)
                 .await
                 .with_context(|| {
                     format!(
-                        "cannot read retries and dead letters from Kafka at {}",
-                        kafka.bootstrap
+                        "cannot read retries and dead letters from Kafka at {} into {}",
+                        kafka.bootstrap,
+                        cache.display()
                     )
-                })?,
-        )),
+                })?
+        }
         None => {
             let dispatch_dir = config.data_dir.join("dispatch");
             dispatcher::store::DeliveryStore::open(&dispatch_dir).with_context(|| {
@@ -198,25 +200,41 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let ready = Arc::new(AtomicBool::new(true));
     let mut tasks = JoinSet::new();
 
-    let ingress_state = IngressState {
-        publisher,
-        sinks,
-        config: IngressConfig::default(),
-        metrics: IngressMetrics::new(&registry).context("registering ingress metrics")?,
-    };
+    let ingress_metrics = IngressMetrics::new(&registry).context("registering ingress metrics")?;
+    let refused_connections = ingress_metrics.refused.with_label_values(&["connections"]);
+    let ingress_state =
+        IngressState::new(publisher, sinks, config.ingress.clone(), ingress_metrics);
     let token = shutdown.clone();
+    let limits = config.ingress_server;
     tasks.spawn(async move {
-        axum::serve(ingress_listener, ingress::router(ingress_state))
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .context("ingress server")
+        ingress::serve(
+            ingress_listener,
+            ingress::router(ingress_state),
+            limits,
+            refused_connections,
+            token,
+        )
+        .await;
+        Ok(())
     });
 
+    let health = Arc::new(control::health::Health::default());
+    let (watcher, watched, token) = (health.clone(), control.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        watcher.watch(watched, token).await;
+        Ok(())
+    });
+    let (beating, token) = (health.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        beating.beat(token).await;
+        Ok(())
+    });
     let api_state = ApiState {
         control: control.clone(),
         registry,
         shutdown: shutdown.clone(),
         ready: ready.clone(),
+        health,
     };
     let token = shutdown.clone();
     let api_router = api::router(api_state)
@@ -257,6 +275,16 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
                 }
             }
         }
+    });
+
+    let token = shutdown.clone();
+    let expiring = dispatcher.clone();
+    let dead_letter_retention = config.dead_letter_retention;
+    tasks.spawn(async move {
+        expiring
+            .expire_dead_letters(dead_letter_retention, token)
+            .await;
+        Ok(())
     });
 
     Ok(Running {

@@ -21,7 +21,7 @@ mod writer;
 
 pub use writer::{ContentMode, TopicWriter};
 
-use crate::event::{partition_for_key, Event};
+use crate::event::Event;
 use crate::log::{
     Consumer, EventLog, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
     Watermarks,
@@ -72,6 +72,9 @@ pub struct KafkaOptions {
 struct TopicState {
     config: TopicConfig,
     next_partition: AtomicU32,
+    /// The Kafka topic: [`topic_name`]'s, or a broker's of an earlier Ferry that named it
+    /// without escaping (kept, so its events are not left behind).
+    name: String,
 }
 
 /// The Kafka event log. Cheap to clone.
@@ -89,12 +92,46 @@ struct Inner {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
+    /// Topics looked up and not found, and when: asked again only after [`UNKNOWN_TTL`], so a
+    /// flood of requests for made-up brokers costs no lookups.
+    unknown: std::sync::Mutex<HashMap<Topic, std::time::Instant>>,
+    /// One client for metadata and watermarks, made once (a client is threads and
+    /// connections: not something to make per request).
+    reader: BaseConsumer,
     closed: AtomicBool,
 }
 
-/// The Kafka topic of a broker (K-02).
+/// How long a topic found missing stays missing without asking the cluster again.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+/// Most topics remembered as missing (the memory is cleared past this).
+const UNKNOWN_MAX: usize = 10_000;
+
+/// The Kafka topic of a broker: Knative's `knative-broker-{namespace}-{name}` (K-02), with
+/// the namespace as [`escaped_namespace`] writes it, so no two brokers share a topic.
 pub fn topic_name(topic: &Topic) -> String {
+    format!(
+        "knative-broker-{}-{}",
+        escaped_namespace(&topic.namespace),
+        topic.name
+    )
+}
+
+/// The name an earlier Ferry gave a broker's topic (ambiguous when the namespace has a `-`).
+fn legacy_topic_name(topic: &Topic) -> String {
     format!("knative-broker-{}-{}", topic.namespace, topic.name)
+}
+
+/// A namespace in a Kafka topic or group name: as it is if it has no `-` (Knative's names then
+/// already cannot collide: the first `-` after the prefix ends the namespace), else with each
+/// `-` written `_` (which no namespace has: they are DNS-1123 labels). Either way the
+/// namespace part has no `-`, so `{prefix}-{namespace}-{name}` names one broker or trigger:
+/// `a-b/c` and `a/b-c`, one topic in Knative's scheme, are `…-a_b-c` and `…-a-b-c`.
+pub fn escaped_namespace(namespace: &str) -> std::borrow::Cow<'_, str> {
+    if namespace.contains('-') {
+        namespace.replace('-', "_").into()
+    } else {
+        namespace.into()
+    }
 }
 
 /// A record as read from a topic Ferry did not write, for a [`Decode`].
@@ -128,6 +165,16 @@ fn kafka_err(e: rdkafka::error::KafkaError) -> LogError {
     LogError::Storage(format!("kafka: {e}"))
 }
 
+/// A consumer's configuration for metadata, watermarks, reads and a group's offsets (it never
+/// joins the group).
+fn reader_config(options: &KafkaOptions, group: Option<&str>) -> ClientConfig {
+    let mut c = client_config(options);
+    c.set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("group.id", group.unwrap_or("ferry-reader"));
+    c
+}
+
 pub(crate) fn client_config(options: &KafkaOptions) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &options.bootstrap);
@@ -140,6 +187,8 @@ pub(crate) fn producer(options: &KafkaOptions) -> Result<FutureProducer, LogErro
     client_config(options)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        // Keys to partitions as the Java client does (murmur2).
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "30000")
         .set(
@@ -171,12 +220,32 @@ impl KafkaLog {
         Self::with_naming(options, Naming::External(decode), None)
     }
 
-    /// The Kafka topic behind `topic`.
+    /// The Kafka topic behind `topic`: the one found for it, else the one it would be made as.
     fn name_of(&self, topic: &Topic) -> String {
+        if let Some(s) = self.known(topic) {
+            return s.name.clone();
+        }
+        self.new_name(topic)
+    }
+
+    fn new_name(&self, topic: &Topic) -> String {
         match self.inner.naming {
             Naming::Brokers => topic_name(topic),
             Naming::External(_) => topic.name.clone(),
         }
+    }
+
+    /// Partitions of the Kafka topic `name`, 0 if it does not exist.
+    fn partitions_of(&self, name: &str) -> Result<usize, LogError> {
+        let md = self
+            .reader()
+            .fetch_metadata(Some(name), REQUEST_TIMEOUT)
+            .map_err(kafka_err)?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
     }
 
     fn with_naming(
@@ -187,6 +256,7 @@ impl KafkaLog {
         let producer = producer(&options)?;
         let admin: AdminClient<DefaultClientContext> =
             client_config(&options).create().map_err(kafka_err)?;
+        let reader = reader_config(&options, None).create().map_err(kafka_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
@@ -195,18 +265,49 @@ impl KafkaLog {
                 producer,
                 admin,
                 topics: RwLock::new(HashMap::new()),
+                unknown: Default::default(),
+                reader,
                 closed: AtomicBool::new(false),
             }),
         })
     }
 
-    /// A plain consumer (no group membership) for metadata, watermarks, reads and offsets.
+    /// A plain consumer (no group membership) for reads and a group's offsets.
     fn base_consumer(&self, group: Option<&str>) -> Result<BaseConsumer, LogError> {
-        let mut c = client_config(&self.inner.options);
-        c.set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
-        c.set("group.id", group.unwrap_or("ferry-reader"));
-        c.create().map_err(kafka_err)
+        reader_config(&self.inner.options, group)
+            .create()
+            .map_err(kafka_err)
+    }
+
+    /// The shared client for metadata and watermarks, its queue of events (errors while the
+    /// cluster is away) emptied first: nothing else polls it.
+    fn reader(&self) -> &BaseConsumer {
+        let r = &self.inner.reader;
+        while r.poll(Duration::ZERO).is_some() {}
+        r
+    }
+
+    fn recently_unknown(&self, topic: &Topic) -> bool {
+        let Ok(mut unknown) = self.inner.unknown.lock() else {
+            return false;
+        };
+        match unknown.get(topic) {
+            Some(at) if at.elapsed() < UNKNOWN_TTL => true,
+            Some(_) => {
+                unknown.remove(topic);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_unknown(&self, topic: &Topic) {
+        if let Ok(mut unknown) = self.inner.unknown.lock() {
+            if unknown.len() >= UNKNOWN_MAX {
+                unknown.clear();
+            }
+            unknown.insert(topic.clone(), std::time::Instant::now());
+        }
     }
 
     /// The topic's state: known from this process, else looked up in the cluster.
@@ -214,23 +315,32 @@ impl KafkaLog {
         if let Some(s) = self.known(topic) {
             return Ok(s);
         }
-        let name = self.name_of(topic);
+        if self.recently_unknown(topic) {
+            return Err(LogError::UnknownTopic(topic.clone()));
+        }
+        let name = self.new_name(topic);
+        // A broker of an earlier Ferry in a namespace with a `-` has its topic under the
+        // unescaped name: it keeps it.
+        let legacy = matches!(self.inner.naming, Naming::Brokers)
+            .then(|| legacy_topic_name(topic))
+            .filter(|l| *l != name);
         let me = self.clone();
-        let partitions = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
-            let c = me.base_consumer(None)?;
-            let md = c
-                .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
-                .map_err(kafka_err)?;
-            Ok(md
-                .topics()
-                .iter()
-                .find(|t| t.name() == name && t.error().is_none())
-                .map_or(0, |t| t.partitions().len()))
+        let found = tokio::task::spawn_blocking(move || -> Result<(usize, String), LogError> {
+            let n = me.partitions_of(&name)?;
+            match legacy {
+                Some(legacy) if n == 0 => Ok((me.partitions_of(&legacy)?, legacy)),
+                _ => Ok((n, name)),
+            }
         })
         .await
         .map_err(|e| LogError::Storage(e.to_string()))??;
+        let (partitions, name) = found;
         if partitions == 0 {
+            self.remember_unknown(topic);
             return Err(LogError::UnknownTopic(topic.clone()));
+        }
+        if name != self.new_name(topic) {
+            tracing::info!(broker = %topic, topic = %name, "a broker of an earlier Ferry keeps its Kafka topic");
         }
         let state = Arc::new(TopicState {
             config: TopicConfig {
@@ -238,6 +348,7 @@ impl KafkaLog {
                 retention: Retention::default(),
             },
             next_partition: AtomicU32::new(0),
+            name,
         });
         if let Ok(mut t) = self.inner.topics.write() {
             t.insert(topic.clone(), state.clone());
@@ -315,12 +426,16 @@ impl EventLog for KafkaLog {
                 }
             }
         }
+        if let Ok(mut u) = self.inner.unknown.lock() {
+            u.remove(topic);
+        }
         if let Ok(mut t) = self.inner.topics.write() {
             t.insert(
                 topic.clone(),
                 Arc::new(TopicState {
                     config,
                     next_partition: AtomicU32::new(0),
+                    name,
                 }),
             );
         }
@@ -353,6 +468,21 @@ impl EventLog for KafkaLog {
         Ok(())
     }
 
+    /// A metadata request to the cluster (the shared client).
+    async fn probe(&self) -> Result<(), LogError> {
+        self.blocking(|me| {
+            me.reader()
+                .fetch_metadata(None, REQUEST_TIMEOUT)
+                .map(|_| ())
+                .map_err(kafka_err)
+        })
+        .await
+    }
+
+    fn knows(&self, topic: &Topic) -> bool {
+        self.known(topic).is_some()
+    }
+
     async fn topics(&self) -> Result<Vec<(Topic, TopicConfig)>, LogError> {
         let t = self
             .inner
@@ -375,11 +505,12 @@ impl EventLog for KafkaLog {
         let timestamp = now_ms();
         let sends = events.iter().map(|e| {
             let key = e.partition_key();
-            // The same partitioning as the embedded engine, so a key means the same partition
-            // on both.
+            // A keyed event goes where any Kafka client puts that key (librdkafka's
+            // `murmur2_random` is the Java client's murmur2), so per-key order holds for
+            // producers of every kind; the others are spread round-robin.
             let partition = match &key {
-                Some(k) => partition_for_key(k, n),
-                None => state.next_partition.fetch_add(1, Ordering::Relaxed) % n,
+                Some(_) => None,
+                None => Some(state.next_partition.fetch_add(1, Ordering::Relaxed) % n),
             };
             let headers = record::headers(e);
             let payload = e.data.clone().unwrap_or_default();
@@ -388,10 +519,12 @@ impl EventLog for KafkaLog {
             let producer = self.inner.producer.clone();
             async move {
                 let mut rec = FutureRecord::to(&name)
-                    .partition(partition as i32)
                     .payload(payload.as_ref())
                     .headers(headers)
                     .timestamp(timestamp);
+                if let Some(p) = partition {
+                    rec = rec.partition(p as i32);
+                }
                 if let Some(k) = &key {
                     rec = rec.key(k.as_str());
                 }
@@ -467,12 +600,20 @@ impl EventLog for KafkaLog {
         let state = self.topic_state(topic).await?;
         let name = self.name_of(topic);
         self.blocking(move |me| {
-            let c = me.base_consumer(None)?;
+            let c = me.reader();
             (0..state.config.partitions)
                 .map(|p| {
-                    let (low, high) = c
-                        .fetch_watermarks(&name, p as i32, REQUEST_TIMEOUT)
-                        .map_err(kafka_err)?;
+                    let query = || c.fetch_watermarks(&name, p as i32, REQUEST_TIMEOUT);
+                    // The shared client learns of a topic made since it last looked (by this
+                    // node or another) from a metadata request, then asks again.
+                    let (low, high) = match query() {
+                        Ok(w) => w,
+                        Err(_) => {
+                            c.fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+                                .map_err(kafka_err)?;
+                            query().map_err(kafka_err)?
+                        }
+                    };
                     Ok(Watermarks {
                         start: low.max(0) as u64,
                         end: high.max(0) as u64,

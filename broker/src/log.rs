@@ -105,6 +105,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// The topics that exist, with their layout.
     async fn topics(&self) -> Result<Vec<(Topic, TopicConfig)>, LogError>;
 
+    /// Whether this process knows the topic exists, without asking anyone (a cheap check for
+    /// hot paths; a topic made by another node may be missing here until it is used).
+    fn knows(&self, topic: &Topic) -> bool;
+
     /// Appends `events` as one all-or-nothing write and returns where each landed, in order, once
     /// the write is durable. An event with a `partitionkey` goes to that key's partition; the rest
     /// are spread over the partitions.
@@ -165,6 +169,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Makes every acknowledged write durable and stops taking new ones.
     async fn close(&self) -> Result<(), LogError>;
+
+    /// Whether the log's storage answers now (after writes failed): a small durable write
+    /// where the engine can make one without touching any topic, else a metadata request.
+    async fn probe(&self) -> Result<(), LogError> {
+        self.topics().await.map(|_| ())
+    }
 }
 
 /// Positions from next offsets indexed by partition (what `Consumer::positions` returns).
@@ -209,6 +219,12 @@ pub trait Consumer: Send {
 
     /// The next offset this consumer reads, per partition it is assigned.
     fn positions(&self) -> Vec<Position>;
+
+    /// How many events the log removed (retention) before this consumer read them, since the
+    /// last call: events its group never got.
+    fn take_skipped(&mut self) -> u64 {
+        0
+    }
 
     /// Commits, for the consumer's group, that every event before each position is settled.
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;

@@ -8,7 +8,7 @@ use crate::log::{EventLog, LogError, Position, Topic};
 use cloudevent::ext::{ARRIVAL_TIME, BROKER_TTL, DEFAULT_MAX_EVENT_SIZE, MAX_TTL};
 use cloudevent::validate::ttl_of;
 use cloudevent::InvalidEvent;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Why events were not published. Nothing of the call was stored.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub enum Replied {
 pub struct Publisher {
     log: Arc<dyn EventLog>,
     max_event_size: usize,
+    /// Why the last append failed in the log's storage, until one succeeds (or a probe does).
+    failing: Mutex<Option<String>>,
 }
 
 impl Publisher {
@@ -51,6 +53,46 @@ impl Publisher {
         Self {
             log,
             max_event_size,
+            failing: Mutex::default(),
+        }
+    }
+
+    /// Appends, noting whether the log's storage took the write.
+    async fn append(&self, topic: &Topic, events: Vec<Event>) -> Result<Vec<Position>, LogError> {
+        let result = self.log.append(topic, events).await;
+        match &result {
+            Ok(_) => self.set_failing(None),
+            Err(e @ LogError::Storage(_)) => self.set_failing(Some(e.to_string())),
+            // A broker that does not exist, or shutdown: the storage is not at fault.
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn set_failing(&self, reason: Option<String>) {
+        if let Ok(mut f) = self.failing.lock() {
+            if f.is_some() || reason.is_some() {
+                *f = reason;
+            }
+        }
+    }
+
+    /// Why the log refuses writes, while it does: the last append failed in storage.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// While the log refuses writes, tries it: true (and no longer failing) if it answers.
+    pub async fn probe(&self) -> bool {
+        if self.failing().is_none() {
+            return true;
+        }
+        match self.log.probe().await {
+            Ok(()) => {
+                self.set_failing(None);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -82,7 +124,7 @@ impl Publisher {
         mut event: Event,
     ) -> Result<Position, PublishError> {
         stamp(std::slice::from_mut(&mut event), usize::MAX)?;
-        first(self.log.append(topic, vec![event]).await?)
+        first(self.append(topic, vec![event]).await?)
     }
 
     /// Publishes events to a broker's topic: all stored durably, or none (an error).
@@ -95,7 +137,7 @@ impl Publisher {
             return Ok(Vec::new());
         }
         self.prepare(&mut events)?;
-        Ok(self.log.append(topic, events).await?)
+        Ok(self.append(topic, events).await?)
     }
 
     /// Publishes one event.

@@ -565,6 +565,21 @@ impl EventLog for RocksLog {
         Ok(removed)
     }
 
+    fn knows(&self, topic: &Topic) -> bool {
+        self.topic_state(topic).is_ok()
+    }
+
+    /// A synced write of one key in the default column family (no topic's).
+    async fn probe(&self) -> Result<(), LogError> {
+        self.blocking(|s| {
+            let mut o = rocksdb::WriteOptions::default();
+            o.set_sync(true);
+            s.db.put_opt(b"probe", now_ms().to_be_bytes(), &o)
+                .map_err(storage)
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<(), LogError> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

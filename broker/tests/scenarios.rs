@@ -378,6 +378,11 @@ async fn retention_by_bytes_removes_oldest(engine: &dyn Engine) {
         },
     };
     log.create_topic(&topic, cfg).await.unwrap();
+    // A reader that has read nothing yet.
+    let mut slow = log
+        .consumer(&topic, Some("slow"), StartAt::Earliest)
+        .await
+        .unwrap();
     for i in 0..20 {
         let mut e = event(&i.to_string());
         e.data = Some(Bytes::from(vec![b'x'; 400]));
@@ -385,6 +390,11 @@ async fn retention_by_bytes_removes_oldest(engine: &dyn Engine) {
     }
     let removed = log.enforce_retention().await.unwrap();
     assert!(removed >= 15, "removed {removed}");
+    // It reads what is left, and is told how many it will never see.
+    let got = slow.poll(100, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(got.len() as u64, 20 - removed);
+    assert_eq!(slow.take_skipped(), removed);
+    assert_eq!(slow.take_skipped(), 0, "told once");
     let w = log.watermarks(&topic).await.unwrap()[0];
     assert_eq!(w.end, 20, "the end offset never moves back");
     assert_eq!(w.start, removed);
@@ -631,5 +641,75 @@ mod kafka_groups {
             assert!(Instant::now() < deadline, "a holds {:?}", held(a.as_ref()));
             a.poll(10, Duration::from_millis(50)).await.unwrap();
         }
+    }
+}
+
+/// Keyed events on Kafka land where the Java client (Kafka's default partitioner: murmur2)
+/// puts the same key, so per-key order holds across producers of every kind.
+mod kafka_keys {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_key_lands_where_kafkas_murmur2_puts_it() {
+        let engine = super::engines::Kafka::default();
+        let log = engine.open().await;
+        let topic = Topic::new("ns", "keys");
+        log.create_topic(&topic, config(7)).await.unwrap();
+        // Kafka's `Utils.murmur2` of these keys (its own unit tests' values).
+        let known: [(&str, i32); 3] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("abc", 479_470_107),
+        ];
+        for (key, hash) in known {
+            let at = log
+                .append(&topic, vec![keyed(&format!("e-{key}"), key)])
+                .await
+                .unwrap();
+            assert_eq!(
+                at[0].partition,
+                ((hash & 0x7fff_ffff) % 7) as u32,
+                "key {key:?}"
+            );
+        }
+    }
+}
+
+/// Broker topics are named so that no two brokers share one (a `-` in the namespace is written
+/// `_`), and a broker of an earlier Ferry keeps the topic it had under the unescaped name.
+mod kafka_names {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn brokers_never_share_a_topic_and_old_topics_are_kept() {
+        let engine = super::engines::Kafka::default();
+        let log = engine.open().await;
+        // `a-b/c` and `a/b-c`: one topic under Knative's plain scheme, two here.
+        let (x, y) = (Topic::new("a-b", "c"), Topic::new("a", "b-c"));
+        log.create_topic(&x, config(1)).await.unwrap();
+        log.create_topic(&y, config(1)).await.unwrap();
+        log.append(&x, vec![event("x1")]).await.unwrap();
+        log.append(&y, vec![event("y1")]).await.unwrap();
+        let ids =
+            |got: Vec<broker::Stored>| got.iter().map(|s| id_of(&s.event)).collect::<Vec<_>>();
+        assert_eq!(ids(read_all(log.as_ref(), &x).await), ["x1"]);
+        assert_eq!(ids(read_all(log.as_ref(), &y).await), ["y1"]);
+        log.delete_topic(&y).await.unwrap();
+        assert_eq!(
+            ids(read_all(log.as_ref(), &x).await),
+            ["x1"],
+            "deleting y deleted x"
+        );
+
+        // An earlier Ferry's topic for `old-ns/b`, with an event in it: still the broker's.
+        let raw = broker::KafkaLog::external(engine.options(), Arc::new(|_| None)).unwrap();
+        let legacy = Topic::new("", "knative-broker-old-ns-b");
+        raw.create_topic(&legacy, config(1)).await.unwrap();
+        let old = Topic::new("old-ns", "b");
+        let fresh = engine.open().await;
+        fresh.create_topic(&old, config(1)).await.unwrap();
+        fresh.append(&old, vec![event("o1")]).await.unwrap();
+        assert_eq!(raw.watermarks(&legacy).await.unwrap()[0].end, 1);
     }
 }

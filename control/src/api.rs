@@ -10,7 +10,7 @@
 //! | `GET /api/v1/namespaces/{ns}/{type}/{name}[?view=table]` | one resource |
 //! | `DELETE /api/v1/namespaces/{ns}/{type}/{name}` | delete |
 //! | `GET /api/v1/namespaces/{ns}/brokers/{name}/events?from=beginning\|end&follow=BOOL` | NDJSON stream of structured CloudEvents |
-//! | `GET /api/v1/namespaces/{ns}/{type}/{name}/deadletters` | the resource's dead letters (triggers, sources) |
+//! | `GET /api/v1/namespaces/{ns}/{type}/{name}/deadletters?limit=N&after=NEXT` | a page of the resource's dead letters (triggers, sources), oldest first, and `next` |
 //! | `POST /api/v1/namespaces/{ns}/{type}/{name}/deadletters/replay` `{"id": ID}` or `{"all": true}` | deliver them again |
 //! | `DELETE /api/v1/namespaces/{ns}/{type}/{name}/deadletters` | purge |
 //!
@@ -45,6 +45,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// False once shutdown begins (`/readyz` answers 503).
     pub ready: Arc<AtomicBool>,
+    /// Storage refusing writes, a wedged runtime.
+    pub health: Arc<crate::health::Health>,
 }
 
 impl ApiState {
@@ -72,7 +74,7 @@ pub fn router(state: ApiState) -> Router {
             post(replay_dead_letters),
         )
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
 }
@@ -87,6 +89,9 @@ impl IntoResponse for ControlError {
             }
             ControlError::Reserved => StatusCode::FORBIDDEN,
             ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ControlError::Dispatch(dispatcher::DispatchError::Store(
+                dispatcher::store::StoreError::BadRequest(_),
+            )) => StatusCode::BAD_REQUEST,
             ControlError::Log(_) | ControlError::Dispatch(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let body = match self {
@@ -248,23 +253,69 @@ fn delivery_names(
     })
 }
 
+/// A page of dead letters: `limit` (default and most [`DEAD_LETTER_PAGE`]), `after` (the
+/// previous page's `next`).
+#[derive(Deserialize)]
+struct DeadLettersQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// The most dead letters one answer holds.
+pub const DEAD_LETTER_PAGE: usize = 500;
+
+/// One page of the resource's dead letters, oldest first per runner (a source may have
+/// several). `next`: `runner-index:cursor` of the next page, null on the last.
 async fn dead_letters(
     State(s): State<ApiState>,
     Path((ns, plural, name)): Path<(String, String, String)>,
+    Query(q): Query<DeadLettersQuery>,
 ) -> Result<Json<Value>, ControlError> {
-    let mut all = Vec::new();
-    for (runner_ns, runner) in delivery_names(&s, &ns, &plural, &name)? {
-        all.extend(s.control.dispatcher().dead_letters(&runner_ns, &runner)?);
-    }
-    let items: Vec<Value> = all
-        .into_iter()
-        .map(|dl| {
+    let limit = q
+        .limit
+        .unwrap_or(DEAD_LETTER_PAGE)
+        .clamp(1, DEAD_LETTER_PAGE);
+    let runners = delivery_names(&s, &ns, &plural, &name)?;
+    let (mut index, mut cursor) = match q.after.as_deref() {
+        None => (0, None),
+        Some(after) => {
+            let (i, c) = after
+                .split_once(':')
+                .and_then(|(i, c)| Some((i.parse::<usize>().ok()?, c.to_string())))
+                .ok_or_else(|| {
+                    ControlError::BadRequest(format!("after: not a page cursor: {after:?}"))
+                })?;
+            (i, (!c.is_empty()).then_some(c))
+        }
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    while let Some((runner_ns, runner)) = runners.get(index) {
+        let page = s.control.dispatcher().dead_letters(
+            runner_ns,
+            runner,
+            cursor.as_deref(),
+            limit - items.len(),
+        )?;
+        items.extend(page.items.into_iter().map(|dl| {
             let event: Value =
                 serde_json::from_str(&cloudevent::json::encode(&dl.event)).unwrap_or(Value::Null);
             json!({"id": dl.id, "error": dl.error, "event": event})
-        })
-        .collect();
-    Ok(Json(json!({ "items": items })))
+        }));
+        if let Some(c) = page.next {
+            next = Some(format!("{index}:{c}"));
+            break;
+        }
+        index += 1;
+        cursor = None;
+        if items.len() >= limit {
+            if index < runners.len() {
+                next = Some(format!("{index}:"));
+            }
+            break;
+        }
+    }
+    Ok(Json(json!({ "items": items, "next": next })))
 }
 
 #[derive(Deserialize)]
@@ -291,7 +342,7 @@ async fn replay_dead_letters(
     };
     let mut n = 0;
     for (runner_ns, runner) in &runners {
-        n += s.control.dispatcher().replay(runner_ns, runner, id)?;
+        n += s.control.dispatcher().replay(runner_ns, runner, id).await?;
     }
     if n == 0 && id.is_some() {
         return Err(ControlError::NotFound {
@@ -309,7 +360,7 @@ async fn purge_dead_letters(
 ) -> Result<Json<Value>, ControlError> {
     let mut n = 0;
     for (runner_ns, runner) in delivery_names(&s, &ns, &plural, &name)? {
-        n += s.control.dispatcher().purge(&runner_ns, &runner)?;
+        n += s.control.dispatcher().purge(&runner_ns, &runner).await?;
     }
     Ok(Json(json!({ "purged": n })))
 }
@@ -465,9 +516,18 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match s.health.unready(&s.control) {
+        None => "ready\n".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+async fn healthz(State(s): State<ApiState>) -> Response {
+    match s.health.unhealthy() {
+        None => "ok\n".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }

@@ -20,9 +20,11 @@
 //! - [`process`]: process-group signals and bounded line reading, for kinds that run processes.
 //! - [`store`]: where resources persist (RocksDB, or a compacted Kafka topic).
 //! - [`kinds`]: eventing's kinds: Broker, Trigger, KafkaSink, KafkaSource, PingSource.
-//! - [`api`]: the HTTP API the CLI talks to, plus `/metrics`, `/healthz`, `/readyz`.
+//! - [`api`]: the HTTP API the CLI talks to, plus `/metrics`, `/healthz`, `/readyz`;
+//!   [`health`]: what the last two report (storage refusing writes, a wedged runtime).
 
 pub mod api;
+pub mod health;
 pub mod kind;
 pub mod kinds;
 pub mod lease;

@@ -94,6 +94,9 @@ impl RocksStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
+        // Resources are few and small: a small memtable, so the write-ahead log preallocates
+        // little and RocksDB resumes after a full disk once that much is free again.
+        opts.set_write_buffer_size(4 << 20);
         Ok(Self {
             db: DB::open(&opts, path)?,
         })

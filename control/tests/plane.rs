@@ -265,8 +265,9 @@ async fn a_system_trigger_gets_resource_changes_without_retries() {
     let dls = eventually("the refused broker's dead letter", || {
         let dls = s
             .dispatcher
-            .dead_letters("ferry-system", "watcher")
-            .unwrap();
+            .dead_letters("ferry-system", "watcher", None, 100)
+            .unwrap()
+            .items;
         (!dls.is_empty()).then_some(dls)
     })
     .await;

@@ -25,6 +25,17 @@ pub struct DispatchMetrics {
     /// `ferry_dispatch_partitions{namespace,trigger}`: partitions of the broker this node
     /// delivers for the trigger (all of them in embedded mode; a share in Kafka mode).
     pub partitions: IntGaugeVec,
+    /// `ferry_dispatch_retry_queue{namespace,trigger}`: retries waiting in the durable queue.
+    pub retry_queue: IntGaugeVec,
+    /// `ferry_dispatch_dead_letter_store{namespace,trigger}`: events kept in Ferry's
+    /// dead-letter store.
+    pub dead_letter_store: IntGaugeVec,
+    /// `ferry_dispatch_store_errors_total{namespace,trigger}`: writes to the delivery store
+    /// that failed (each is tried again, with backoff).
+    pub store_errors: IntCounterVec,
+    /// `ferry_dispatch_retention_skipped_total{namespace,trigger}`: events the broker's
+    /// retention removed before the trigger read them (never delivered).
+    pub retention_skipped: IntCounterVec,
 }
 
 impl DispatchMetrics {
@@ -88,7 +99,39 @@ impl DispatchMetrics {
                 ),
                 labels,
             )?,
+            retry_queue: IntGaugeVec::new(
+                Opts::new(
+                    "ferry_dispatch_retry_queue",
+                    "Retries waiting in the trigger's durable queue.",
+                ),
+                labels,
+            )?,
+            dead_letter_store: IntGaugeVec::new(
+                Opts::new(
+                    "ferry_dispatch_dead_letter_store",
+                    "Events kept in Ferry's dead-letter store for the trigger.",
+                ),
+                labels,
+            )?,
+            store_errors: IntCounterVec::new(
+                Opts::new(
+                    "ferry_dispatch_store_errors_total",
+                    "Failed writes to the delivery store (each tried again).",
+                ),
+                labels,
+            )?,
+            retention_skipped: IntCounterVec::new(
+                Opts::new(
+                    "ferry_dispatch_retention_skipped_total",
+                    "Events retention removed before the trigger read them.",
+                ),
+                labels,
+            )?,
         };
+        registry.register(Box::new(m.retention_skipped.clone()))?;
+        registry.register(Box::new(m.retry_queue.clone()))?;
+        registry.register(Box::new(m.dead_letter_store.clone()))?;
+        registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.partitions.clone()))?;
         registry.register(Box::new(m.deliveries.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;

@@ -83,7 +83,19 @@ impl TriggerSpec {
     }
 }
 
+/// A trigger's consumer group: Knative's `knative-trigger-{namespace}-{name}` with the
+/// namespace escaped as broker topics are ([`broker::kafka::escaped_namespace`]), so no two
+/// triggers share a group.
 pub fn group(namespace: &str, name: &str) -> String {
+    format!(
+        "knative-trigger-{}-{name}",
+        broker::kafka::escaped_namespace(namespace)
+    )
+}
+
+/// The group an earlier Ferry gave a trigger (ambiguous when the namespace has a `-`): its
+/// committed offsets are carried over to [`group`] once.
+pub fn legacy_group(namespace: &str, name: &str) -> String {
     format!("knative-trigger-{namespace}-{name}")
 }
 
@@ -108,11 +120,6 @@ fn delivery_id(stored: &Stored) -> String {
         "{}-{}-{h:016x}",
         stored.position.partition, stored.position.offset
     )
-}
-
-/// The partition a delivery id names.
-fn partition_of(id: &str) -> Option<u32> {
-    id.split('-').next()?.parse().ok()
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -228,7 +235,7 @@ impl Runner {
 
     /// Whether this node re-attempts the retry with delivery id `id`.
     pub(crate) fn owns_delivery(&self, id: &str) -> bool {
-        partition_of(id).is_none_or(|p| self.owns(p))
+        self.owns(crate::store::partition_of(id))
     }
 
     fn set_owned(&self, assignment: Option<Vec<u32>>) {
@@ -360,6 +367,14 @@ impl Runner {
                     }
                 }
             }
+            let skipped = consumer.take_skipped();
+            if skipped > 0 {
+                self.metrics
+                    .retention_skipped
+                    .with_label_values(&self.labels())
+                    .inc_by(skipped);
+                tracing::warn!(trigger = %self.key, skipped, "retention removed events before this trigger read them: they will not be delivered");
+            }
             // What matched is in flight; everything else read is settled (filtered out).
             {
                 let mut offsets = self.offsets();
@@ -432,6 +447,15 @@ impl Runner {
     }
 
     async fn commit(&self, consumer: &mut dyn broker::Consumer) {
+        let (retries, dead) = self.store.counts(&self.key);
+        self.metrics
+            .retry_queue
+            .with_label_values(&self.labels())
+            .set(retries as i64);
+        self.metrics
+            .dead_letter_store
+            .with_label_values(&self.labels())
+            .set(dead as i64);
         let positions = self.offsets().to_commit();
         if !positions.is_empty() {
             match consumer.commit(&positions).await {
@@ -441,16 +465,24 @@ impl Runner {
                 }
             }
         }
+        // The lag of the partitions this node holds (in Kafka mode the nodes' figures add up to
+        // the trigger's); the committed offsets are asked for only for a partition not read
+        // yet since the runner started.
         if let Ok(ends) = self.log.watermarks(&self.spec.topic).await {
             let marks: HashMap<u32, u64> = self.offsets().watermarks().collect();
-            let committed = self
-                .log
-                .committed(&self.spec.topic, &self.spec.group())
-                .await
-                .unwrap_or_default();
+            let unread = (0..ends.len() as u32).any(|p| self.owns(p) && !marks.contains_key(&p));
+            let committed = if unread {
+                self.log
+                    .committed(&self.spec.topic, &self.spec.group())
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let lag: u64 = ends
                 .iter()
                 .enumerate()
+                .filter(|(p, _)| self.owns(*p as u32))
                 .map(|(p, w)| {
                     let mark = marks
                         .get(&(p as u32))
@@ -587,6 +619,7 @@ impl Runner {
                     info,
                     false,
                 )
+                .await
             }
             Attempt::Retry(f) | Attempt::Fail(f) => {
                 self.dead_letter(&id, &stored.event, f, 1, SinkRetries::Queued)
@@ -640,7 +673,11 @@ impl Runner {
                     Attempt::Abandoned => break false,
                     Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
                         self.metrics.retries.with_label_values(&self.labels()).inc();
-                        if let Err(e) = self.store.set_attempts(&self.key, &id, Some(attempts)) {
+                        if let Err(e) = self
+                            .store
+                            .set_attempts(&self.key, &id, Some(attempts))
+                            .await
+                        {
                             tracing::warn!(trigger = %self.key, error = %e, "cannot record the attempt count");
                         }
                         let wait = self.spec.policy.wait_before(attempts, f.retry_after);
@@ -660,7 +697,7 @@ impl Runner {
                 return;
             }
             if attempts > 1 {
-                if let Err(e) = self.store.set_attempts(&self.key, &id, None) {
+                if let Err(e) = self.store.set_attempts(&self.key, &id, None).await {
                     tracing::warn!(trigger = %self.key, error = %e, "cannot forget the attempt count");
                 }
             }

@@ -4,7 +4,7 @@
 use crate::metrics::DispatchMetrics;
 use crate::policy::DeliveryPolicy;
 use crate::runner::{self, Runner, TriggerSpec};
-use crate::store::{DeadLetter, DeliveryStore, StoreError};
+use crate::store::{DeadLetterPage, DeliveryStore, StoreError};
 use crate::subscriber::{HttpSubscriber, Subscriber};
 use broker::{EventLog, LogError, Position, Publisher, Topic};
 use std::collections::HashMap;
@@ -26,6 +26,9 @@ pub enum DispatchError {
     #[error("HTTP client: {0}")]
     Client(String),
 }
+
+/// How often dead letters past their retention are looked for.
+const DEAD_LETTER_SWEEP: Duration = Duration::from_secs(60);
 
 struct Running {
     stop: CancellationToken,
@@ -218,9 +221,16 @@ impl Dispatcher {
     /// Stops a deleted trigger and forgets its pending retries and dead letters.
     pub async fn forget(&self, namespace: &str, name: &str) -> Result<(), DispatchError> {
         self.stop(namespace, name).await;
-        self.store.purge(&format!("{namespace}/{name}"), true)?;
+        self.store
+            .purge(&format!("{namespace}/{name}"), true)
+            .await?;
         // Its gauges go with it (a scrape would report a lag of a trigger that is no more).
-        for gauge in [&self.metrics.lag, &self.metrics.partitions] {
+        for gauge in [
+            &self.metrics.lag,
+            &self.metrics.partitions,
+            &self.metrics.retry_queue,
+            &self.metrics.dead_letter_store,
+        ] {
             let _ = gauge.remove_label_values(&[namespace, name]);
         }
         Ok(())
@@ -244,16 +254,22 @@ impl Dispatcher {
         }
     }
 
+    /// A page of a trigger's dead letters, oldest first: up to `limit`, after the page that
+    /// ended at `after`.
     pub fn dead_letters(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Vec<DeadLetter>, DispatchError> {
-        Ok(self.store.dead_letters(&format!("{namespace}/{name}"))?)
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, DispatchError> {
+        Ok(self
+            .store
+            .dead_letters(&format!("{namespace}/{name}"), after, limit)?)
     }
 
     /// Sends dead letters (one by id, or all) back for delivery. Returns how many.
-    pub fn replay(
+    pub async fn replay(
         &self,
         namespace: &str,
         name: &str,
@@ -261,11 +277,44 @@ impl Dispatcher {
     ) -> Result<usize, DispatchError> {
         Ok(self
             .store
-            .replay(&format!("{namespace}/{name}"), id, runner::now_ms())?)
+            .replay(&format!("{namespace}/{name}"), id, runner::now_ms())
+            .await?)
     }
 
-    pub fn purge(&self, namespace: &str, name: &str) -> Result<usize, DispatchError> {
-        Ok(self.store.purge(&format!("{namespace}/{name}"), false)?)
+    pub async fn purge(&self, namespace: &str, name: &str) -> Result<usize, DispatchError> {
+        Ok(self
+            .store
+            .purge(&format!("{namespace}/{name}"), false)
+            .await?)
+    }
+
+    /// Deletes dead letters older than `retention`, every minute, until `stop`.
+    pub async fn expire_dead_letters(&self, retention: Duration, stop: CancellationToken) {
+        loop {
+            let cutoff = runner::now_ms().saturating_sub(retention.as_millis() as u64);
+            match self.store.expire_dead_letters(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    dead_letters = n,
+                    "dead letters past their retention deleted"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot delete expired dead letters"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(DEAD_LETTER_SWEEP) => {}
+            }
+        }
+    }
+
+    /// Why the delivery store refuses writes, while it does.
+    pub fn store_failing(&self) -> Option<String> {
+        self.store.failing()
+    }
+
+    /// Tries a write to the delivery store: true if it takes writes.
+    pub async fn probe_store(&self) -> bool {
+        self.store.probe().await
     }
 }
 

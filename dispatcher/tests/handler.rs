@@ -176,8 +176,9 @@ async fn a_handler_gets_filters_retries_dead_letters_replies_and_offsets() {
     assert_eq!(count("skip"), 0, "filtered out");
     assert_eq!(count("fatal"), 1, "not retried");
     let dls = dispatcher
-        .dead_letters("ferry-system", "controller")
-        .unwrap();
+        .dead_letters("ferry-system", "controller", None, 100)
+        .unwrap()
+        .items;
     assert_eq!(dls.len(), 1);
     assert_eq!(dls[0].event.attr_text("id").as_deref(), Some("fatal"));
     assert_eq!(dls[0].error.message, "cannot do that");
@@ -331,8 +332,9 @@ async fn events_older_than_the_max_age_are_dropped_not_delivered() {
         "the stale one was dropped"
     );
     assert!(dispatcher
-        .dead_letters("ferry-system", "sampler")
+        .dead_letters("ferry-system", "sampler", None, 100)
         .unwrap()
+        .items
         .is_empty());
     dispatcher.shutdown().await;
 }
@@ -408,14 +410,16 @@ async fn ten_exponential_retries_wait_2_to_1024_seconds_in_virtual_time() {
     );
     eventually("the dead letter", || {
         !dispatcher
-            .dead_letters("ferry-system", "never-ready")
+            .dead_letters("ferry-system", "never-ready", None, 100)
             .unwrap()
+            .items
             .is_empty()
     })
     .await;
     let dl = &dispatcher
-        .dead_letters("ferry-system", "never-ready")
-        .unwrap()[0];
+        .dead_letters("ferry-system", "never-ready", None, 100)
+        .unwrap()
+        .items[0];
     assert_eq!(dl.error.attempts, 11);
     assert_eq!(dl.error.message, "not ready");
     // 34 virtual minutes took a small part of that in real time.

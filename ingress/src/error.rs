@@ -26,6 +26,11 @@ pub enum IngressError {
     Body(String),
     #[error("the event was not stored, try again: {0}")]
     Unavailable(LogError),
+    /// Too much in flight: a request limit of the ingress (the message says which).
+    #[error("{0}; retry")]
+    Saturated(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
 }
 
 impl IngressError {
@@ -38,7 +43,20 @@ impl IngressError {
             IngressError::TooLarge { .. } | IngressError::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Unavailable(_) | IngressError::Saturated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The `reason` label of `ferry_ingress_refused_total` for a refusal by a limit.
+    pub fn refusal(&self) -> &'static str {
+        match self {
+            IngressError::Saturated(m) if m.contains("bytes") => "buffered_bytes",
+            IngressError::Saturated(_) => "in_flight",
+            IngressError::BodyTimeout(_) => "body_timeout",
+            _ => "other",
         }
     }
 

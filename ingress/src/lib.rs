@@ -4,12 +4,16 @@
 //! - [`error`]: every way a request can fail, and the one mapping from failure to HTTP status.
 //! - [`service`]: the axum router and handler: the hot path (decode the request with
 //!   [`cloudevent`]'s HTTP binding, hand the events to the [`broker::Publisher`], answer).
+//! - [`server`]: the HTTP server with connection bounds (a connection limit, header and idle
+//!   timeouts); the handler bounds requests in flight, body bytes held and body read time.
 //! - [`metrics`]: Prometheus metrics of the ingress.
 
 pub mod error;
 pub mod metrics;
+pub mod server;
 pub mod service;
 
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
-pub use service::{router, IngressConfig, IngressState, Sinks};
+pub use server::{serve, ServerLimits};
+pub use service::{router, Gate, IngressConfig, IngressState, Sinks};

@@ -9,6 +9,9 @@ pub struct IngressMetrics {
     pub events: IntCounterVec,
     /// `ferry_ingress_request_seconds{code}`: request handling time, body read to answer.
     pub request_seconds: HistogramVec,
+    /// `ferry_ingress_refused_total{reason}`: requests or connections refused by a limit:
+    /// `connections`, `in_flight`, `buffered_bytes` (503), `body_timeout` (408).
+    pub refused: IntCounterVec,
 }
 
 impl IngressMetrics {
@@ -32,7 +35,15 @@ impl IngressMetrics {
                 ]),
                 &["code"],
             )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "ferry_ingress_refused_total",
+                    "Requests or connections the ingress refused by a limit, by reason.",
+                ),
+                &["reason"],
+            )?,
         };
+        registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.request_seconds.clone()))?;
         Ok(m)

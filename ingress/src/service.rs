@@ -16,20 +16,80 @@ use cloudevent::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::RwLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Limits of the ingress (the largest event is the [`Publisher`]'s).
 #[derive(Clone, Debug)]
 pub struct IngressConfig {
     /// Largest batched-mode request body, in bytes.
     pub max_batch_size: usize,
+    /// Most requests handled at once; one more is answered 503 with `Retry-After`.
+    pub max_in_flight: usize,
+    /// Most request-body bytes held at once (each request reserves its `Content-Length`, or
+    /// its mode's maximum without one, before reading); over it, 503 with `Retry-After`.
+    pub max_buffered_bytes: usize,
+    /// A request body must arrive within this (a client trickling it gets 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             max_batch_size: 16 * 1024 * 1024,
+            max_in_flight: 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            body_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// Requests and body bytes in flight, bounded (see [`IngressConfig`]). Bytes are counted in
+/// KiB (a semaphore's permits are `u32`).
+pub struct Gate {
+    requests: Arc<Semaphore>,
+    kib: Arc<Semaphore>,
+    max_kib: usize,
+}
+
+/// A request's place in the gate, given back when it is dropped.
+struct Admitted {
+    _request: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    pub fn new(config: &IngressConfig) -> Self {
+        let max_kib = config
+            .max_buffered_bytes
+            .div_ceil(1024)
+            .clamp(1, u32::MAX as usize);
+        Self {
+            requests: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            kib: Arc::new(Semaphore::new(max_kib)),
+            max_kib,
+        }
+    }
+
+    /// Admits a request whose body may be up to `bytes` long, or says why not.
+    fn admit(&self, config: &IngressConfig, bytes: usize) -> Result<Admitted, IngressError> {
+        let request = self.requests.clone().try_acquire_owned().map_err(|_| {
+            IngressError::Saturated(format!(
+                "the ingress is at its limit of {} requests in flight",
+                config.max_in_flight
+            ))
+        })?;
+        let kib = bytes.div_ceil(1024).clamp(1, self.max_kib) as u32;
+        let bytes = self.kib.clone().try_acquire_many_owned(kib).map_err(|_| {
+            IngressError::Saturated(format!(
+                "the ingress is at its limit of {} request-body bytes in flight",
+                config.max_buffered_bytes
+            ))
+        })?;
+        Ok(Admitted {
+            _request: request,
+            _bytes: bytes,
+        })
     }
 }
 
@@ -41,9 +101,26 @@ pub struct IngressState {
     pub sinks: Sinks,
     pub config: IngressConfig,
     pub metrics: IngressMetrics,
+    pub gate: Arc<Gate>,
 }
 
 impl IngressState {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        sinks: Sinks,
+        config: IngressConfig,
+        metrics: IngressMetrics,
+    ) -> Self {
+        let gate = Arc::new(Gate::new(&config));
+        Self {
+            publisher,
+            sinks,
+            config,
+            metrics,
+            gate,
+        }
+    }
+
     fn log(&self) -> &Arc<dyn EventLog> {
         self.publisher.log()
     }
@@ -77,15 +154,12 @@ async fn handle(
     };
     let code = status.as_str();
     // Label values come from brokers that exist, so a scan of made-up paths cannot grow the
-    // metric without bound.
+    // metric without bound. Asked of what the log knows, not of its storage: a refused request
+    // costs no lookup.
     let known = match &result {
         Ok(()) | Err(IngressError::Unavailable(_)) => true,
         Err(IngressError::UnknownBroker { .. } | IngressError::Reserved) => false,
-        Err(_) => state
-            .log()
-            .watermarks(&Topic::new(&namespace, &name))
-            .await
-            .is_ok(),
+        Err(_) => state.log().knows(&Topic::new(&namespace, &name)),
     };
     let (ns_label, name_label) = if known {
         (namespace.as_str(), name.as_str())
@@ -157,10 +231,34 @@ async fn accept_into(
         // Attributes travel in headers in binary mode; the body alone must fit.
         Mode::Binary | Mode::Structured => state.publisher.max_event_size(),
     };
-    let body = match read_body(body, limit).await {
-        Ok(b) => b,
-        Err(e) => return (1, Err(e)),
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return (1, Err(IngressError::BodyTooLarge { max: limit }));
+    }
+    let _admitted = match state.gate.admit(&state.config, declared.unwrap_or(limit)) {
+        Ok(a) => a,
+        Err(e) => {
+            state
+                .metrics
+                .refused
+                .with_label_values(&[e.refusal()])
+                .inc();
+            return (1, Err(e));
+        }
     };
+    // Read no more than was reserved (a `Content-Length` beside a chunked body does not get
+    // past the gate).
+    let reserved = declared.unwrap_or(limit).min(limit);
+    let body =
+        match tokio::time::timeout(state.config.body_timeout, read_body(body, reserved)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return (1, Err(e)),
+            Err(_) => return (1, Err(IngressError::BodyTimeout(state.config.body_timeout))),
+        };
     // Decoding checks the encoding; the publisher validates, limits and stamps.
     let events = match mode {
         Mode::Binary => decode_binary(&parts.headers, body).map(|e| vec![e]),
@@ -292,13 +390,36 @@ mod tests {
             retention: Retention::default(),
         };
         log.create_topic(&topic, config).await.unwrap();
-        let state = IngressState {
-            publisher: Arc::new(Publisher::with_default_limit(Arc::new(log.clone()))),
-            sinks: Sinks::default(),
-            config: IngressConfig::default(),
-            metrics: IngressMetrics::new(&registry).unwrap(),
-        };
+        let state = IngressState::new(
+            Arc::new(Publisher::with_default_limit(Arc::new(log.clone()))),
+            Sinks::default(),
+            IngressConfig::default(),
+            IngressMetrics::new(&registry).unwrap(),
+        );
         (state, log)
+    }
+
+    #[test]
+    fn the_gate_bounds_requests_and_body_bytes_in_flight() {
+        let config = IngressConfig {
+            max_in_flight: 2,
+            max_buffered_bytes: 10 * 1024,
+            ..IngressConfig::default()
+        };
+        let gate = Gate::new(&config);
+        let first = gate.admit(&config, 5 * 1024).unwrap();
+        let err = gate.admit(&config, 6 * 1024).err().unwrap();
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            err.to_string().contains("10240 request-body bytes"),
+            "{err}"
+        );
+        let second = gate.admit(&config, 100).unwrap();
+        let err = gate.admit(&config, 100).err().unwrap();
+        assert!(err.to_string().contains("2 requests in flight"), "{err}");
+        assert_eq!(err.into_response().headers()[header::RETRY_AFTER], "1");
+        drop((first, second));
+        gate.admit(&config, 9 * 1024).unwrap();
     }
 
     fn post() -> Request {

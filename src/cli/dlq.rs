@@ -17,6 +17,9 @@ pub enum DlqCommand {
         namespace: String,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
+        /// At most this many (oldest first); all of them if not given.
+        #[arg(long)]
+        limit: Option<usize>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -62,34 +65,46 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
             trigger,
             namespace,
             output,
+            limit,
             server,
         } => {
             let client = Client::new(&server)?;
             let path = dead_letters_path(&namespace, &trigger)?;
-            let answer = client.request(Method::GET, &path, None).await?;
-            let items = answer["items"].as_array().cloned().unwrap_or_default();
+            // Page by page: the table prints as pages come; JSON and YAML gather them.
+            let mut all = Vec::new();
+            let mut shown = 0;
+            let mut after: Option<String> = None;
+            loop {
+                let want = limit.map_or(PAGE, |l| l.saturating_sub(shown).min(PAGE));
+                if want == 0 {
+                    break;
+                }
+                let mut url = format!("{path}?limit={want}");
+                if let Some(a) = &after {
+                    url.push_str("&after=");
+                    url.push_str(&urlencoding(a));
+                }
+                let answer = client.request(Method::GET, &url, None).await?;
+                let items = answer["items"].as_array().cloned().unwrap_or_default();
+                shown += items.len();
+                if output == Output::Table {
+                    print_table(&items);
+                } else {
+                    all.extend(items);
+                }
+                match answer["next"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
-                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&answer)?),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&json!({"items": all}))?)
+                }
+                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&json!({"items": all}))?),
                 Output::Table => {
-                    if items.is_empty() {
+                    if shown == 0 {
                         eprintln!("No dead letters for {namespace}/{trigger}.");
-                    }
-                    for dl in &items {
-                        let e = &dl["error"];
-                        println!(
-                            "{}  {}  event {} ({})  attempts {}  status {}  to {}\n    {}",
-                            dl["id"].as_str().unwrap_or(""),
-                            e["time"].as_str().unwrap_or(""),
-                            dl["event"]["id"].as_str().unwrap_or(""),
-                            dl["event"]["type"].as_str().unwrap_or(""),
-                            e["attempts"],
-                            e["code"]
-                                .as_u64()
-                                .map_or("-".to_string(), |c| c.to_string()),
-                            e["destination"].as_str().unwrap_or(""),
-                            e["message"].as_str().unwrap_or(""),
-                        );
                     }
                 }
             }
@@ -129,4 +144,31 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The most dead letters asked for at once (the server's page size).
+const PAGE: usize = 500;
+
+fn print_table(items: &[Value]) {
+    for dl in items {
+        let e = &dl["error"];
+        println!(
+            "{}  {}  event {} ({})  attempts {}  status {}  to {}\n    {}",
+            dl["id"].as_str().unwrap_or(""),
+            e["time"].as_str().unwrap_or(""),
+            dl["event"]["id"].as_str().unwrap_or(""),
+            dl["event"]["type"].as_str().unwrap_or(""),
+            e["attempts"],
+            e["code"]
+                .as_u64()
+                .map_or("-".to_string(), |c| c.to_string()),
+            e["destination"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+/// A page cursor as a query value (cursors hold `:` and `.`, and ids whatever a source made).
+fn urlencoding(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

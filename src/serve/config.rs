@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Per partition: oldest events are removed above this many bytes [default: unlimited].
     #[arg(long, env = "FERRY_RETENTION_BYTES")]
     pub retention_bytes: Option<u64>,
+    /// Events kept in Ferry's dead-letter store are deleted after this long [default: 14d].
+    #[arg(long, env = "FERRY_DEAD_LETTER_RETENTION", value_parser = parse_humantime)]
+    pub dead_letter_retention: Option<Duration>,
     /// Largest event the ingress accepts, in bytes [default: 1048576].
     #[arg(long, env = "FERRY_MAX_EVENT_SIZE")]
     pub max_event_size: Option<usize>,
@@ -83,6 +86,23 @@ pub struct ServeArgs {
     /// [default: 4 × the number of cores].
     #[arg(long, env = "FERRY_PIPELINES_MAX_RUNNING_TASKS")]
     pub pipelines_max_running_tasks: Option<usize>,
+    /// Connections the ingress holds at once; one more gets 503 and is closed [default: 10000].
+    #[arg(long, env = "FERRY_INGRESS_MAX_CONNECTIONS")]
+    pub ingress_max_connections: Option<usize>,
+    /// Requests the ingress handles at once; one more gets 503 + Retry-After [default: 1024].
+    #[arg(long, env = "FERRY_INGRESS_MAX_IN_FLIGHT")]
+    pub ingress_max_in_flight: Option<usize>,
+    /// Request-body bytes the ingress holds at once; over it, 503 + Retry-After
+    /// [default: 268435456].
+    #[arg(long, env = "FERRY_INGRESS_MAX_BUFFERED_BYTES")]
+    pub ingress_max_buffered_bytes: Option<usize>,
+    /// A request's whole header must arrive within this; also how long a kept-alive
+    /// connection may idle between requests [default: 30s].
+    #[arg(long, env = "FERRY_INGRESS_HEADER_TIMEOUT", value_parser = parse_humantime)]
+    pub ingress_header_timeout: Option<Duration>,
+    /// A request's body must arrive within this, else 408 [default: 60s].
+    #[arg(long, env = "FERRY_INGRESS_BODY_TIMEOUT", value_parser = parse_humantime)]
+    pub ingress_body_timeout: Option<Duration>,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
@@ -110,6 +130,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     retention: Option<Duration>,
     retention_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    dead_letter_retention: Option<Duration>,
     max_event_size: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
@@ -124,6 +146,13 @@ struct FileConfig {
     pipelines_shell: Option<String>,
     pipelines_max_result_size: Option<usize>,
     pipelines_max_running_tasks: Option<usize>,
+    ingress_max_connections: Option<usize>,
+    ingress_max_in_flight: Option<usize>,
+    ingress_max_buffered_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    ingress_header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    ingress_body_timeout: Option<Duration>,
     /// Knative's config-autoscaler keys (`stable-window: 60s`, ...).
     #[serde(default)]
     autoscaler: BTreeMap<String, serde_yaml_ng::Value>,
@@ -154,6 +183,7 @@ pub struct ServeConfig {
     pub partitions: u32,
     pub retention: Duration,
     pub retention_bytes: Option<u64>,
+    pub dead_letter_retention: Duration,
     pub max_event_size: usize,
     pub shutdown_grace: Duration,
     /// The Kafka engine's options, when events live in Kafka.
@@ -164,6 +194,10 @@ pub struct ServeConfig {
     pub pipelines_shell: String,
     pub pipelines_max_result_size: usize,
     pub pipelines_max_running_tasks: usize,
+    /// The ingress's connection bounds.
+    pub ingress_server: ingress::ServerLimits,
+    /// The ingress's request bounds.
+    pub ingress: ingress::IngressConfig,
     /// The global autoscaler settings (the file's `autoscaler:`).
     pub autoscaler: serving::autoscaler::Defaults,
 }
@@ -201,6 +235,10 @@ impl ServeArgs {
                 .or(file.retention)
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
             retention_bytes: self.retention_bytes.or(file.retention_bytes),
+            dead_letter_retention: self
+                .dead_letter_retention
+                .or(file.dead_letter_retention)
+                .unwrap_or(Duration::from_secs(14 * 24 * 3600)),
             max_event_size: self
                 .max_event_size
                 .or(file.max_event_size)
@@ -249,6 +287,37 @@ impl ServeArgs {
                 .unwrap_or_else(|| {
                     4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
                 }),
+            ingress_server: {
+                let d = ingress::ServerLimits::default();
+                ingress::ServerLimits {
+                    max_connections: self
+                        .ingress_max_connections
+                        .or(file.ingress_max_connections)
+                        .unwrap_or(d.max_connections),
+                    header_timeout: self
+                        .ingress_header_timeout
+                        .or(file.ingress_header_timeout)
+                        .unwrap_or(d.header_timeout),
+                }
+            },
+            ingress: {
+                let d = ingress::IngressConfig::default();
+                ingress::IngressConfig {
+                    max_in_flight: self
+                        .ingress_max_in_flight
+                        .or(file.ingress_max_in_flight)
+                        .unwrap_or(d.max_in_flight),
+                    max_buffered_bytes: self
+                        .ingress_max_buffered_bytes
+                        .or(file.ingress_max_buffered_bytes)
+                        .unwrap_or(d.max_buffered_bytes),
+                    body_timeout: self
+                        .ingress_body_timeout
+                        .or(file.ingress_body_timeout)
+                        .unwrap_or(d.body_timeout),
+                    ..d
+                }
+            },
             autoscaler,
         };
         config.validate(problems)?;
@@ -296,6 +365,26 @@ impl ServeConfig {
                 self.partitions
             ));
         }
+        for (name, zero) in [
+            (
+                "ingress-max-connections",
+                self.ingress_server.max_connections == 0,
+            ),
+            ("ingress-max-in-flight", self.ingress.max_in_flight == 0),
+            (
+                "ingress-max-buffered-bytes",
+                self.ingress.max_buffered_bytes < 1024,
+            ),
+            (
+                "ingress-header-timeout",
+                self.ingress_server.header_timeout.is_zero(),
+            ),
+            ("ingress-body-timeout", self.ingress.body_timeout.is_zero()),
+        ] {
+            if zero {
+                problems.push(format!("{name}: too small (at least 1, or 1024 bytes)"));
+            }
+        }
         if self.pipelines_max_running_tasks == 0 {
             problems.push("pipelines-max-running-tasks must be at least 1".into());
         }
@@ -307,6 +396,9 @@ impl ServeConfig {
         }
         if self.retention.is_zero() {
             problems.push("retention: must be greater than 0".to_string());
+        }
+        if self.dead_letter_retention.is_zero() {
+            problems.push("dead-letter-retention: must be greater than 0".to_string());
         }
         if let Some(k) = &self.kafka {
             if k.bootstrap.trim().is_empty() {

@@ -11,6 +11,7 @@ mod tansu;
 mod cli;
 mod crash;
 mod dead_letters;
+mod hardening;
 mod ingress;
 mod kafka;
 mod nodes;

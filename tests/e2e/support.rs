@@ -29,12 +29,32 @@ impl Server {
 
     /// [`start`](Self::start) with `env` added to the server's environment.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Server {
+        Self::start_under(&[], data_dir, extra, env)
+    }
+
+    /// [`start_with_env`](Self::start_with_env) with the binary run by `wrapper` (a command
+    /// and its arguments, to which the binary and its arguments are appended; it must `exec`
+    /// them, so that the child is the server).
+    pub fn start_under(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.with_extension("log"))
             .unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -138,6 +138,9 @@ pub(super) struct KafkaConsumer {
     /// Next offset to read, per partition read from (or assigned at a known offset), with the
     /// partition's epoch when it was read.
     positions: BTreeMap<u32, (u64, u64)>,
+    /// Records retention removed before they were read: a jump past the next offset (a
+    /// broker's topic has no gaps of its own: no transactions, no compaction).
+    skipped: u64,
 }
 
 /// The stored event in a record: on a broker's topic, if it is a CloudEvent (K-13: other
@@ -235,6 +238,7 @@ impl KafkaConsumer {
                 .enumerate()
                 .map(|(p, o)| (p as u32, (o, 0)))
                 .collect(),
+            skipped: 0,
         })
     }
 
@@ -257,6 +261,7 @@ impl KafkaConsumer {
             group: Some(group),
             membership,
             positions: BTreeMap::new(),
+            skipped: 0,
         })
     }
 
@@ -293,6 +298,14 @@ impl Consumer for KafkaConsumer {
             scanned += 1;
             let partition = m.partition().max(0) as u32;
             let epoch = self.epoch(partition);
+            if let Some(&(next, e)) = self.positions.get(&partition) {
+                if e == epoch
+                    && (m.offset() as u64) > next
+                    && matches!(self.naming, Naming::Brokers)
+                {
+                    self.skipped += m.offset() as u64 - next;
+                }
+            }
             self.positions
                 .insert(partition, ((m.offset() + 1) as u64, epoch));
             if let Some(s) = stored(&self.naming, &m) {
@@ -310,6 +323,10 @@ impl Consumer for KafkaConsumer {
             .filter(|(s, epoch)| m.holds(s.position.partition, *epoch))
             .map(|(s, _)| s)
             .collect())
+    }
+
+    fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped)
     }
 
     fn positions(&self) -> Vec<Position> {

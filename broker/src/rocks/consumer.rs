@@ -18,6 +18,8 @@ pub(super) struct RocksConsumer {
     /// Partition to read first on the next poll, so no partition starves the others.
     cursor: usize,
     paused: Vec<bool>,
+    /// Events retention removed before they were read (see `Consumer::take_skipped`).
+    skipped: u64,
 }
 
 impl RocksConsumer {
@@ -34,6 +36,7 @@ impl RocksConsumer {
             state,
             group,
             cursor: 0,
+            skipped: 0,
             paused: vec![false; positions.len()],
             positions,
         }
@@ -61,6 +64,7 @@ impl RocksConsumer {
             // Retention may have removed what this consumer had not read yet.
             let start = ps.start.load(Ordering::Acquire);
             if self.positions[p] < start {
+                self.skipped += start - self.positions[p];
                 self.positions[p] = start;
             }
             let from = self.positions[p];
@@ -125,6 +129,10 @@ impl Consumer for RocksConsumer {
             Some(group) => self.log.commit(&self.topic, group, positions).await,
             None => Ok(()),
         }
+    }
+
+    fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped)
     }
 
     fn positions(&self) -> Vec<Position> {

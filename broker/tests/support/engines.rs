@@ -44,16 +44,23 @@ impl Default for Kafka {
     }
 }
 
-#[async_trait::async_trait]
-impl Engine for Kafka {
-    async fn open(&self) -> Arc<dyn EventLog> {
-        let options = broker::KafkaOptions {
+impl Kafka {
+    /// Options for a client of this server.
+    #[allow(dead_code)]
+    pub fn options(&self) -> broker::KafkaOptions {
+        broker::KafkaOptions {
             bootstrap: self.server.bootstrap.clone(),
             replication_factor: 1,
             // tansu 0.6 reports a wrong log end (ListOffsets) after a multi-record batch.
             max_batch_records: Some(1),
             fetch_wait: None,
-        };
-        Arc::new(broker::KafkaLog::open(options).unwrap())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for Kafka {
+    async fn open(&self) -> Arc<dyn EventLog> {
+        Arc::new(broker::KafkaLog::open(self.options()).unwrap())
     }
 }

@@ -348,6 +348,9 @@ async fn start(
 
     let topic = Topic::new(ns, broker_name);
     let group = dispatcher::group(ns, name);
+    carry_over_legacy_offsets(cp, &topic, ns, name)
+        .await
+        .map_err(|e| NotReady::new("Ready", "OffsetsUnavailable", e.to_string()))?;
     let never_started = cp
         .log()
         .committed(&topic, &group)
@@ -398,6 +401,50 @@ async fn start(
         instance: r.metadata.uid.clone(),
     };
     cp.dispatcher().run(trigger, fingerprint).await;
+    Ok(())
+}
+
+/// A trigger of an earlier Ferry, in a namespace with a `-`, committed under its legacy group
+/// name: its offsets become the new group's (once: only while the new group has none), so an
+/// upgrade neither redelivers nor skips anything.
+async fn carry_over_legacy_offsets(
+    cp: &ControlPlane,
+    topic: &Topic,
+    ns: &str,
+    name: &str,
+) -> Result<(), broker::LogError> {
+    let (group, legacy) = (
+        dispatcher::group(ns, name),
+        dispatcher::legacy_group(ns, name),
+    );
+    if group == legacy {
+        return Ok(());
+    }
+    let log = cp.log();
+    if log
+        .committed(topic, &group)
+        .await?
+        .iter()
+        .any(Option::is_some)
+    {
+        return Ok(());
+    }
+    let old: Vec<broker::Position> = log
+        .committed(topic, &legacy)
+        .await?
+        .iter()
+        .enumerate()
+        .filter_map(|(p, o)| {
+            o.map(|offset| broker::Position {
+                partition: p as u32,
+                offset,
+            })
+        })
+        .collect();
+    if !old.is_empty() {
+        log.commit(topic, &group, &old).await?;
+        tracing::info!(trigger = %format!("{ns}/{name}"), from = %legacy, to = %group, "offsets carried over to the trigger's new consumer group name");
+    }
     Ok(())
 }
 

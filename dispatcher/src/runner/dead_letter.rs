@@ -63,18 +63,13 @@ impl Runner {
                     return false;
                 };
                 match outcome {
-                    Outcome::Delivered { .. } => return self.sink_took(id),
+                    Outcome::Delivered { .. } => return self.sink_took(id).await,
                     Outcome::Retry(f) if n < self.spec.policy.retry => {
                         n += 1;
                         if sink_retries == SinkRetries::Queued {
-                            return self.queue_retry(
-                                id.to_string(),
-                                dl,
-                                n,
-                                f.retry_after,
-                                info,
-                                true,
-                            );
+                            return self
+                                .queue_retry(id.to_string(), dl, n, f.retry_after, info, true)
+                                .await;
                         }
                         let wait = self.spec.policy.wait_before(n, f.retry_after);
                         tokio::select! {
@@ -115,16 +110,15 @@ impl Runner {
         let n = r.attempts + 1;
         match outcome {
             Outcome::Delivered { .. } => {
-                self.sink_took(&r.id);
+                self.sink_took(&r.id).await;
             }
             Outcome::Retry(f) if n <= self.spec.policy.retry => {
                 let info = r
                     .last_error
                     .clone()
                     .unwrap_or_else(|| self.error_info(&f, n));
-                if !self.queue_retry(r.id, r.event, n, f.retry_after, info, true) {
-                    self.pause().await;
-                }
+                self.queue_retry(r.id, r.event, n, f.retry_after, info, true)
+                    .await;
             }
             Outcome::Retry(f) | Outcome::Fail(f) => {
                 let mut info = r
@@ -143,21 +137,25 @@ impl Runner {
         }
     }
 
-    /// The dead-letter sink took the event.
-    pub(super) fn sink_took(&self, id: &str) -> bool {
+    /// The dead-letter sink took the event: its queued retry, if any, goes.
+    pub(super) async fn sink_took(&self, id: &str) -> bool {
         let labels = self.labels();
         self.metrics
             .dead_letters
             .with_label_values(&[labels[0], labels[1], "sink"])
             .inc();
-        if let Err(e) = self.store.remove_retry(&self.key, id) {
-            tracing::error!(trigger = %self.key, error = %e, "cannot remove a dead-lettered retry");
+        if self.store.retry_due(&self.key, id).ok().flatten().is_none() {
+            return true;
         }
+        self.store_patiently("remove a dead-lettered retry", || {
+            self.store.remove_retry(&self.key, id)
+        })
+        .await;
         true
     }
 
     /// Keeps an event in Ferry's dead-letter store. The event is in nobody's hands but ours:
-    /// keep trying the store until it takes it (or the trigger stops, leaving the event
+    /// keep trying the store until it takes it (or the trigger is aborted, leaving the event
     /// unsettled, to come again).
     pub(super) async fn keep(&self, id: &str, event: Event, error: ErrorInfo) -> bool {
         let dl = DeadLetter {
@@ -166,18 +164,13 @@ impl Runner {
             event,
             error,
         };
-        loop {
-            match self.store.put_dead_letter(&self.key, &dl) {
-                Ok(()) => break,
-                Err(e) if !self.stop.is_cancelled() => {
-                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; trying again");
-                    self.pause().await;
-                }
-                Err(e) => {
-                    tracing::error!(trigger = %self.key, error = %e, "cannot store a dead letter; the event will be read again after a restart");
-                    return false;
-                }
-            }
+        if !self
+            .store_patiently("store a dead letter", || {
+                self.store.put_dead_letter(&self.key, &dl)
+            })
+            .await
+        {
+            return false;
         }
         tracing::info!(trigger = %self.key, id = %dl.id, error = %dl.error.message, "event kept in the dead-letter store");
         let labels = self.labels();

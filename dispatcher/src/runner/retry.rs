@@ -1,15 +1,59 @@
 //! The durable retry queue: storing a retry, and re-attempting due ones.
 
 use super::{now_ms, Attempt, Runner, SinkRetries, POLL_MAX};
-use crate::store::{ErrorInfo, Retry};
+use crate::store::{ErrorInfo, Retry, StoreError};
 use broker::Event;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The first wait after a failed store write; doubled after each failure, up to the maximum.
+const STORE_BACKOFF: Duration = Duration::from_millis(100);
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 impl Runner {
+    /// Runs a store write until it succeeds, waiting longer after each failure (counted in
+    /// `ferry_dispatch_store_errors_total` and logged): the event it is about is in this
+    /// node's hands only, so neither dropping it nor repeating its delivery is an answer. The
+    /// in-flight slot stays taken meanwhile, so a trigger whose store fails stops taking
+    /// events instead of piling them up. False if the trigger is aborted first, or the error
+    /// is one no retry can fix (the event stays unsettled and is read again after a restart).
+    pub(super) async fn store_patiently<F, Fut>(&self, what: &str, mut write: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let mut wait = STORE_BACKOFF;
+        loop {
+            let written = tokio::select! {
+                w = write() => w,
+                _ = self.abort.cancelled() => return false,
+            };
+            match written {
+                Ok(()) => return true,
+                Err(e) => {
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&self.labels())
+                        .inc();
+                    if e.is_permanent() {
+                        tracing::error!(trigger = %self.key, error = %e, "cannot {what}, and trying again would not help; the event stays unsettled and comes again after a restart");
+                        return false;
+                    }
+                    tracing::error!(trigger = %self.key, error = %e, "cannot {what}; trying again in {wait:?}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.abort.cancelled() => return false,
+            }
+            wait = (wait * 2).min(STORE_BACKOFF_MAX);
+        }
+    }
+
     /// Stores a retry (of the subscriber, or of the dead-letter sink) due after the backoff for
     /// retry number `attempts`. True once durable.
-    pub(super) fn queue_retry(
+    pub(super) async fn queue_retry(
         &self,
         id: String,
         event: Event,
@@ -27,17 +71,15 @@ impl Runner {
             event,
             to_sink,
         };
-        match self.store.put_retry(&self.key, &retry) {
-            Ok(()) => {
-                self.metrics.retries.with_label_values(&self.labels()).inc();
-                self.retry_wake.notify_one();
-                true
-            }
-            Err(e) => {
-                tracing::error!(trigger = %self.key, error = %e, "cannot store a retry; the event will be read again after a restart");
-                false
-            }
+        if !self
+            .store_patiently("store a retry", || self.store.put_retry(&self.key, &retry))
+            .await
+        {
+            return false;
         }
+        self.metrics.retries.with_label_values(&self.labels()).inc();
+        self.retry_wake.notify_one();
+        true
     }
 
     /// Re-attempts due retries, earliest first, within the in-flight limit.
@@ -46,23 +88,19 @@ impl Runner {
             if self.stop.is_cancelled() {
                 return;
             }
-            let due = match self
+            let now = now_ms();
+            let (due, next_due) = match self
                 .store
-                .retries_where(&self.key, POLL_MAX, &|id| self.owns_delivery(id))
+                .due_retries(&self.key, now, POLL_MAX, &|p| self.owns(p))
             {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(trigger = %self.key, error = %e, "cannot read the retry queue");
-                    Vec::new()
+                    (Vec::new(), None)
                 }
             };
-            let now = now_ms();
-            let mut next_due: Option<u64> = None;
+            let mut launched = 0;
             for r in due {
-                if r.due_ms > now {
-                    next_due = Some(r.due_ms);
-                    break;
-                }
                 if !self
                     .retrying
                     .lock()
@@ -83,6 +121,7 @@ impl Runner {
                         .remove(&r.id);
                     continue;
                 }
+                launched += 1;
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     let id = r.id.clone();
@@ -95,9 +134,14 @@ impl Runner {
                     drop(permit);
                 });
             }
-            let wait = next_due.map_or(Duration::from_secs(1), |d| {
-                Duration::from_millis(d.saturating_sub(now_ms())).min(Duration::from_secs(1))
-            });
+            // Due ones all taken (in flight): the next wake-up is a retry finishing.
+            let wait = match next_due {
+                Some(d) if d > now => {
+                    Duration::from_millis(d.saturating_sub(now_ms())).min(Duration::from_secs(1))
+                }
+                Some(_) if launched > 0 => Duration::ZERO,
+                _ => Duration::from_secs(1),
+            };
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = self.retry_wake.notified() => {}
@@ -115,31 +159,24 @@ impl Runner {
         match self.attempt(&r.event).await {
             // Its partition went to another node meanwhile, which takes the retry from here.
             Attempt::Retry(_) | Attempt::Fail(_) if !self.owns_delivery(&r.id) => {}
+            // Kept out of the scheduler's hands (`retrying`) until the removal is stored, so a
+            // failing store delays it but never delivers it again meanwhile.
             Attempt::Done => {
-                if let Err(e) = self.store.remove_retry(&self.key, &r.id) {
-                    tracing::error!(trigger = %self.key, error = %e, "cannot remove a finished retry; it may be delivered again");
-                }
+                self.store_patiently("remove a delivered retry", || {
+                    self.store.remove_retry(&self.key, &r.id)
+                })
+                .await;
             }
             Attempt::Abandoned => {}
             Attempt::Retry(f) if attempts <= self.spec.policy.retry => {
                 let info = self.error_info(&f, attempts);
-                if !self.queue_retry(r.id, r.event, attempts, f.retry_after, info, false) {
-                    // The old record stays due: do not hammer the subscriber meanwhile.
-                    self.pause().await;
-                }
+                self.queue_retry(r.id, r.event, attempts, f.retry_after, info, false)
+                    .await;
             }
             Attempt::Retry(f) | Attempt::Fail(f) => {
                 self.dead_letter(&r.id, &r.event, f, attempts, SinkRetries::Queued)
                     .await;
             }
-        }
-    }
-
-    /// Waits a second (less if stopping): after a store failure, before trying again.
-    pub(super) async fn pause(&self) {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = self.stop.cancelled() => {}
         }
     }
 }
