@@ -4,6 +4,7 @@
 //! - `dispatch.rs`: ingress→subscriber latency and delivery throughput of triggers.
 //! - `serving.rs`: cold starts, the gateway's overhead against direct, a burst from zero.
 //! - `pipelines.rs`: the scheduler's cost per task (a chain, a fan-out, many runs at once).
+//! - `backlog.rs`: one trigger's subscriber down under load, then back: memory and drain.
 //! - `soak.rs`: a fixed rate for a long time, a flaky subscriber, kill -9s: lost and duplicated.
 //! - `load.rs`: the load generator (keep-alive HTTP/1.1 connections, binary-mode events).
 //!
@@ -11,6 +12,7 @@
 //! load generator, server and subscribers sharing the machine's cores (the soak runs the
 //! `ferry serve` binary as a child process, so that it can kill it).
 
+mod backlog;
 mod dispatch;
 mod ingress;
 mod load;
@@ -35,6 +37,9 @@ pub enum BenchCommand {
     /// A fixed event rate through a broker and trigger for a while, the subscriber failing a
     /// fraction at random and Ferry killed with -9 now and then: nothing acknowledged lost.
     Soak(soak::SoakBench),
+    /// One trigger's subscriber down while events arrive, then back: the other trigger's
+    /// rate beside it, memory, and how long the backlog takes to drain.
+    Backlog(backlog::BacklogBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -44,6 +49,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Serving(b) => serving::run(b).await,
         BenchCommand::Pipelines(b) => pipelines::run(b).await,
         BenchCommand::Soak(b) => soak::run(b).await,
+        BenchCommand::Backlog(b) => backlog::run(b).await,
     }
 }
 
@@ -135,6 +141,22 @@ fn cores() -> usize {
 }
 
 /// A value of a Prometheus text exposition (the first sample of `name`).
+/// Applies resources (JSON documents) through a server's API.
+async fn apply(api: &str, docs: Vec<serde_json::Value>) -> anyhow::Result<()> {
+    let resp = reqwest::Client::new()
+        .post(format!("{api}/api/v1/apply"))
+        .json(&serde_json::json!({ "documents": docs }))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        anyhow::bail!(
+            "applying the bench resources failed: {}",
+            resp.text().await?
+        );
+    }
+    Ok(())
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))

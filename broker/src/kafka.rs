@@ -14,10 +14,17 @@
 //! of a batch fails, the append fails (the producer gets a 503 and retries), but records of
 //! the batch that were acknowledged stay: at-least-once, never lost.
 
+mod clients;
 pub mod compacted;
 mod consumer;
+mod names;
 pub mod record;
 mod writer;
+
+pub use clients::min_insync_replicas;
+use clients::reader_config;
+pub(crate) use clients::{client_config, producer, producer_config};
+pub use names::{escaped_namespace, topic_name};
 
 pub use writer::{ContentMode, TopicWriter};
 
@@ -29,14 +36,7 @@ use crate::log::{
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 
-/// `min.insync.replicas` for a topic of `replication_factor` replicas: 2 when there are at
-/// least 2, so that `acks=all` means two brokers have a record (the broker's default of 1
-/// would let the leader alone acknowledge it); `None` (the broker's default) with one.
-pub fn min_insync_replicas(replication_factor: i32) -> Option<String> {
-    (replication_factor >= 2).then(|| "2".to_string())
-}
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -72,8 +72,7 @@ pub struct KafkaOptions {
 struct TopicState {
     config: TopicConfig,
     next_partition: AtomicU32,
-    /// The Kafka topic: [`topic_name`]'s, or a broker's of an earlier Ferry that named it
-    /// without escaping (kept, so its events are not left behind).
+    /// The Kafka topic ([`topic_name`]'s, or an external topic's own name).
     name: String,
 }
 
@@ -106,34 +105,6 @@ const UNKNOWN_TTL: Duration = Duration::from_secs(2);
 /// Most topics remembered as missing (the memory is cleared past this).
 const UNKNOWN_MAX: usize = 10_000;
 
-/// The Kafka topic of a broker: Knative's `knative-broker-{namespace}-{name}` (K-02), with
-/// the namespace as [`escaped_namespace`] writes it, so no two brokers share a topic.
-pub fn topic_name(topic: &Topic) -> String {
-    format!(
-        "knative-broker-{}-{}",
-        escaped_namespace(&topic.namespace),
-        topic.name
-    )
-}
-
-/// The name an earlier Ferry gave a broker's topic (ambiguous when the namespace has a `-`).
-fn legacy_topic_name(topic: &Topic) -> String {
-    format!("knative-broker-{}-{}", topic.namespace, topic.name)
-}
-
-/// A namespace in a Kafka topic or group name: as it is if it has no `-` (Knative's names then
-/// already cannot collide: the first `-` after the prefix ends the namespace), else with each
-/// `-` written `_` (which no namespace has: they are DNS-1123 labels). Either way the
-/// namespace part has no `-`, so `{prefix}-{namespace}-{name}` names one broker or trigger:
-/// `a-b/c` and `a/b-c`, one topic in Knative's scheme, are `…-a_b-c` and `…-a-b-c`.
-pub fn escaped_namespace(namespace: &str) -> std::borrow::Cow<'_, str> {
-    if namespace.contains('-') {
-        namespace.replace('-', "_").into()
-    } else {
-        namespace.into()
-    }
-}
-
 /// A record as read from a topic Ferry did not write, for a [`Decode`].
 pub struct RawRecord<'a> {
     pub topic: &'a str,
@@ -165,42 +136,6 @@ fn kafka_err(e: rdkafka::error::KafkaError) -> LogError {
     LogError::Storage(format!("kafka: {e}"))
 }
 
-/// A consumer's configuration for metadata, watermarks, reads and a group's offsets (it never
-/// joins the group).
-fn reader_config(options: &KafkaOptions, group: Option<&str>) -> ClientConfig {
-    let mut c = client_config(options);
-    c.set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("group.id", group.unwrap_or("ferry-reader"));
-    c
-}
-
-pub(crate) fn client_config(options: &KafkaOptions) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &options.bootstrap);
-    c
-}
-
-/// An idempotent producer that waits for every in-sync replica (`acks=all`): an append is
-/// acknowledged only once Kafka holds it.
-pub(crate) fn producer(options: &KafkaOptions) -> Result<FutureProducer, LogError> {
-    client_config(options)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        // Keys to partitions as the Java client does (murmur2).
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "30000")
-        .set(
-            "batch.num.messages",
-            options
-                .max_batch_records
-                .map_or_else(|| "10000".to_string(), |n| n.max(1).to_string()),
-        )
-        .create()
-        .map_err(kafka_err)
-}
-
 impl KafkaLog {
     pub fn open(options: KafkaOptions) -> Result<Self, LogError> {
         Self::with_naming(options, Naming::Brokers, None)
@@ -220,7 +155,7 @@ impl KafkaLog {
         Self::with_naming(options, Naming::External(decode), None)
     }
 
-    /// The Kafka topic behind `topic`: the one found for it, else the one it would be made as.
+    /// The Kafka topic behind `topic`.
     fn name_of(&self, topic: &Topic) -> String {
         if let Some(s) = self.known(topic) {
             return s.name.clone();
@@ -319,28 +254,14 @@ impl KafkaLog {
             return Err(LogError::UnknownTopic(topic.clone()));
         }
         let name = self.new_name(topic);
-        // A broker of an earlier Ferry in a namespace with a `-` has its topic under the
-        // unescaped name: it keeps it.
-        let legacy = matches!(self.inner.naming, Naming::Brokers)
-            .then(|| legacy_topic_name(topic))
-            .filter(|l| *l != name);
         let me = self.clone();
-        let found = tokio::task::spawn_blocking(move || -> Result<(usize, String), LogError> {
-            let n = me.partitions_of(&name)?;
-            match legacy {
-                Some(legacy) if n == 0 => Ok((me.partitions_of(&legacy)?, legacy)),
-                _ => Ok((n, name)),
-            }
-        })
-        .await
-        .map_err(|e| LogError::Storage(e.to_string()))??;
-        let (partitions, name) = found;
+        let lookup = name.clone();
+        let partitions = tokio::task::spawn_blocking(move || me.partitions_of(&lookup))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))??;
         if partitions == 0 {
             self.remember_unknown(topic);
             return Err(LogError::UnknownTopic(topic.clone()));
-        }
-        if name != self.new_name(topic) {
-            tracing::info!(broker = %topic, topic = %name, "a broker of an earlier Ferry keeps its Kafka topic");
         }
         let state = Arc::new(TopicState {
             config: TopicConfig {

@@ -676,13 +676,13 @@ mod kafka_keys {
 }
 
 /// Broker topics are named so that no two brokers share one (a `-` in the namespace is written
-/// `_`), and a broker of an earlier Ferry keeps the topic it had under the unescaped name.
+/// `_`), and keep Knative's name where that cannot collide.
 mod kafka_names {
     use super::*;
     use std::sync::Arc;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn brokers_never_share_a_topic_and_old_topics_are_kept() {
+    async fn brokers_never_share_a_topic() {
         let engine = super::engines::Kafka::default();
         let log = engine.open().await;
         // `a-b/c` and `a/b-c`: one topic under Knative's plain scheme, two here.
@@ -702,14 +702,12 @@ mod kafka_names {
             "deleting y deleted x"
         );
 
-        // An earlier Ferry's topic for `old-ns/b`, with an event in it: still the broker's.
+        // Knative's plain name where no collision is possible: a namespace without a `-`.
         let raw = broker::KafkaLog::external(engine.options(), Arc::new(|_| None)).unwrap();
-        let legacy = Topic::new("", "knative-broker-old-ns-b");
-        raw.create_topic(&legacy, config(1)).await.unwrap();
-        let old = Topic::new("old-ns", "b");
-        let fresh = engine.open().await;
-        fresh.create_topic(&old, config(1)).await.unwrap();
-        fresh.append(&old, vec![event("o1")]).await.unwrap();
-        assert_eq!(raw.watermarks(&legacy).await.unwrap()[0].end, 1);
+        let plain = Topic::new("shop", "orders-eu");
+        log.create_topic(&plain, config(1)).await.unwrap();
+        log.append(&plain, vec![event("p1")]).await.unwrap();
+        let seen = Topic::new("", "knative-broker-shop-orders-eu");
+        assert_eq!(raw.watermarks(&seen).await.unwrap()[0].end, 1);
     }
 }

@@ -7,12 +7,14 @@
 //!   before the next of its partition starts. Retries wait in place; the offset stays
 //!   unsettled meanwhile, so a crash redelivers the event.
 //!
-//! `retry.rs` holds the durable retry queue, `dead_letter.rs` giving up on an event.
+//! `retry.rs` holds the durable retry queue, `dead_letter.rs` giving up on an event,
+//! `commit.rs` the commit of settled offsets and the trigger's gauges.
 //!
 //! Stopping: polling and scheduling stop at once; in-flight deliveries get the grace period
 //! to finish, then are abandoned (their events stay unsettled and come again); the settled
 //! watermark is committed last.
 
+mod commit;
 mod dead_letter;
 mod retry;
 
@@ -39,6 +41,14 @@ const POLL_MAX: usize = 256;
 const POLL_WAIT: Duration = Duration::from_millis(200);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 const ORDERED_QUEUE: usize = 256;
+/// Retryable failures in a row after which a subscriber counts as down: the trigger then reads
+/// one new event and attempts one due retry per [`DOWN_PROBE`] (probes), instead of turning
+/// every event into a failed attempt and a stored retry — work that would slow every other
+/// trigger while achieving nothing. Events wait in the broker meanwhile (the lag shows them);
+/// the first probe that succeeds brings the trigger back to full speed.
+const DOWN_AFTER: u32 = 32;
+const DOWN_PROBE: Duration = Duration::from_secs(1);
+const DOWN_LAPSE: Duration = Duration::from_secs(30);
 
 /// Everything a trigger needs to run, compiled from its resource.
 pub struct TriggerSpec {
@@ -159,6 +169,12 @@ pub(crate) struct Runner {
     abort: CancellationToken,
     /// Set when the runner is replaced by another instance: no last commit.
     pub(crate) superseded: std::sync::atomic::AtomicBool,
+    /// Attempts in a row the subscriber answered with a retryable failure (5xx, 429, timeout,
+    /// no connection); any other answer resets it. From [`DOWN_AFTER`] on, the subscriber
+    /// counts as down (see `down`).
+    failing_streak: std::sync::atomic::AtomicU32,
+    /// When the last retryable failure happened (ms).
+    last_failure_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What one attempt came to, after the reply (if any) was stored.
@@ -200,6 +216,8 @@ impl Runner {
             stop,
             abort: CancellationToken::new(),
             superseded: std::sync::atomic::AtomicBool::new(false),
+            failing_streak: std::sync::atomic::AtomicU32::new(0),
+            last_failure_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -284,6 +302,31 @@ impl Runner {
         }
     }
 
+    /// Whether the subscriber counts as down (see [`DOWN_AFTER`]): not for a trigger without
+    /// retries (its failures go to the dead-letter sink, which must not slow down), and no
+    /// longer once nothing has reached it for [`DOWN_LAPSE`] (the events read meanwhile were
+    /// all past their max age, say).
+    pub(crate) fn down(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.spec.policy.retry > 0
+            && self.failing_streak.load(Relaxed) >= DOWN_AFTER
+            && now_ms().saturating_sub(self.last_failure_ms.load(Relaxed))
+                < DOWN_LAPSE.as_millis() as u64
+    }
+
+    /// Notes how the subscriber answered an attempt.
+    fn answered(&self, retryable_failure: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if retryable_failure {
+            self.last_failure_ms.store(now_ms(), Relaxed);
+            if self.failing_streak.fetch_add(1, Relaxed) + 1 == DOWN_AFTER {
+                tracing::warn!(trigger = %self.key, "the subscriber failed {DOWN_AFTER} attempts in a row: probing it with one event a second until it answers");
+            }
+        } else if self.failing_streak.swap(0, Relaxed) >= DOWN_AFTER {
+            tracing::info!(trigger = %self.key, "the subscriber answers again: back to full speed");
+        }
+    }
+
     /// Runs until `stop`, then drains (up to `grace`) and commits.
     pub(crate) async fn run(self: Arc<Self>, grace: Duration) {
         let group = self.spec.group();
@@ -319,6 +362,8 @@ impl Runner {
         // Ordered: events of a partition whose worker's queue is full wait here, and the
         // partition is paused meanwhile, so a partition stuck in retries holds up no other.
         let mut held: HashMap<u32, std::collections::VecDeque<Stored>> = HashMap::new();
+        // Unordered: events read while the subscriber is down, waiting for probes.
+        let mut parked: std::collections::VecDeque<Stored> = std::collections::VecDeque::new();
         let mut last_commit = Instant::now();
         'poll: while !self.stop.is_cancelled() {
             held.retain(|&partition, queue| {
@@ -336,6 +381,30 @@ impl Runner {
                 consumer.resume(partition);
                 false
             });
+            // A subscriber that is down gets one of the events read (and parked) per probe
+            // period; once it answers, the parked ones go at once.
+            let down = self.down() && !self.spec.ordered;
+            if down && !parked.is_empty() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => break 'poll,
+                    _ = tokio::time::sleep(DOWN_PROBE) => {}
+                }
+                if let Some(stored) = parked.pop_front() {
+                    if !self.start_first_attempt(stored).await {
+                        break 'poll;
+                    }
+                }
+                if last_commit.elapsed() >= COMMIT_INTERVAL {
+                    self.commit(consumer.as_mut()).await;
+                    last_commit = Instant::now();
+                }
+                continue 'poll;
+            }
+            while let Some(stored) = parked.pop_front() {
+                if !self.start_first_attempt(stored).await {
+                    break 'poll;
+                }
+            }
             // `poll` is not cancelled mid-way (it is not cancel-safe); it returns within POLL_WAIT.
             // The filter runs where the events are: an event it passes over is not copied.
             let filter = &self.spec.filter;
@@ -360,6 +429,7 @@ impl Runner {
                 self.set_owned(assignment);
                 let revoked =
                     std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()));
+                parked.retain(|s| !revoked.contains(&s.position.partition));
                 for p in revoked {
                     ordered.remove(&p);
                     if held.remove(&p).is_some() {
@@ -409,17 +479,10 @@ impl Runner {
                         // The worker stopped (the trigger is stopping).
                         Err(mpsc::error::TrySendError::Closed(_)) => break 'poll,
                     }
-                } else {
-                    let permit = tokio::select! {
-                        p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'poll },
-                        // The event stays unsettled and is read again after a restart.
-                        _ = self.stop.cancelled() => break 'poll,
-                    };
-                    let me = self.clone();
-                    self.tasks.spawn(async move {
-                        me.first_attempt(stored).await;
-                        drop(permit);
-                    });
+                } else if self.down() {
+                    parked.push_back(stored);
+                } else if !self.start_first_attempt(stored).await {
+                    break 'poll;
                 }
             }
             if last_commit.elapsed() >= COMMIT_INTERVAL {
@@ -446,57 +509,19 @@ impl Runner {
             .set(0);
     }
 
-    async fn commit(&self, consumer: &mut dyn broker::Consumer) {
-        let (retries, dead) = self.store.counts(&self.key);
-        self.metrics
-            .retry_queue
-            .with_label_values(&self.labels())
-            .set(retries as i64);
-        self.metrics
-            .dead_letter_store
-            .with_label_values(&self.labels())
-            .set(dead as i64);
-        let positions = self.offsets().to_commit();
-        if !positions.is_empty() {
-            match consumer.commit(&positions).await {
-                Ok(()) => self.offsets().committed(&positions),
-                Err(e) => {
-                    tracing::warn!(trigger = %self.key, error = %e, "committing offsets failed; will try again")
-                }
-            }
-        }
-        // The lag of the partitions this node holds (in Kafka mode the nodes' figures add up to
-        // the trigger's); the committed offsets are asked for only for a partition not read
-        // yet since the runner started.
-        if let Ok(ends) = self.log.watermarks(&self.spec.topic).await {
-            let marks: HashMap<u32, u64> = self.offsets().watermarks().collect();
-            let unread = (0..ends.len() as u32).any(|p| self.owns(p) && !marks.contains_key(&p));
-            let committed = if unread {
-                self.log
-                    .committed(&self.spec.topic, &self.spec.group())
-                    .await
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            let lag: u64 = ends
-                .iter()
-                .enumerate()
-                .filter(|(p, _)| self.owns(*p as u32))
-                .map(|(p, w)| {
-                    let mark = marks
-                        .get(&(p as u32))
-                        .copied()
-                        .or(committed.get(p).copied().flatten())
-                        .unwrap_or(w.end);
-                    w.end.saturating_sub(mark)
-                })
-                .sum();
-            self.metrics
-                .lag
-                .with_label_values(&self.labels())
-                .set(lag as i64);
-        }
+    /// Starts an unordered event's first attempt within the in-flight limit. False if the
+    /// trigger stops first (the event stays unsettled and is read again after a restart).
+    async fn start_first_attempt(self: &Arc<Self>, stored: Stored) -> bool {
+        let permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+            _ = self.stop.cancelled() => return false,
+        };
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            me.first_attempt(stored).await;
+            drop(permit);
+        });
+        true
     }
 
     /// Whether `event` is past the policy's maximum age (by its arrival time in the broker).
@@ -528,6 +553,7 @@ impl Runner {
             _ = self.abort.cancelled() => return Attempt::Abandoned,
         };
         let labels = self.labels();
+        self.answered(matches!(outcome, Outcome::Retry(_)));
         self.metrics
             .latency
             .with_label_values(&labels)

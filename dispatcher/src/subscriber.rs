@@ -75,7 +75,9 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Outcome
             // A 202 is never a reply (D-03); a body that is not an event is ignored.
             return Outcome::Delivered { reply: None };
         }
-        return match cloudevent::http::decode_one(headers, body.clone()) {
+        // A copy: the body may be a slice of a larger read buffer, which the reply, kept in the
+        // log's tail cache, would otherwise hold on to.
+        return match cloudevent::http::decode_one(headers, Bytes::copy_from_slice(&body)) {
             Ok(reply) => Outcome::Delivered { reply: Some(reply) },
             Err(e) => Outcome::Fail(Failure::new(
                 Some(code),

@@ -261,7 +261,12 @@ async fn accept_into(
         };
     // Decoding checks the encoding; the publisher validates, limits and stamps.
     let events = match mode {
-        Mode::Binary => decode_binary(&parts.headers, body).map(|e| vec![e]),
+        // The data gets an allocation of its own: the body may be a slice of the connection's
+        // read buffer (8 KiB or more), which an event kept in the log's tail cache would
+        // otherwise hold on to, whatever the event's size.
+        Mode::Binary => {
+            decode_binary(&parts.headers, bytes::Bytes::copy_from_slice(&body)).map(|e| vec![e])
+        }
         Mode::Structured => json::decode(&body).map(|e| vec![e]),
         Mode::Batch => json::decode_batch(&body),
     };

@@ -137,14 +137,7 @@ async fn phase_server(
                      "filters": [{"exact": {"type": ty}}]},
         }));
     }
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/apply", server.api_addr))
-        .json(&json!({ "documents": docs }))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("applying the bench triggers failed: {}", resp.text().await?);
-    }
+    super::apply(&format!("http://{}", server.api_addr), docs).await?;
     Ok((dir, server))
 }
 

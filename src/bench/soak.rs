@@ -133,6 +133,14 @@ fn start_ferry(data: &std::path::Path) -> anyhow::Result<Ferry> {
     }
 }
 
+impl Drop for Ferry {
+    /// No `ferry serve` is left behind, however the bench ends.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -163,20 +171,31 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
 
     let ferry = start_ferry(&data)?;
     let client = reqwest::Client::new();
-    let trigger = json!({"documents": [{
+    let trigger = json!({
         "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
         "metadata": {"name": "soak", "namespace": "default"},
         "spec": {"broker": "default", "subscriber": {"uri": format!("http://{sub_addr}/")},
                  "delivery": {"retry": 30, "backoffPolicy": "exponential", "backoffDelay": "PT0.1S"}},
-    }]});
-    let resp = client
-        .post(format!("{}/api/v1/apply", ferry.api))
-        .json(&trigger)
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("applying the soak trigger failed: {}", resp.text().await?);
+    });
+    super::apply(&ferry.api, vec![trigger]).await?;
+    // Events count from when the trigger is Ready (it starts at the log's end then).
+    let url = format!("{}/api/v1/namespaces/default/triggers/soak", ferry.api);
+    let deadline = Instant::now() + START;
+    loop {
+        let t: serde_json::Value = client.get(&url).send().await?.json().await?;
+        let ready = t["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the soak trigger did not turn Ready: {t}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    println!("(kill -9 stops the process, not the machine: what it tests is Ferry's own durability, not fsync's)");
     println!(
         "soak: {} events/s for {:?}, subscriber failing {:.0}%, kill -9 {}",
         b.rate,
@@ -264,10 +283,6 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
         if let Some(m) = rss_mib(f.child.id()) {
             rss.push((started.elapsed().as_secs(), m));
         }
-    }
-    if let Ok(mut f) = ferry.lock() {
-        let _ = f.child.kill();
-        let _ = f.child.wait();
     }
 
     let seen = sub.seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;

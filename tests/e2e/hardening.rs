@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 /// after a full disk only once a memtable's worth (64 MiB) is free again: the tmpfs must be
 /// larger than that.
 const DISK: &str = "size=320m";
+/// How long the small events' retries take to come due, and then to fail their removals.
+const RETRY_WAIT: Duration = Duration::from_secs(90);
 /// How often a wait re-checks its condition.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -98,7 +100,7 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
     sub.set("s", Behaviour::Status(500));
     sub.set("big", Behaviour::Status(500));
     let retry =
-        "  delivery:\n    retry: 1000\n    backoffPolicy: linear\n    backoffDelay: PT10S\n";
+        "  delivery:\n    retry: 1000\n    backoffPolicy: linear\n    backoffDelay: PT40S\n";
     apply(
         &server,
         &trigger(
@@ -124,6 +126,9 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
         accepted.push(id);
     }
     sub.wait_for("s", 5, WAIT).await;
+    // Each small event's first attempt (500); its retry comes due 40 s later, well after the
+    // disk is full (a few seconds from now).
+    let before = per_id(&sub, "s");
     sub.set("s", Behaviour::Status(200));
 
     // The disk fills: the ingress answers 503 once the log's preallocated space is used up
@@ -176,9 +181,8 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
     // The small events' retries come due: the subscriber takes each, and its removal cannot
     // be stored. Each is delivered once, the removal waiting for the disk, not delivered
     // again on every pass.
-    let before = per_id(&sub, "s");
     eventually(
-        WAIT,
+        RETRY_WAIT,
         "deliveries whose removal fails against the full disk",
         || {
             let (server, sub, before) = (&server, &sub, &before);
@@ -204,8 +208,11 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
         );
     }
 
-    // Space comes back: the node turns ready on its own, and takes events again.
+    // Space comes back: the node turns ready on its own, and takes events again. (The large
+    // events' subscriber takes them from now on: failing them all, it counts as down, and
+    // gets one event a second, while the trigger probes it.)
     std::fs::remove_file(root.join("filler")).unwrap();
+    sub.set("big", Behaviour::Status(200));
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (code, why) = readyz(&server).await;
@@ -286,10 +293,12 @@ async fn slow_and_flooding_clients_do_not_starve_producers() {
     let server = Server::start(
         &dir.path().join("data"),
         &[
+            // Long enough that the idle connections of the flood below are all held while the
+            // one over the limit is tried.
             "--ingress-header-timeout",
-            "2s",
+            "5s",
             "--ingress-body-timeout",
-            "2s",
+            "5s",
             "--ingress-max-connections",
             "16",
             "--ingress-max-in-flight",

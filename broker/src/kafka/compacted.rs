@@ -29,6 +29,9 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest record (a retry or dead letter holds a whole event, up to the log's largest, plus
+/// its error): set on the topics Ferry creates and on their producer.
+const MAX_RECORD: &str = "8388608";
 /// Reading the topic at start fails if no record comes for this long.
 const LOAD_STALL: Duration = Duration::from_secs(60);
 
@@ -47,6 +50,11 @@ pub trait Replica: Send + Sync + 'static {
     /// read again from the start.
     fn fresh(&self) -> bool {
         true
+    }
+    /// The topic has been read up to `next` (a record was passed over: this node's own write,
+    /// applied when it was acknowledged); a replica that persists keeps it.
+    fn advance(&self, _next: i64) -> Result<(), LogError> {
+        Ok(())
     }
     /// Forgets everything (the copy is ahead of the topic: it was made anew).
     fn clear(&self) -> Result<(), LogError>;
@@ -165,6 +173,7 @@ fn apply_read<R: Replica, M: Message>(
         return Ok(false);
     };
     if !state.follow(k, m.offset()) {
+        replica.advance(m.offset() + 1)?;
         return Ok(false);
     }
     replica.apply(k, m.payload(), Some(m.offset() + 1))
@@ -205,7 +214,8 @@ impl<R: Replica> CompactedTopic<R> {
             1,
             TopicReplication::Fixed(options.replication_factor),
         )
-        .set("cleanup.policy", "compact");
+        .set("cleanup.policy", "compact")
+        .set("max.message.bytes", MAX_RECORD);
         if let Some(m) = &min_insync {
             new = new.set("min.insync.replicas", m);
         }
@@ -239,7 +249,7 @@ impl<R: Replica> CompactedTopic<R> {
                 .fetch_watermarks(&load_topic, 0, TIMEOUT)
                 .map_err(kafka_err)?;
             let mut next = load_replica.resume_at();
-            if next > high || next < low || (next > 0 && !load_replica.fresh()) {
+            if next > high || next < low || !load_replica.fresh() {
                 tracing::info!(topic = %load_topic, "reading {load_topic} from its start: the local copy does not match it");
                 load_replica.clear()?;
                 next = 0;
@@ -321,11 +331,14 @@ impl<R: Replica> CompactedTopic<R> {
             topic: topic.to_string(),
             // One record per batch: the log end a reader waits for is then right on every
             // server (tansu 0.6 misreports it after a multi-record batch).
-            producer: super::producer(&KafkaOptions {
+            producer: super::producer_config(&KafkaOptions {
                 max_batch_records: Some(1),
                 fetch_wait: None,
                 ..options.clone()
-            })?,
+            })
+            .set("message.max.bytes", MAX_RECORD)
+            .create()
+            .map_err(kafka_err)?,
             follow_state: state,
             replica,
             follow,

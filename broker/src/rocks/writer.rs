@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+/// Memory a cached event's attribute takes beyond its text (two strings' headers, the
+/// vector slot, allocator rounding).
+const CACHED_ATTRIBUTE: usize = 96;
+
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
 /// One event to append: its partition, its encoded record, and the event itself (for the
@@ -212,7 +216,11 @@ impl Writer {
                 metrics.batch_events.observe(count as f64);
                 metrics.appended_events.inc_by(count);
                 for (topic, stored) in fresh {
-                    let size = stored.event.size();
+                    // What the decoded event takes in memory, roughly: its bytes plus the
+                    // allocations around each attribute (so small events count for more
+                    // than their size, and the budget bounds memory, not just payload).
+                    let size = stored.event.size()
+                        + CACHED_ATTRIBUTE * (stored.event.attributes.len() + 1);
                     topic.partitions[stored.position.partition as usize]
                         .cache()
                         .push(stored, size);

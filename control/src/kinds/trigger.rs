@@ -348,9 +348,13 @@ async fn start(
 
     let topic = Topic::new(ns, broker_name);
     let group = dispatcher::group(ns, name);
-    carry_over_legacy_offsets(cp, &topic, ns, name)
-        .await
-        .map_err(|e| NotReady::new("Ready", "OffsetsUnavailable", e.to_string()))?;
+    // An existing trigger, on the node that starts or changes it (a trigger made now starts
+    // at the log end, whatever an older one of that name left).
+    if pass.write && !pass.created {
+        carry_over_legacy_offsets(cp, &topic, ns, name)
+            .await
+            .map_err(|e| NotReady::new("Ready", "OffsetsUnavailable", e.to_string()))?;
+    }
     let never_started = cp
         .log()
         .committed(&topic, &group)

@@ -16,8 +16,10 @@ impl Runner {
     /// `ferry_dispatch_store_errors_total` and logged): the event it is about is in this
     /// node's hands only, so neither dropping it nor repeating its delivery is an answer. The
     /// in-flight slot stays taken meanwhile, so a trigger whose store fails stops taking
-    /// events instead of piling them up. False if the trigger is aborted first, or the error
-    /// is one no retry can fix (the event stays unsettled and is read again after a restart).
+    /// events instead of piling them up. An error no wait can fix (Kafka refusing the record
+    /// as too large, until its limit is raised) is tried again only every
+    /// [`STORE_BACKOFF_MAX`]. False if the trigger stops first, or the record cannot even be
+    /// encoded (the event stays unsettled and is read again after a restart).
     pub(super) async fn store_patiently<F, Fut>(&self, what: &str, mut write: F) -> bool
     where
         F: FnMut() -> Fut,
@@ -36,16 +38,24 @@ impl Runner {
                         .store_errors
                         .with_label_values(&self.labels())
                         .inc();
-                    if e.is_permanent() {
-                        tracing::error!(trigger = %self.key, error = %e, "cannot {what}, and trying again would not help; the event stays unsettled and comes again after a restart");
+                    if matches!(e, StoreError::Corrupt(_) | StoreError::BadRequest(_)) {
+                        tracing::error!(trigger = %self.key, error = %e, "cannot {what}, and trying again will not help; the event stays unsettled and comes again after a restart");
                         return false;
                     }
-                    tracing::error!(trigger = %self.key, error = %e, "cannot {what}; trying again in {wait:?}");
+                    if e.is_permanent() {
+                        // Kept, not dropped, and not tried in a loop: an operator can see it
+                        // (the log, the metric) and act (a larger Kafka message size).
+                        wait = STORE_BACKOFF_MAX;
+                        tracing::error!(trigger = %self.key, error = %e, "cannot {what}, and trying again will not help until the store changes; the event is held, trying again in {wait:?}");
+                    } else {
+                        tracing::error!(trigger = %self.key, error = %e, "cannot {what}; trying again in {wait:?}");
+                    }
                 }
             }
+            // Stopping: the event stays unsettled and comes again after a restart.
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.abort.cancelled() => return false,
+                _ = self.stop.cancelled() => return false,
             }
             wait = (wait * 2).min(STORE_BACKOFF_MAX);
         }
@@ -89,9 +99,19 @@ impl Runner {
                 return;
             }
             let now = now_ms();
+            // Down: one more than those in flight is all a pass can launch.
+            let limit = if self.down() {
+                self.retrying
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len()
+                    + 1
+            } else {
+                POLL_MAX
+            };
             let (due, next_due) = match self
                 .store
-                .due_retries(&self.key, now, POLL_MAX, &|p| self.owns(p))
+                .due_retries(&self.key, now, limit, &|p| self.owns(p))
             {
                 Ok(d) => d,
                 Err(e) => {
@@ -122,6 +142,8 @@ impl Runner {
                     continue;
                 }
                 launched += 1;
+                // A subscriber that is down gets one retry per probe period.
+                let probing = self.down();
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     let id = r.id.clone();
@@ -133,6 +155,16 @@ impl Runner {
                     me.retry_wake.notify_one();
                     drop(permit);
                 });
+                if probing {
+                    break;
+                }
+            }
+            if self.down() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(super::DOWN_PROBE) => {}
+                }
+                continue;
             }
             // Due ones all taken (in flight): the next wake-up is a retry finishing.
             let wait = match next_due {

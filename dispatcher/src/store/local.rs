@@ -28,6 +28,8 @@ const RETRY_INDEX: u8 = b'Q';
 /// Retries read from first-layout records not yet rewritten in the topic (Kafka mode).
 const LEGACY: u8 = b'L';
 const DEAD_INDEX: u8 = b'D';
+/// Locks over the records (see `Local::stripes`).
+const STRIPES: usize = 64;
 /// Records rewritten per write when upgrading an earlier layout.
 const UPGRADE_CHUNK: usize = 1024;
 /// Memtable size of the database (RocksDB's default is 64 MiB).
@@ -102,8 +104,10 @@ pub struct Local {
     db: DB,
     /// Synced writes (embedded mode: this is the store) or not (Kafka mode: a cache).
     sync: bool,
-    /// Changes read a record's old value to update its index: one at a time.
-    write: Mutex<()>,
+    /// Changes read a record's old value to update its index: one at a time per record (a
+    /// stripe of locks by key), so that changes of different records write at once and
+    /// RocksDB syncs them together (group commit).
+    stripes: Vec<Mutex<()>>,
     /// Retries and dead letters per trigger: `(tag, trigger)` → count.
     counts: Mutex<HashMap<(u8, String), u64>>,
 }
@@ -122,7 +126,7 @@ impl Local {
         let local = Self {
             db: DB::open(&opts, path)?,
             sync,
-            write: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             counts: Mutex::default(),
         };
         local.upgrade()?;
@@ -214,7 +218,13 @@ impl Local {
         ops: &[(Vec<u8>, Option<Vec<u8>>)],
         next: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let _one_at_a_time = self.write.lock().map_err(poisoned)?;
+        // A first-layout record changes the record its key translates to: all stripes then
+        // (only while an earlier Ferry's records are still read).
+        let _locked = if ops.iter().any(|(k, _)| k.first() == Some(&b'r')) {
+            self.lock_all()?
+        } else {
+            self.lock(ops.iter().map(|(k, _)| k.as_slice()))?
+        };
         let mut batch = WriteBatch::default();
         // What this write has set already (a later op of the same key sees it).
         let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
@@ -457,9 +467,19 @@ impl Local {
         Ok(out)
     }
 
-    /// Forgets the marker of a rewritten first-layout retry.
-    pub(super) fn forget_legacy(&self, record_key: &[u8]) -> Result<(), StoreError> {
-        Ok(self.db.delete(legacy_marker(record_key))?)
+    /// The first-layout key a retry record was read from, if it was and is not yet rewritten.
+    pub(super) fn legacy_of(&self, record_key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(legacy_marker(record_key))?)
+    }
+
+    /// Forgets the marker of a rewritten first-layout retry, if it still names `old` (the
+    /// follower may have read a newer first-layout record of it meanwhile).
+    pub(super) fn forget_legacy(&self, record_key: &[u8], old: &[u8]) -> Result<(), StoreError> {
+        let _locked = self.lock(std::iter::once(record_key))?;
+        if self.db.get(legacy_marker(record_key))?.as_deref() == Some(old) {
+            self.db.delete(legacy_marker(record_key))?;
+        }
+        Ok(())
     }
 
     /// (retries queued, dead letters kept) of a trigger.
@@ -476,8 +496,31 @@ impl Local {
         (get(RETRY_INDEX), get(DEAD_INDEX))
     }
 
+    /// The stripes of `keys`, locked in one order (no two writers can wait on each other).
+    fn lock<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<Vec<std::sync::MutexGuard<'_, ()>>, StoreError> {
+        let mut stripes: Vec<usize> = keys
+            .map(|k| (broker::event::fnv1a(k) % STRIPES as u64) as usize)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| self.stripes[i].lock().map_err(poisoned))
+            .collect()
+    }
+
+    fn lock_all(&self) -> Result<Vec<std::sync::MutexGuard<'_, ()>>, StoreError> {
+        self.stripes
+            .iter()
+            .map(|s| s.lock().map_err(poisoned))
+            .collect()
+    }
+
     fn clear_all(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.write.lock().map_err(poisoned)?;
+        let _locked = self.lock_all()?;
         let mut batch = WriteBatch::default();
         batch.delete_range(&[0u8][..], &[0xffu8; 9][..]);
         self.db.write(batch)?;
@@ -563,6 +606,15 @@ impl Replica for Local {
             .flatten()
             .and_then(|v| v.as_slice().try_into().ok().map(i64::from_be_bytes))
             .unwrap_or(0)
+    }
+
+    fn advance(&self, next: i64) -> Result<(), LogError> {
+        let mut batch = WriteBatch::default();
+        batch.put(NEXT, next.to_be_bytes());
+        batch.put(NEXT_AT, now_ms().to_be_bytes());
+        self.db
+            .write(batch)
+            .map_err(|e| LogError::Storage(e.to_string()))
     }
 
     fn fresh(&self) -> bool {
