@@ -132,6 +132,7 @@ impl KafkaArgs {
             replication_factor: 1,
             max_batch_records: self.kafka_max_batch_records,
             fetch_wait: self.kafka_fetch_wait,
+            min_insync_replicas: None,
         })
     }
 }

@@ -67,6 +67,9 @@ pub struct KafkaOptions {
     /// idle polls; a server that holds every fetch for this long (tansu 0.6) makes it the
     /// delivery latency.
     pub fetch_wait: Option<Duration>,
+    /// `min.insync.replicas` of the topics Ferry creates; `None`: 2 from 3 replicas on, else
+    /// the cluster's default (see [`min_insync_replicas`]).
+    pub min_insync_replicas: Option<i32>,
 }
 
 struct TopicState {
@@ -319,7 +322,7 @@ impl EventLog for KafkaLog {
             .max_bytes_per_partition
             .map(|b| b.to_string())
             .unwrap_or_else(|| "-1".into());
-        let min_insync = min_insync_replicas(self.inner.options.replication_factor);
+        let min_insync = min_insync_replicas(&self.inner.options);
         let mut new = NewTopic::new(
             &name,
             config.partitions.max(1) as i32,

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// [default: librdkafka's 500ms]. Lower it only against a server that holds fetches (tansu).
     #[arg(long, env = "FERRY_KAFKA_FETCH_WAIT", value_parser = parse_humantime)]
     pub kafka_fetch_wait: Option<Duration>,
+    /// `min.insync.replicas` of the Kafka topics Ferry creates [default: 2 with a replication
+    /// factor of 3 or more, else the cluster's default].
+    #[arg(long, env = "FERRY_KAFKA_MIN_INSYNC_REPLICAS")]
+    pub kafka_min_insync_replicas: Option<i32>,
     /// Address of the serving gateway (Knative Services by Host) [default: 127.0.0.1:8082].
     #[arg(long, env = "FERRY_GATEWAY_LISTEN")]
     pub gateway_listen: Option<SocketAddr>,
@@ -140,6 +144,7 @@ struct FileConfig {
     kafka_max_batch_records: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     kafka_fetch_wait: Option<Duration>,
+    kafka_min_insync_replicas: Option<i32>,
     gateway_listen: Option<SocketAddr>,
     serving_domain: Option<String>,
     revision_history: Option<usize>,
@@ -260,6 +265,9 @@ impl ServeArgs {
                         .kafka_max_batch_records
                         .or(file.kafka_max_batch_records),
                     fetch_wait: self.kafka_fetch_wait.or(file.kafka_fetch_wait),
+                    min_insync_replicas: self
+                        .kafka_min_insync_replicas
+                        .or(file.kafka_min_insync_replicas),
                 }),
             gateway_listen: self
                 .gateway_listen
@@ -409,6 +417,14 @@ impl ServeConfig {
                     "kafka-replication-factor: {} must be at least 1",
                     k.replication_factor
                 ));
+            }
+            if let Some(m) = k.min_insync_replicas {
+                if m < 1 || m > k.replication_factor {
+                    problems.push(format!(
+                        "kafka-min-insync-replicas: {m} must be between 1 and the replication factor ({})",
+                        k.replication_factor
+                    ));
+                }
             }
         }
         if let Some(url) = &self.ingress_url {

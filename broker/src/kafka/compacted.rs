@@ -208,7 +208,7 @@ impl<R: Replica> CompactedTopic<R> {
     ) -> Result<Self, LogError> {
         let admin: AdminClient<DefaultClientContext> =
             client_config(options).create().map_err(kafka_err)?;
-        let min_insync = super::min_insync_replicas(options.replication_factor);
+        let min_insync = super::min_insync_replicas(options);
         let mut new = NewTopic::new(
             topic,
             1,
