@@ -8,7 +8,8 @@
 //!   unsettled meanwhile, so a crash redelivers the event.
 //!
 //! `retry.rs` holds the durable retry queue, `dead_letter.rs` giving up on an event,
-//! `commit.rs` the commit of settled offsets and the trigger's gauges.
+//! `commit.rs` the commit of settled offsets and the trigger's gauges, `down.rs` telling a
+//! subscriber that is down.
 //!
 //! Stopping: polling and scheduling stop at once; in-flight deliveries get the grace period
 //! to finish, then are abandoned (their events stay unsettled and come again); the settled
@@ -16,17 +17,18 @@
 
 mod commit;
 mod dead_letter;
+mod down;
 mod retry;
 
 use crate::filter::Filter;
 use crate::metrics::DispatchMetrics;
 use crate::offsets::Offsets;
 use crate::policy::DeliveryPolicy;
-use crate::store::{DeliveryStore, ErrorInfo};
+use crate::store::DeliveryStore;
 use crate::subscriber::{Failure, Outcome, Subscriber};
-use base64::Engine as _;
 use broker::{Event, EventLog, Position, PublishError, Publisher, Replied, StartAt, Stored, Topic};
 use dead_letter::SinkRetries;
+use down::DOWN_PROBE;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,14 +43,6 @@ const POLL_MAX: usize = 256;
 const POLL_WAIT: Duration = Duration::from_millis(200);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 const ORDERED_QUEUE: usize = 256;
-/// Retryable failures in a row after which a subscriber counts as down: the trigger then reads
-/// one new event and attempts one due retry per [`DOWN_PROBE`] (probes), instead of turning
-/// every event into a failed attempt and a stored retry — work that would slow every other
-/// trigger while achieving nothing. Events wait in the broker meanwhile (the lag shows them);
-/// the first probe that succeeds brings the trigger back to full speed.
-const DOWN_AFTER: u32 = 32;
-const DOWN_PROBE: Duration = Duration::from_secs(1);
-const DOWN_LAPSE: Duration = Duration::from_secs(30);
 
 /// Everything a trigger needs to run, compiled from its resource.
 pub struct TriggerSpec {
@@ -170,7 +164,7 @@ pub(crate) struct Runner {
     /// Set when the runner is replaced by another instance: no last commit.
     pub(crate) superseded: std::sync::atomic::AtomicBool,
     /// Attempts in a row the subscriber answered with a retryable failure (5xx, 429, timeout,
-    /// no connection); any other answer resets it. From [`DOWN_AFTER`] on, the subscriber
+    /// no connection); any other answer resets it. From `down::DOWN_AFTER` on, the subscriber
     /// counts as down (see `down`).
     failing_streak: std::sync::atomic::AtomicU32,
     /// When the last retryable failure happened (ms).
@@ -299,31 +293,6 @@ impl Runner {
             Vec::new()
         } else {
             released
-        }
-    }
-
-    /// Whether the subscriber counts as down (see [`DOWN_AFTER`]): not for a trigger without
-    /// retries (its failures go to the dead-letter sink, which must not slow down), and no
-    /// longer once nothing has reached it for [`DOWN_LAPSE`] (the events read meanwhile were
-    /// all past their max age, say).
-    pub(crate) fn down(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.spec.policy.retry > 0
-            && self.failing_streak.load(Relaxed) >= DOWN_AFTER
-            && now_ms().saturating_sub(self.last_failure_ms.load(Relaxed))
-                < DOWN_LAPSE.as_millis() as u64
-    }
-
-    /// Notes how the subscriber answered an attempt.
-    fn answered(&self, retryable_failure: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if retryable_failure {
-            self.last_failure_ms.store(now_ms(), Relaxed);
-            if self.failing_streak.fetch_add(1, Relaxed) + 1 == DOWN_AFTER {
-                tracing::warn!(trigger = %self.key, "the subscriber failed {DOWN_AFTER} attempts in a row: probing it with one event a second until it answers");
-            }
-        } else if self.failing_streak.swap(0, Relaxed) >= DOWN_AFTER {
-            tracing::info!(trigger = %self.key, "the subscriber answers again: back to full speed");
         }
     }
 
@@ -654,17 +623,6 @@ impl Runner {
         };
         if settled {
             self.offsets().settled(stored.position);
-        }
-    }
-
-    fn error_info(&self, f: &Failure, attempts: u32) -> ErrorInfo {
-        ErrorInfo {
-            code: f.code,
-            body: base64::engine::general_purpose::STANDARD.encode(&f.body),
-            message: f.message.clone(),
-            attempts,
-            time: now_rfc3339(),
-            destination: self.spec.subscriber.destination(),
         }
     }
 

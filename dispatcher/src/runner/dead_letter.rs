@@ -4,10 +4,24 @@
 use super::{now_ms, Runner, TTL};
 use crate::store::{DeadLetter, ErrorInfo, Retry};
 use crate::subscriber::{Failure, Outcome, Subscriber};
+use base64::Engine as _;
 use broker::{AttrValue, Event};
 use cloudevent::ext::{ERROR_CODE, ERROR_DATA, ERROR_DEST};
 
 impl Runner {
+    /// What went wrong, as a retry or dead letter keeps it: the answer's status and body (base64),
+    /// the message, the attempts made, when, and where to.
+    pub(super) fn error_info(&self, f: &Failure, attempts: u32) -> ErrorInfo {
+        ErrorInfo {
+            code: f.code,
+            body: base64::engine::general_purpose::STANDARD.encode(&f.body),
+            message: f.message.clone(),
+            attempts,
+            time: super::now_rfc3339(),
+            destination: self.spec.subscriber.destination(),
+        }
+    }
+
     /// The event as the dead-letter sink gets it: the `knativeerror*` extensions added.
     pub(super) fn for_sink(&self, event: &Event, failure: &Failure, info: &ErrorInfo) -> Event {
         let mut dl = event.clone();
