@@ -8,6 +8,8 @@ use super::triggers::{apply, trigger, WAIT};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -134,6 +136,21 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
     // The disk fills: the ingress answers 503 once the log's preallocated space is used up
     // (large events use it up quickly), and the node turns unready, saying why.
     let written = fill(&root.join("filler"));
+    // Whatever RocksDB frees meanwhile (a preallocated log file closed) is taken too, so the
+    // disk stays full until the test frees it.
+    let keep_full = Arc::new(AtomicBool::new(true));
+    let topping = {
+        let (keep_full, file) = (keep_full.clone(), root.join("filler2"));
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(file).unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            while keep_full.load(Ordering::Relaxed) {
+                if f.write_all(&chunk).and_then(|()| f.sync_all()).is_err() {
+                    std::thread::sleep(POLL);
+                }
+            }
+        })
+    };
     assert!(
         written < 320 << 20,
         "the data dir is not on the small tmpfs"
@@ -211,7 +228,10 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
     // Space comes back: the node turns ready on its own, and takes events again. (The large
     // events' subscriber takes them from now on: failing them all, it counts as down, and
     // gets one event a second, while the trigger probes it.)
+    keep_full.store(false, Ordering::Relaxed);
+    topping.join().unwrap();
     std::fs::remove_file(root.join("filler")).unwrap();
+    std::fs::remove_file(root.join("filler2")).unwrap();
     sub.set("big", Behaviour::Status(200));
     let deadline = std::time::Instant::now() + WAIT;
     loop {
