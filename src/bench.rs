@@ -100,6 +100,7 @@ fn temp_config(
         ingress_server: ::ingress::ServerLimits::default(),
         ingress: ::ingress::IngressConfig::default(),
         autoscaler: Default::default(),
+        otlp_endpoint: None,
     }
 }
 
@@ -132,6 +133,7 @@ impl KafkaArgs {
             replication_factor: 1,
             max_batch_records: self.kafka_max_batch_records,
             fetch_wait: self.kafka_fetch_wait,
+            produce_timeout: None,
             min_insync_replicas: None,
         })
     }

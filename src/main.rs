@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -59,15 +60,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in files and pipes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `serve`'s configuration first: it says where spans go.
+    let serve_config = match &cli.command {
+        Command::Serve(args) => match args.as_ref().clone().resolve() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let otlp = serve_config
+        .as_ref()
+        .and_then(|c| c.otlp_endpoint.as_deref());
+    let telemetry = match telemetry::init(otlp) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +93,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(*args).await,
+            Command::Serve(_) => match serve_config {
+                Some(config) => serve::run(config).await,
+                None => Ok(()),
+            },
             Command::Apply(args) => cli::apply::run(args).await,
             Command::Get(args) => cli::get::get(args).await,
             Command::Describe(args) => cli::get::describe(args).await,
@@ -94,6 +110,8 @@ fn main() -> ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -373,8 +373,7 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// `ferry serve`: run until SIGTERM or SIGINT, then shut down gracefully.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.resolve()?;
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let running = start(config.clone()).await?;
     // One line each, on stdout, for people and for scripts that start Ferry on port 0.
     println!("ingress listening on http://{}", running.ingress_addr);

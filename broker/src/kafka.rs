@@ -30,8 +30,8 @@ pub use writer::{ContentMode, TopicWriter};
 
 use crate::event::Event;
 use crate::log::{
-    Consumer, EventLog, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
-    Watermarks,
+    Consumer, Created, EventLog, LogError, Position, Retention, StartAt, Stored, Topic,
+    TopicConfig, Watermarks,
 };
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -39,7 +39,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -67,6 +67,9 @@ pub struct KafkaOptions {
     /// idle polls; a server that holds every fetch for this long (tansu 0.6) makes it the
     /// delivery latency.
     pub fetch_wait: Option<Duration>,
+    /// How long an append waits for Kafka's acknowledgement before it fails (and the ingress
+    /// answers 503): the producer's `message.timeout.ms`; `None`: 30 s.
+    pub produce_timeout: Option<Duration>,
     /// `min.insync.replicas` of the topics Ferry creates; `None`: 2 from 3 replicas on, else
     /// the cluster's default (see [`min_insync_replicas`]).
     pub min_insync_replicas: Option<i32>,
@@ -91,7 +94,7 @@ struct Inner {
     /// `ferry_log_append_seconds` and `ferry_log_appended_events_total` (the others are the
     /// embedded engine's own).
     metrics: Option<crate::metrics::LogMetrics>,
-    producer: FutureProducer,
+    producer: clients::Producer,
     admin: AdminClient<DefaultClientContext>,
     topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
     /// Topics looked up and not found, and when: asked again only after [`UNKNOWN_TTL`], so a
@@ -307,9 +310,9 @@ fn now_ms() -> i64 {
 
 #[async_trait]
 impl EventLog for KafkaLog {
-    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<(), LogError> {
+    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<Created, LogError> {
         if self.topic_state(topic).await.is_ok() {
-            return Ok(());
+            return Ok(Created::Existing);
         }
         let name = self.name_of(topic);
         let age = config
@@ -342,9 +345,11 @@ impl EventLog for KafkaLog {
             )
             .await
             .map_err(kafka_err)?;
+        let mut created = Created::New;
         for r in results {
             match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => created = Created::Existing,
                 Err((t, code)) => {
                     return Err(LogError::Storage(format!("creating topic {t}: {code}")))
                 }
@@ -363,7 +368,11 @@ impl EventLog for KafkaLog {
                 }),
             );
         }
-        Ok(())
+        Ok(created)
+    }
+
+    fn storage_name(&self, topic: &Topic) -> Option<String> {
+        Some(self.name_of(topic))
     }
 
     async fn delete_topic(&self, topic: &Topic) -> Result<(), LogError> {
@@ -427,6 +436,7 @@ impl EventLog for KafkaLog {
         let name = self.name_of(topic);
         let n = state.config.partitions.max(1);
         let timestamp = now_ms();
+        let (generation, producer) = self.inner.producer.get();
         let sends = events.iter().map(|e| {
             let key = e.partition_key();
             // A keyed event goes where any Kafka client puts that key (librdkafka's
@@ -440,7 +450,7 @@ impl EventLog for KafkaLog {
             let payload = e.data.clone().unwrap_or_default();
             let name = name.clone();
             let key = key.map(|k| k.into_owned());
-            let producer = self.inner.producer.clone();
+            let producer = producer.clone();
             async move {
                 let mut rec = FutureRecord::to(&name)
                     .payload(payload.as_ref())
@@ -463,7 +473,10 @@ impl EventLog for KafkaLog {
                     partition: d.partition as u32,
                     offset: d.offset as u64,
                 }),
-                Err((e, _)) => return Err(kafka_err(e)),
+                Err((e, _)) => {
+                    self.inner.producer.failed(generation, &e);
+                    return Err(kafka_err(e));
+                }
             }
         }
         if let Some(m) = &self.inner.metrics {
@@ -660,7 +673,7 @@ impl EventLog for KafkaLog {
 
     async fn close(&self) -> Result<(), LogError> {
         self.inner.closed.store(true, Ordering::Release);
-        let producer = self.inner.producer.clone();
+        let (_, producer) = self.inner.producer.get();
         tokio::task::spawn_blocking(move || {
             rdkafka::producer::Producer::flush(&producer, REQUEST_TIMEOUT)
         })

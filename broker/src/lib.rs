@@ -32,8 +32,8 @@ pub mod rocks;
 pub use event::{AttrValue, Event};
 pub use kafka::{KafkaLog, KafkaOptions};
 pub use log::{
-    Consumer, EventLog, Keep, LogError, Position, Retention, RevokeHook, StartAt, Stored, Topic,
-    TopicConfig, Watermarks,
+    Consumer, Created, EventLog, Keep, LogError, Position, Retention, RevokeHook, StartAt, Stored,
+    Topic, TopicConfig, Watermarks,
 };
 pub use publish::{PublishError, Publisher, Replied};
 pub use rocks::{FsyncMode, RocksLog, RocksOptions};

@@ -93,11 +93,27 @@ pub enum LogError {
     Corrupt(#[from] crate::codec::CorruptRecord),
 }
 
+/// What [`EventLog::create_topic`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The topic was made by this call.
+    New,
+    /// The topic was there already (its layout kept): made earlier, by this node or another,
+    /// or, in Kafka, by someone else (see [`EventLog::storage_name`]).
+    Existing,
+}
+
 /// A durable, partitioned event log.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Creates a topic; creating one that exists already is a no-op (its layout is kept).
-    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<(), LogError>;
+    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<Created, LogError>;
+
+    /// Where `topic` lives when that place is shared with others (the Kafka topic's name), so
+    /// its creator can record that it made it; `None` when only Ferry writes there (RocksDB).
+    fn storage_name(&self, _topic: &Topic) -> Option<String> {
+        None
+    }
 
     /// Deletes a topic with all its events and committed offsets.
     async fn delete_topic(&self, topic: &Topic) -> Result<(), LogError>;

@@ -18,8 +18,8 @@ mod writer;
 use crate::codec;
 use crate::event::{partition_for_key, Event};
 use crate::log::{
-    Consumer, EventLog, LogError, Position, Retention, StartAt, Stored, Topic, TopicConfig,
-    Watermarks,
+    Consumer, Created, EventLog, LogError, Position, Retention, StartAt, Stored, Topic,
+    TopicConfig, Watermarks,
 };
 use crate::metrics::LogMetrics;
 use async_trait::async_trait;
@@ -337,9 +337,9 @@ fn read_partition(
 
 #[async_trait]
 impl EventLog for RocksLog {
-    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<(), LogError> {
+    async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<Created, LogError> {
         if self.topic_state(topic).is_ok() {
-            return Ok(());
+            return Ok(Created::Existing);
         }
         let (reply, rx) = oneshot::channel();
         self.send(Command::CreateTopic {
@@ -348,7 +348,8 @@ impl EventLog for RocksLog {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| LogError::Closed)?
+        rx.await.map_err(|_| LogError::Closed)??;
+        Ok(Created::New)
     }
 
     async fn delete_topic(&self, topic: &Topic) -> Result<(), LogError> {

@@ -9,6 +9,7 @@
 //! - [`http`]: the HTTP binding: content mode, binary mode in and out (percent-encoding).
 //! - [`kafka`]: the Kafka binding: binary-mode headers in and out, structured records.
 //! - [`ext`]: the extension names and limits Ferry and Knative give meaning to.
+//! - [`trace`]: the distributed-tracing extension (W3C `traceparent`) and spans.
 //! - [`builder`]: [`EventBuilder`], for the events Ferry emits itself.
 //!
 //! Decoders check their encoding only; [`validate()`] checks the attributes, so a caller that
@@ -20,6 +21,7 @@ pub mod ext;
 pub mod http;
 pub mod json;
 pub mod kafka;
+pub mod trace;
 pub mod validate;
 
 pub use builder::EventBuilder;

@@ -20,7 +20,7 @@ use crate::registry::Registry;
 /// Registers the eventing kinds, in reconcile order (what has an address before what
 /// delivers to it).
 pub fn register_eventing(registry: &mut Registry) {
-    registry.register(broker::Broker);
+    registry.register(broker::Broker::default());
     registry.register(kafka_sink::KafkaSink);
     registry.register(trigger::Trigger);
     registry.register(kafka_source::KafkaSource);

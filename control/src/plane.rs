@@ -155,7 +155,11 @@ impl ControlPlane {
         if first {
             let doc = serde_json::json!({
                 "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
-                "metadata": {"name": "default", "namespace": "default"}, "spec": {},
+                // Several nodes starting at once each apply it: whichever made the Kafka
+                // topic, it is this broker's.
+                "metadata": {"name": "default", "namespace": "default",
+                    "annotations": {crate::kinds::broker::ADOPT_TOPIC_ANNOTATION: "true"}},
+                "spec": {},
             });
             let applied = cp.apply(&[doc]).await?;
             cp.wait_reconciled(&applied, Duration::from_secs(30)).await;

@@ -15,6 +15,7 @@
 //! to finish, then are abandoned (their events stay unsettled and come again); the settled
 //! watermark is committed last.
 
+mod attempt;
 mod commit;
 mod dead_letter;
 mod down;
@@ -25,8 +26,8 @@ use crate::metrics::DispatchMetrics;
 use crate::offsets::Offsets;
 use crate::policy::DeliveryPolicy;
 use crate::store::DeliveryStore;
-use crate::subscriber::{Failure, Outcome, Subscriber};
-use broker::{Event, EventLog, Position, PublishError, Publisher, Replied, StartAt, Stored, Topic};
+use crate::subscriber::{Failure, Subscriber};
+use broker::{Event, EventLog, Position, Publisher, StartAt, Stored, Topic};
 use dead_letter::SinkRetries;
 use down::DOWN_PROBE;
 use std::collections::{HashMap, HashSet};
@@ -493,96 +494,6 @@ impl Runner {
         true
     }
 
-    /// Whether `event` is past the policy's maximum age (by its arrival time in the broker).
-    fn expired(&self, event: &Event) -> bool {
-        let Some(max) = self.spec.policy.max_age else {
-            return false;
-        };
-        let Some(arrived) = event
-            .attr_text(cloudevent::ext::ARRIVAL_TIME)
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        else {
-            return false;
-        };
-        let age = crate::clock::now_utc() - arrived.with_timezone(&chrono::Utc);
-        age.to_std().is_ok_and(|age| age > max)
-    }
-
-    /// One delivery attempt, reply included.
-    async fn attempt(&self, event: &Event) -> Attempt {
-        if self.expired(event) {
-            self.metrics.expired.with_label_values(&self.labels()).inc();
-            return Attempt::Done;
-        }
-        let mut outgoing = event.clone();
-        outgoing.remove_attr(TTL);
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            o = self.spec.subscriber.deliver(&outgoing) => o,
-            _ = self.abort.cancelled() => return Attempt::Abandoned,
-        };
-        let labels = self.labels();
-        self.answered(matches!(outcome, Outcome::Retry(_)));
-        self.metrics
-            .latency
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .deliveries
-            .with_label_values(&[labels[0], labels[1], outcome.class()])
-            .inc();
-        match outcome {
-            Outcome::Delivered { reply: None } => Attempt::Done,
-            // A source's sink answers to no broker: its reply goes nowhere.
-            Outcome::Delivered { reply: Some(_) } if self.spec.feed.is_some() => {
-                let labels = self.labels();
-                self.metrics
-                    .replies
-                    .with_label_values(&[labels[0], labels[1], "ignored"])
-                    .inc();
-                Attempt::Done
-            }
-            Outcome::Delivered { reply: Some(reply) } => match self.store_reply(event, reply).await
-            {
-                Ok(()) => Attempt::Done,
-                // A reply no broker takes (invalid, too large) fails for good: asking the
-                // subscriber again would only repeat its side effects.
-                Err(e @ (PublishError::Invalid { .. } | PublishError::TooLarge { .. })) => {
-                    Attempt::Fail(Failure::new(
-                        Some(200),
-                        bytes::Bytes::new(),
-                        format!("the reply was refused: {e}"),
-                    ))
-                }
-                // RP-02: if the reply cannot be stored, the delivery failed.
-                Err(e) => Attempt::Retry(Failure::new(
-                    None,
-                    bytes::Bytes::new(),
-                    format!("storing the reply failed: {e}"),
-                )),
-            },
-            Outcome::Retry(f) => Attempt::Retry(f),
-            Outcome::Fail(f) => Attempt::Fail(f),
-        }
-    }
-
-    /// Publishes a reply to the broker, one step further along the loop guard.
-    async fn store_reply(&self, event: &Event, reply: Event) -> Result<(), PublishError> {
-        let outcome = match self.publisher.reply(&self.spec.topic, event, reply).await? {
-            Replied::Stored(_) => "stored",
-            Replied::Dropped => {
-                tracing::warn!(trigger = %self.key, "reply dropped: {TTL} reached 0 (an event loop?)");
-                "dropped"
-            }
-        };
-        let labels = self.labels();
-        self.metrics
-            .replies
-            .with_label_values(&[labels[0], labels[1], outcome])
-            .inc();
-        Ok(())
-    }
-
     /// The first attempt of an event read from the broker (unordered mode).
     async fn first_attempt(self: Arc<Self>, stored: Stored) {
         let id = delivery_id(&stored);
@@ -598,7 +509,7 @@ impl Runner {
                 tracing::warn!(trigger = %self.key, error = %e, "cannot look up the retry queue")
             }
         }
-        let settled = match self.attempt(&stored.event).await {
+        let settled = match self.attempt(&stored.event, 1).await {
             Attempt::Done => true,
             Attempt::Abandoned => false,
             // Its partition went to another node meanwhile: that node reads the event again
@@ -648,7 +559,7 @@ impl Runner {
                     return;
                 }
                 attempts += 1;
-                let attempt = self.attempt(&stored.event).await;
+                let attempt = self.attempt(&stored.event, attempts).await;
                 if !mine() {
                     return;
                 }

@@ -6,6 +6,7 @@ use crate::policy::Format;
 use async_trait::async_trait;
 use broker::Event;
 use bytes::Bytes;
+use cloudevent::trace::TraceContext;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -166,6 +167,12 @@ impl Subscriber for HttpSubscriber {
             .post(&self.url)
             .timeout(self.timeout)
             .header("prefer", "reply");
+        // The hop's trace context: the delivery span's, else the event's (W3C headers).
+        let mut trace = HeaderMap::new();
+        if let Some(cx) = TraceContext::for_hop(&tracing::Span::current(), event) {
+            cx.to_headers(&mut trace);
+        }
+        let request = request.headers(trace);
         let request = match self.format {
             Format::Binary => request
                 .headers(cloudevent::http::binary_headers(event))

@@ -39,6 +39,7 @@ fn options(bootstrap: &str) -> broker::KafkaOptions {
         replication_factor: 1,
         max_batch_records: Some(1),
         fetch_wait: None,
+        produce_timeout: None,
         min_insync_replicas: None,
     }
 }

@@ -13,11 +13,13 @@ use broker::{EventLog, Publisher, Topic};
 use cloudevent::ext::SYSTEM_NAMESPACE;
 use cloudevent::http::{decode_binary, mode, Mode};
 use cloudevent::json;
+use cloudevent::trace::{TraceContext, TRACEPARENT};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 /// Limits of the ingress (the largest event is the [`Publisher`]'s).
 #[derive(Clone, Debug)]
@@ -141,10 +143,15 @@ async fn handle(
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    let span = ingest_span(&request, &namespace, &name);
     let (count, result) = match *request.method() {
         // Ferry's own brokers take events from Ferry only.
         _ if namespace == SYSTEM_NAMESPACE => (1, Err(IngressError::Reserved)),
-        Method::POST => accept(&state, &namespace, &name, request).await,
+        Method::POST => {
+            accept(&state, &namespace, &name, request)
+                .instrument(span.clone())
+                .await
+        }
         Method::OPTIONS => return options(),
         ref m => (1, Err(IngressError::Method(m.clone()))),
     };
@@ -153,6 +160,10 @@ async fn handle(
         Err(e) => e.status(),
     };
     let code = status.as_str();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     // Label values come from brokers that exist, so a scan of made-up paths cannot grow the
     // metric without bound. Asked of what the log knows, not of its storage: a refused request
     // costs no lookup.
@@ -191,6 +202,27 @@ async fn handle(
             e.into_response()
         }
     }
+}
+
+/// The `ferry.ingest` span of a request: a child of the request's `traceparent` header, else of
+/// a binary-mode event's own `ce-traceparent`.
+fn ingest_span(request: &Request, namespace: &str, name: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "ferry.ingest",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        broker = %format_args!("{namespace}/{name}"),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let headers = request.headers();
+    let parent = TraceContext::of_headers(headers).or_else(|| {
+        let own = headers.get("ce-traceparent")?.to_str().ok()?;
+        TraceContext::parse(own, None)
+    });
+    if let Some(cx) = parent {
+        cx.adopt(&span);
+    }
+    span
 }
 
 /// Parses, stamps and appends the request's events. Returns how many events the request held
@@ -277,6 +309,15 @@ async fn accept_into(
     let count = events.len();
     if count == 0 {
         return (0, Ok(()));
+    }
+    // An event without a trace context of its own is kept with the request's (its producer's),
+    // else with the ingest span's when spans are exported.
+    let origin = TraceContext::of_headers(&parts.headers)
+        .or_else(|| TraceContext::of_span(&tracing::Span::current()));
+    if let Some(cx) = origin {
+        for e in events.iter_mut().filter(|e| e.attr(TRACEPARENT).is_none()) {
+            cx.set_on(e);
+        }
     }
     let batch = mode == Mode::Batch;
     let result = match target {

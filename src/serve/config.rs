@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Flags of `ferry serve`. Each is also an env var; a YAML file (`--config`) may set any of
 /// them under the same name (`data-dir: /var/lib/ferry`).
-#[derive(clap::Args, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct ServeArgs {
     /// YAML configuration file (keys: the long flag names without `--`).
     #[arg(long, env = "FERRY_CONFIG")]
@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// [default: librdkafka's 500ms]. Lower it only against a server that holds fetches (tansu).
     #[arg(long, env = "FERRY_KAFKA_FETCH_WAIT", value_parser = parse_humantime)]
     pub kafka_fetch_wait: Option<Duration>,
+    /// How long an append waits for Kafka's acknowledgement before the ingress answers 503,
+    /// like `5s` (message.timeout.ms) [default: 30s].
+    #[arg(long, env = "FERRY_KAFKA_PRODUCE_TIMEOUT", value_parser = parse_humantime)]
+    pub kafka_produce_timeout: Option<Duration>,
     /// `min.insync.replicas` of the Kafka topics Ferry creates [default: 2 with a replication
     /// factor of 3 or more, else the cluster's default].
     #[arg(long, env = "FERRY_KAFKA_MIN_INSYNC_REPLICAS")]
@@ -107,6 +111,10 @@ pub struct ServeArgs {
     /// A request's body must arrive within this, else 408 [default: 60s].
     #[arg(long, env = "FERRY_INGRESS_BODY_TIMEOUT", value_parser = parse_humantime)]
     pub ingress_body_timeout: Option<Duration>,
+    /// Export spans over OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318
+    /// (`/v1/traces` is added) [default: none, no spans leave the process].
+    #[arg(long, env = "FERRY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
@@ -144,6 +152,8 @@ struct FileConfig {
     kafka_max_batch_records: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     kafka_fetch_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    kafka_produce_timeout: Option<Duration>,
     kafka_min_insync_replicas: Option<i32>,
     gateway_listen: Option<SocketAddr>,
     serving_domain: Option<String>,
@@ -158,6 +168,7 @@ struct FileConfig {
     ingress_header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     ingress_body_timeout: Option<Duration>,
+    otlp_endpoint: Option<String>,
     /// Knative's config-autoscaler keys (`stable-window: 60s`, ...).
     #[serde(default)]
     autoscaler: BTreeMap<String, serde_yaml_ng::Value>,
@@ -205,6 +216,8 @@ pub struct ServeConfig {
     pub ingress: ingress::IngressConfig,
     /// The global autoscaler settings (the file's `autoscaler:`).
     pub autoscaler: serving::autoscaler::Defaults,
+    /// The OTLP/HTTP collector spans go to, if any.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeArgs {
@@ -265,6 +278,7 @@ impl ServeArgs {
                         .kafka_max_batch_records
                         .or(file.kafka_max_batch_records),
                     fetch_wait: self.kafka_fetch_wait.or(file.kafka_fetch_wait),
+                    produce_timeout: self.kafka_produce_timeout.or(file.kafka_produce_timeout),
                     min_insync_replicas: self
                         .kafka_min_insync_replicas
                         .or(file.kafka_min_insync_replicas),
@@ -327,6 +341,7 @@ impl ServeArgs {
                 }
             },
             autoscaler,
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
         };
         config.validate(problems)?;
         Ok(config)
@@ -367,6 +382,21 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 impl ServeConfig {
     /// Reports every problem at once.
     fn validate(&self, mut problems: Vec<String>) -> anyhow::Result<()> {
+        if let Some(k) = &self.kafka {
+            // librdkafka wants it longer than the producer's 1 ms linger.
+            if k.produce_timeout.is_some_and(|t| t.as_millis() < 10) {
+                problems.push("kafka-produce-timeout: must be at least 10ms".to_string());
+            }
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let http = url::Url::parse(endpoint)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !http {
+                problems.push(format!(
+                    "otlp-endpoint: {endpoint:?} is not an http(s) URL (e.g. http://127.0.0.1:4318)"
+                ));
+            }
+        }
         if !(1..=1024).contains(&self.partitions) {
             problems.push(format!(
                 "partitions: {} must be between 1 and 1024",

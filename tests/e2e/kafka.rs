@@ -257,3 +257,75 @@ async fn dead_letters_live_in_kafka_too() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_topic_ferry_did_not_create_is_neither_taken_over_nor_deleted() {
+    let kafka = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &kafka_flags(&kafka.bootstrap));
+    // Someone else's topic, where broker default/theirs would live, with a record in it.
+    let theirs = "knative-broker-default-theirs";
+    peer(&["create", &kafka.bootstrap, theirs, "2"]);
+    peer(&["write", &kafka.bootstrap, theirs, "their-record"]);
+
+    let broker = |name: &str| {
+        format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n")
+    };
+    let out = server.cli_stdin(&["apply", "-f", "-"], &broker("theirs"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ready_condition = |name: &str| {
+        let out = server.cli(&["get", "broker", name, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let ready = v["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
+        (v, ready)
+    };
+    let refused = eventually(Duration::from_secs(30), "the broker refused", || {
+        let (_, ready) = ready_condition("theirs");
+        async move { ready.filter(|r| r["reason"] == "TopicNotOwned") }
+    })
+    .await;
+    assert_eq!(refused["status"], "False");
+    assert!(
+        refused["message"].as_str().unwrap().contains(theirs),
+        "{refused}"
+    );
+
+    // Deleting the broker leaves their topic and its record as they were.
+    let out = server.cli(&["delete", "broker", "theirs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record = peer(&["read", &kafka.bootstrap, theirs, "1"]);
+    let record: serde_json::Value = serde_json::from_slice(&record.stdout).unwrap();
+    assert_eq!(record["headers"]["ce_id"], "their-record");
+
+    // Asked for explicitly, the broker uses the topic there is.
+    let adopting = format!(
+        "{}  annotations:\n    ferry.dev/adopt-topic: \"true\"\n",
+        broker("theirs")
+    );
+    let out = server.cli_stdin(&["apply", "-f", "-"], &adopting);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(
+        Duration::from_secs(30),
+        "broker theirs adopting the topic",
+        || {
+            let (_, ready) = ready_condition("theirs");
+            async move { ready.filter(|r| r["status"] == "True") }
+        },
+    )
+    .await;
+
+    // A broker whose topic Ferry makes records it, as Knative's Kafka broker does.
+    let out = server.cli_stdin(&["apply", "-f", "-"], &broker("mine"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (mine, _) = eventually(Duration::from_secs(30), "broker mine ready", || {
+        let (v, ready) = ready_condition("mine");
+        async move { ready.filter(|r| r["status"] == "True").map(|r| (v, r)) }
+    })
+    .await;
+    assert_eq!(
+        mine["status"]["annotations"]["default.topic"],
+        "knative-broker-default-mine"
+    );
+}

@@ -8,15 +8,19 @@ mod support;
 #[path = "../../broker/tests/support/tansu.rs"]
 mod tansu;
 
+mod bad_subscribers;
 mod cli;
 mod crash;
 mod dead_letters;
+mod deploy;
 mod hardening;
 mod ingress;
 mod kafka;
+mod kafka_faults;
 mod nodes;
 mod pipelines;
 mod serving;
 mod sources;
 mod system;
+mod traces;
 mod triggers;

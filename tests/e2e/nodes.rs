@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A gauge or counter of a node's `/metrics` for trigger `t`, summed over its other labels.
-async fn metric(node: &Server, name: &str) -> i64 {
+pub(super) async fn metric(node: &Server, name: &str) -> i64 {
     let Ok(resp) = reqwest::get(format!("{}/metrics", node.api)).await else {
         return 0;
     };
@@ -22,7 +22,7 @@ async fn metric(node: &Server, name: &str) -> i64 {
 }
 
 /// The partitions each node delivers for trigger `t`.
-async fn shares(nodes: &[&Server]) -> Vec<i64> {
+pub(super) async fn shares(nodes: &[&Server]) -> Vec<i64> {
     let mut out = Vec::new();
     for n in nodes {
         out.push(metric(n, "ferry_dispatch_partitions").await);
@@ -37,7 +37,7 @@ fn committed_lag(node: &Server, trigger: &str) -> Option<u64> {
     v["status"]["lag"].as_u64()
 }
 
-fn ready(node: &Server, kind: &str, name: &str) -> bool {
+pub(super) fn ready(node: &Server, kind: &str, name: &str) -> bool {
     let out = node.cli(&["get", kind, name, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["status"]["conditions"].as_array().is_some_and(|c| {

@@ -66,8 +66,13 @@ pub struct TestSubscriber {
 
 impl TestSubscriber {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// Listening on `ip` (e.g. an address another network namespace reaches), a free port.
+    pub async fn start_on(ip: &str) -> Self {
         let inner: Arc<Mutex<Inner>> = Arc::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new()
             .route("/{*path}", axum::routing::any(handle))

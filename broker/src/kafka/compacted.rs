@@ -20,7 +20,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
@@ -148,7 +148,7 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub struct CompactedTopic<R: Replica = MemoryReplica> {
     topic: String,
-    producer: FutureProducer,
+    producer: super::clients::Producer,
     /// Held while a change is applied to the replica, so the follower and this node's writes
     /// apply in one order.
     follow_state: Arc<Mutex<Follow>>,
@@ -331,14 +331,16 @@ impl<R: Replica> CompactedTopic<R> {
             topic: topic.to_string(),
             // One record per batch: the log end a reader waits for is then right on every
             // server (tansu 0.6 misreports it after a multi-record batch).
-            producer: super::producer_config(&KafkaOptions {
-                max_batch_records: Some(1),
-                fetch_wait: None,
-                ..options.clone()
-            })
-            .set("message.max.bytes", MAX_RECORD)
-            .create()
-            .map_err(kafka_err)?,
+            producer: super::clients::Producer::new(
+                super::producer_config(&KafkaOptions {
+                    max_batch_records: Some(1),
+                    fetch_wait: None,
+                    produce_timeout: None,
+                    ..options.clone()
+                })
+                .set("message.max.bytes", MAX_RECORD)
+                .clone(),
+            )?,
             follow_state: state,
             replica,
             follow,
@@ -380,21 +382,25 @@ impl<R: Replica> CompactedTopic<R> {
 
     async fn write_run(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), LogError> {
         let mut sent = Vec::with_capacity(ops.len());
+        let (generation, producer) = self.producer.get();
         for (k, v) in ops {
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).key(k.as_slice());
             if let Some(v) = v {
                 record = record.payload(v.as_slice());
             }
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| kafka_err(e))?;
+            let delivery = producer.send_result(record).map_err(|(e, _)| {
+                self.producer.failed(generation, &e);
+                kafka_err(e)
+            })?;
             sent.push(delivery);
         }
         for ((k, v), delivery) in ops.iter().zip(sent) {
             let offset = match tokio::time::timeout(TIMEOUT * 4, delivery).await {
                 Ok(Ok(Ok(d))) => d.offset,
-                Ok(Ok(Err((e, _)))) => return Err(kafka_err(e)),
+                Ok(Ok(Err((e, _)))) => {
+                    self.producer.failed(generation, &e);
+                    return Err(kafka_err(e));
+                }
                 Ok(Err(_)) => {
                     return Err(LogError::Storage("kafka: the write was cancelled".into()))
                 }

@@ -7,7 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub enum ContentMode {
 
 /// A producer for one topic (idempotent, `acks=all`).
 pub struct TopicWriter {
-    producer: FutureProducer,
+    producer: super::clients::Producer,
     topic: String,
     mode: ContentMode,
 }
@@ -97,10 +97,14 @@ impl TopicWriter {
             if let Some(k) = &key {
                 rec = rec.key(k.as_str());
             }
-            self.producer
+            let (generation, producer) = self.producer.get();
+            producer
                 .send(rec, Duration::from_secs(30))
                 .await
-                .map_err(|(e, _)| kafka_err(e))?;
+                .map_err(|(e, _)| {
+                    self.producer.failed(generation, &e);
+                    kafka_err(e)
+                })?;
         }
         Ok(())
     }

@@ -54,6 +54,7 @@ impl Kafka {
             // tansu 0.6 reports a wrong log end (ListOffsets) after a multi-record batch.
             max_batch_records: Some(1),
             fetch_wait: None,
+            produce_timeout: None,
             min_insync_replicas: None,
         }
     }

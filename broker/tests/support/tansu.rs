@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(20);
 
 pub struct Tansu {
-    child: Child,
+    /// The server process (tests freeze it with SIGSTOP).
+    pub child: Child,
     /// `host:port` for clients.
     pub bootstrap: String,
 }
@@ -31,20 +32,25 @@ fn binary() -> PathBuf {
 
 impl Tansu {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_at("127.0.0.1", "127.0.0.1")
+    }
+
+    /// Listening on `listen` (an IPv4 address, e.g. `0.0.0.0`), telling clients to connect to
+    /// `advertised`, on a free port.
+    pub fn start_at(listen: &str, advertised: &str) -> Self {
+        let port = std::net::TcpListener::bind((listen, 0))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let url = format!("tcp://127.0.0.1:{port}");
         let bin = binary();
         let child = Command::new(&bin)
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &format!("tcp://{listen}:{port}"),
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://{advertised}:{port}"),
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -58,13 +64,13 @@ impl Tansu {
                 )
             });
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((advertised, port)).is_err() {
             assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(POLL);
         }
         Self {
             child,
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap: format!("{advertised}:{port}"),
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::resource::{
 use crate::status::{addressable, status, NotReady};
 use crate::system::BrokerLayout;
 use async_trait::async_trait;
-use broker::{LogError, Topic};
+use broker::{Created, LogError, Topic};
+use cloudevent::ext::SYSTEM_NAMESPACE;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -19,7 +20,18 @@ pub const PARTITIONS_ANNOTATION: &str = "ferry.dev/partitions";
 /// Annotation: how long the broker keeps events (ISO-8601, when its log is created).
 pub const RETENTION_ANNOTATION: &str = "ferry.dev/retention";
 
-pub struct Broker;
+#[derive(Default)]
+pub struct Broker {
+    /// Uids of the brokers whose topic this process created (so a retry after a failed status
+    /// write does not take the topic for someone else's).
+    made: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Broker {
+    fn made_here(&self, uid: &str) -> bool {
+        self.made.lock().is_ok_and(|m| m.contains(uid))
+    }
+}
 
 /// `spec` of a Broker.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -44,6 +56,39 @@ static INFO: KindInfo = KindInfo {
 };
 
 const CONDITIONS: &[&str] = &["LogReady", "Addressable", "Ready"];
+
+/// In a broker's `status.annotations` (as Knative's Kafka broker has it): the Kafka topic Ferry
+/// created for it. A topic that exists without it is someone else's, and is left alone.
+pub const TOPIC_STATUS_ANNOTATION: &str = "default.topic";
+
+/// The reason a broker is not ready when its Kafka topic exists and is not Ferry's.
+pub const TOPIC_NOT_OWNED: &str = "TopicNotOwned";
+
+/// Whether the broker's status records the topic Ferry created for it.
+fn claimed(r: &Resource) -> bool {
+    r.status
+        .pointer(&format!("/annotations/{TOPIC_STATUS_ANNOTATION}"))
+        .is_some_and(Value::is_string)
+}
+
+/// In a broker's `status.annotations`: `pending` while Ferry has not been able to find out
+/// whether the broker's Kafka topic is someone else's (Kafka did not answer).
+pub const TOPIC_CHECK_ANNOTATION: &str = "ferry.dev/topic-check";
+
+/// On a broker: `"true"` makes it use the Kafka topic of its name even if Ferry did not create
+/// it (and delete it with the broker).
+pub const ADOPT_TOPIC_ANNOTATION: &str = "ferry.dev/adopt-topic";
+
+/// Whether the broker was refused a topic Ferry did not create, or its check is pending.
+fn undecided(r: &Resource) -> bool {
+    r.status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|c| c["reason"] == TOPIC_NOT_OWNED))
+        || r.status
+            .pointer(&format!("/annotations/{TOPIC_CHECK_ANNOTATION}"))
+            .is_some()
+}
 
 /// The layout a broker's annotations ask for.
 pub fn layout(r: &Resource) -> BrokerLayout {
@@ -91,6 +136,14 @@ impl Kind for Broker {
             }
         }
         validate_duration_annotation(a, RETENTION_ANNOTATION, &mut err);
+        if let Some(v) = a.get(ADOPT_TOPIC_ANNOTATION) {
+            if v != "true" && v != "false" {
+                err(
+                    &format!("metadata.annotations.{ADOPT_TOPIC_ANNOTATION}"),
+                    format!("{v:?} must be \"true\" or \"false\""),
+                );
+            }
+        }
         drop(err);
         // Whatever the checks above let through decodes into the typed spec.
         if errors.is_empty() {
@@ -98,33 +151,93 @@ impl Kind for Broker {
         }
     }
 
-    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, _pass: Flags) -> Reconciled {
+    async fn reconcile(&self, cp: &ControlPlane, r: &Resource, pass: Flags) -> Reconciled {
+        // Only the node that made the change creates the topic (and records that it did):
+        // another node creating it first would make the topic look like someone else's.
+        if !pass.write {
+            return Reconciled::done(r.status.clone());
+        }
         let topic = Topic::new(&r.metadata.namespace, &r.metadata.name);
         let config = layout(r).topic_config(cp.config().topic_defaults);
-        match cp.log().create_topic(&topic, config).await {
-            Ok(()) => {
-                let url = format!(
-                    "{}/{}/{}",
-                    cp.config().ingress_url,
-                    topic.namespace,
-                    topic.name
-                );
-                Reconciled::done(addressable(r, CONDITIONS, url))
+        let shared = cp.log().storage_name(&topic);
+        let claimed = claimed(r) || self.made_here(&r.metadata.uid);
+        // Whether a topic found there already is someone else's is decided for a broker just
+        // applied here, or one refused (or left undecided) before; any other pass is of a
+        // broker whose topic Ferry made (perhaps before topics were recorded, or on another
+        // node whose status this node has not seen yet). Ferry's own brokers' topics are made
+        // before their resources; `ferry.dev/adopt-topic: "true"` asks for the topic there is.
+        let decide = shared.is_some()
+            && !claimed
+            && r.metadata.namespace != SYSTEM_NAMESPACE
+            && r.metadata
+                .annotations
+                .get(ADOPT_TOPIC_ANNOTATION)
+                .map(String::as_str)
+                != Some("true")
+            && (pass.created || undecided(r));
+        let not_ready = |f: NotReady| {
+            let mut s = status(&r.status, r.metadata.generation, CONDITIONS, Some(&f));
+            if let Some(name) = &shared {
+                if claimed {
+                    // The record of the topic outlives a failed pass.
+                    s["annotations"][TOPIC_STATUS_ANNOTATION] = Value::String(name.clone());
+                } else if decide && f.reason != TOPIC_NOT_OWNED {
+                    // Not known yet whose the topic is: asked again on the next pass, whatever
+                    // its flags (a restart must not take the topic without asking).
+                    s["annotations"][TOPIC_CHECK_ANNOTATION] = Value::String("pending".into());
+                }
             }
-            Err(e) => {
-                let f = NotReady::new("LogReady", "LogUnavailable", e.to_string());
-                Reconciled::retry(status(
-                    &r.status,
-                    r.metadata.generation,
-                    CONDITIONS,
-                    Some(&f),
-                ))
-            }
+            Reconciled::retry(s)
+        };
+        if decide {
+            // Asked of Kafka, not of what this node remembers (the topic may be gone since).
+            cp.log().forget(&topic);
         }
+        let created = match cp.log().create_topic(&topic, config).await {
+            Ok(c) => c,
+            Err(e) => return not_ready(NotReady::new("LogReady", "LogUnavailable", e.to_string())),
+        };
+        if created == Created::New {
+            if let Ok(mut made) = self.made.lock() {
+                made.insert(r.metadata.uid.clone());
+            }
+        } else if decide {
+            cp.log().forget(&topic);
+            let name = shared.as_deref().unwrap_or_default();
+            return not_ready(NotReady::new(
+                "LogReady",
+                TOPIC_NOT_OWNED,
+                format!(
+                    "Kafka topic {name} exists and Ferry did not create it for this broker; \
+                     Ferry neither takes over nor deletes a topic it did not create: delete the \
+                     topic, give the broker another name, or annotate the broker \
+                     {ADOPT_TOPIC_ANNOTATION}: \"true\" to use it"
+                ),
+            ));
+        }
+        let url = format!(
+            "{}/{}/{}",
+            cp.config().ingress_url,
+            topic.namespace,
+            topic.name
+        );
+        let mut s = addressable(r, CONDITIONS, url);
+        if let Some(name) = shared {
+            s["annotations"][TOPIC_STATUS_ANNOTATION] = Value::String(name);
+        }
+        Reconciled::done(s)
     }
 
     async fn finalize(&self, cp: &ControlPlane, r: &Resource) -> Result<(), ControlError> {
         let topic = Topic::new(&r.metadata.namespace, &r.metadata.name);
+        // A topic Ferry refused to take over (or had not decided about) stays as it is.
+        if undecided(r) && !claimed(r) && !self.made_here(&r.metadata.uid) {
+            cp.log().forget(&topic);
+            return Ok(());
+        }
+        if let Ok(mut made) = self.made.lock() {
+            made.remove(&r.metadata.uid);
+        }
         match cp.log().delete_topic(&topic).await {
             Ok(()) | Err(LogError::UnknownTopic(_)) => Ok(()),
             Err(e) => Err(e.into()),

@@ -16,6 +16,7 @@ pub(super) fn kafka_options(
         replication_factor: 1,
         max_batch_records,
         fetch_wait: None,
+        produce_timeout: None,
         min_insync_replicas: None,
     }
 }

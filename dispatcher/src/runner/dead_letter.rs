@@ -7,6 +7,7 @@ use crate::subscriber::{Failure, Outcome, Subscriber};
 use base64::Engine as _;
 use broker::{AttrValue, Event};
 use cloudevent::ext::{ERROR_CODE, ERROR_DATA, ERROR_DEST};
+use tracing::Instrument;
 
 impl Runner {
     /// What went wrong, as a retry or dead letter keeps it: the answer's status and body (base64),
@@ -68,6 +69,38 @@ impl Runner {
         attempts: u32,
         sink_retries: SinkRetries,
     ) -> bool {
+        let span = self.dead_letter_span(event, attempts);
+        self.dead_letter_in_span(id, event, failure, attempts, sink_retries)
+            .instrument(span)
+            .await
+    }
+
+    /// A `ferry.dead_letter` span: giving up on an event, to the sink or the store.
+    fn dead_letter_span(&self, event: &Event, attempts: u32) -> tracing::Span {
+        let to = match &self.spec.dead_letter {
+            Some(sink) => sink.destination(),
+            None => "store".to_string(),
+        };
+        self.span(
+            tracing::info_span!(
+                "ferry.dead_letter",
+                trigger = %self.key,
+                event.id = %event.attr_text("id").unwrap_or_default(),
+                attempts,
+                to = %to,
+            ),
+            event,
+        )
+    }
+
+    async fn dead_letter_in_span(
+        &self,
+        id: &str,
+        event: &Event,
+        failure: Failure,
+        attempts: u32,
+        sink_retries: SinkRetries,
+    ) -> bool {
         let mut info = self.error_info(&failure, attempts);
         if let Some(sink) = &self.spec.dead_letter {
             let dl = self.for_sink(event, &failure, &info);
@@ -106,6 +139,11 @@ impl Runner {
 
     /// A queued retry of the dead-letter sink.
     pub(super) async fn sink_retry(&self, r: Retry) {
+        let span = self.dead_letter_span(&r.event, r.attempts);
+        self.sink_retry_in_span(r).instrument(span).await
+    }
+
+    async fn sink_retry_in_span(&self, r: Retry) {
         let Some(sink) = &self.spec.dead_letter else {
             // The trigger lost its sink meanwhile: keep the event ourselves.
             let info = r.last_error.clone().unwrap_or_else(|| {

@@ -6,6 +6,7 @@ use broker::Event;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The first wait after a failed store write; doubled after each failure, up to the maximum.
 const STORE_BACKOFF: Duration = Duration::from_millis(100);
@@ -73,6 +74,17 @@ impl Runner {
         to_sink: bool,
     ) -> bool {
         let wait = self.spec.policy.wait_before(attempts, retry_after);
+        let span = self.span(
+            tracing::info_span!(
+                "ferry.retry",
+                trigger = %self.key,
+                event.id = %event.attr_text("id").unwrap_or_default(),
+                attempt = attempts + 1,
+                wait_ms = wait.as_millis() as u64,
+                dead_letter_sink = to_sink,
+            ),
+            &event,
+        );
         let retry = Retry {
             id,
             due_ms: now_ms() + wait.as_millis() as u64,
@@ -83,6 +95,7 @@ impl Runner {
         };
         if !self
             .store_patiently("store a retry", || self.store.put_retry(&self.key, &retry))
+            .instrument(span)
             .await
         {
             return false;
@@ -188,7 +201,7 @@ impl Runner {
             return self.sink_retry(r).await;
         }
         let attempts = r.attempts + 1;
-        match self.attempt(&r.event).await {
+        match self.attempt(&r.event, attempts).await {
             // Its partition went to another node meanwhile, which takes the retry from here.
             Attempt::Retry(_) | Attempt::Fail(_) if !self.owns_delivery(&r.id) => {}
             // Kept out of the scheduler's hands (`retrying`) until the removal is stored, so a
