@@ -6,6 +6,8 @@
 //! bounds each wait.
 
 pub mod config;
+#[cfg(test)]
+mod validators_proptest;
 
 use anyhow::Context;
 use broker::metrics::LogMetrics;

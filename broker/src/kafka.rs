@@ -100,6 +100,10 @@ struct Inner {
     /// Topics looked up and not found, and when: asked again only after [`UNKNOWN_TTL`], so a
     /// flood of requests for made-up brokers costs no lookups.
     unknown: std::sync::Mutex<HashMap<Topic, std::time::Instant>>,
+    /// Brokers' topics the control plane says are Ferry's ([`EventLog::admit`]): the only ones
+    /// looked up in Kafka when this node has not created them (Ferry's own brokers, in
+    /// `ferry-system`, always are).
+    admitted: RwLock<std::collections::HashSet<Topic>>,
     /// One client for metadata and watermarks, made once (a client is threads and
     /// connections: not something to make per request).
     reader: BaseConsumer,
@@ -207,6 +211,7 @@ impl KafkaLog {
                 admin,
                 topics: RwLock::new(HashMap::new()),
                 unknown: Default::default(),
+                admitted: Default::default(),
                 reader,
                 closed: AtomicBool::new(false),
             }),
@@ -256,9 +261,14 @@ impl KafkaLog {
         if let Some(s) = self.known(topic) {
             return Ok(s);
         }
-        if self.recently_unknown(topic) {
+        if self.recently_unknown(topic) || !self.may_look_up(topic) {
             return Err(LogError::UnknownTopic(topic.clone()));
         }
+        self.look_up(topic).await
+    }
+
+    /// Reads `topic`'s layout from Kafka and keeps it.
+    async fn look_up(&self, topic: &Topic) -> Result<Arc<TopicState>, LogError> {
         let name = self.new_name(topic);
         let me = self.clone();
         let lookup = name.clone();
@@ -281,6 +291,14 @@ impl KafkaLog {
             t.insert(topic.clone(), state.clone());
         }
         Ok(state)
+    }
+
+    /// Whether `topic` may be looked up in Kafka: any topic of a KafkaSource's; of brokers',
+    /// Ferry's own and those admitted.
+    fn may_look_up(&self, topic: &Topic) -> bool {
+        matches!(self.inner.naming, Naming::External(_))
+            || topic.namespace == cloudevent::ext::SYSTEM_NAMESPACE
+            || self.inner.admitted.read().is_ok_and(|a| a.contains(topic))
     }
 
     fn known(&self, topic: &Topic) -> Option<Arc<TopicState>> {
@@ -311,7 +329,7 @@ fn now_ms() -> i64 {
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn create_topic(&self, topic: &Topic, config: TopicConfig) -> Result<Created, LogError> {
-        if self.topic_state(topic).await.is_ok() {
+        if self.known(topic).is_some() {
             return Ok(Created::Existing);
         }
         let name = self.name_of(topic);
@@ -358,6 +376,11 @@ impl EventLog for KafkaLog {
         if let Ok(mut u) = self.inner.unknown.lock() {
             u.remove(topic);
         }
+        // A topic that was there already is not taken as this node's: its layout is Kafka's,
+        // read when it is used (once admitted), and it may be someone else's.
+        if created == Created::Existing {
+            return Ok(created);
+        }
         if let Ok(mut t) = self.inner.topics.write() {
             t.insert(
                 topic.clone(),
@@ -376,7 +399,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn delete_topic(&self, topic: &Topic) -> Result<(), LogError> {
-        self.topic_state(topic).await?;
+        // By name, known here or not (its broker may be deleted on a node that never used it).
         let name = self.name_of(topic);
         let results = self
             .inner
@@ -663,6 +686,19 @@ impl EventLog for KafkaLog {
     fn forget(&self, topic: &Topic) {
         if let Ok(mut t) = self.inner.topics.write() {
             t.remove(topic);
+        }
+        if let Ok(mut a) = self.inner.admitted.write() {
+            a.remove(topic);
+        }
+    }
+
+    fn admit(&self, topic: &Topic) {
+        if let Ok(mut a) = self.inner.admitted.write() {
+            a.insert(topic.clone());
+        }
+        // Asked again now rather than after the negative cache's time.
+        if let Ok(mut u) = self.inner.unknown.lock() {
+            u.remove(topic);
         }
     }
 

@@ -176,9 +176,15 @@ pub trait EventLog: Send + Sync + 'static {
         self.consumer(topic, Some(group), start).await
     }
 
-    /// Another process deleted `topic` (a node of the same cluster): forget what this one
-    /// knows of it, so appends to it fail as for any unknown topic.
+    /// Another process deleted `topic` (a node of the same cluster), or it is not Ferry's:
+    /// forget what this one knows of it, so appends to it fail as for any unknown topic.
     fn forget(&self, _topic: &Topic) {}
+
+    /// The control plane knows `topic` is a broker's and Ferry's: it may be found in shared
+    /// storage (Kafka) when this process has not created it. Until then a broker's topic that
+    /// merely exists there is unknown, so events are never written into a topic of that name
+    /// that someone else made. A log only Ferry writes ignores it.
+    fn admit(&self, _topic: &Topic) {}
 
     /// Removes events past their topic's retention; returns how many were removed.
     async fn enforce_retention(&self) -> Result<u64, LogError>;

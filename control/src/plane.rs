@@ -164,6 +164,14 @@ impl ControlPlane {
             let applied = cp.apply(&[doc]).await?;
             cp.wait_reconciled(&applied, Duration::from_secs(30)).await;
         }
+        // Brokers' topics known to be Ferry's are usable before their passes run (the ingress
+        // listens from the moment this returns).
+        for r in cp.store.list("Broker", None)? {
+            if crate::kinds::broker::admissible(&r) {
+                cp.log()
+                    .admit(&Topic::new(&r.metadata.namespace, &r.metadata.name));
+            }
+        }
         // Converge: every stored resource reconciled, in registration order (brokers first).
         for kind in cp.registry.all() {
             for r in cp.store.list(kind.info().kind, None)? {

@@ -291,6 +291,15 @@ async fn a_kafka_topic_ferry_did_not_create_is_neither_taken_over_nor_deleted() 
         refused["message"].as_str().unwrap().contains(theirs),
         "{refused}"
     );
+    // Nothing is written into it, nor into a topic named like a broker that does not exist.
+    assert_eq!(server.post_event("default", "theirs", "refused").await, 404);
+    peer(&[
+        "create",
+        &kafka.bootstrap,
+        "knative-broker-default-stray",
+        "1",
+    ]);
+    assert_eq!(server.post_event("default", "stray", "stray").await, 404);
 
     // Deleting the broker leaves their topic and its record as they were.
     let out = server.cli(&["delete", "broker", "theirs"]);
@@ -315,6 +324,11 @@ async fn a_kafka_topic_ferry_did_not_create_is_neither_taken_over_nor_deleted() 
         },
     )
     .await;
+    // Into each of its 2 partitions (the topic's layout, not the 4 a new broker gets).
+    for i in 0..4 {
+        let id = format!("adopted-{i}");
+        assert_eq!(server.post_event("default", "theirs", &id).await, 202);
+    }
 
     // A broker whose topic Ferry makes records it, as Knative's Kafka broker does.
     let out = server.cli_stdin(&["apply", "-f", "-"], &broker("mine"));

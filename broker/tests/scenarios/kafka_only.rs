@@ -175,4 +175,46 @@ mod kafka_names {
         let seen = Topic::new("", "knative-broker-shop-orders-eu");
         assert_eq!(raw.watermarks(&seen).await.unwrap()[0].end, 1);
     }
+
+    /// A broker's topic that exists in Kafka is used only once the control plane admits it
+    /// (it knows the topic is Ferry's); its layout is then Kafka's, whatever was asked for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_topic_that_merely_exists_is_unknown_until_admitted() {
+        let engine = super::super::engines::Kafka::default();
+        let theirs = Topic::new("ns", "theirs");
+        // Someone else (here another client) made it, with 2 partitions.
+        engine
+            .open()
+            .await
+            .create_topic(&theirs, config(2))
+            .await
+            .unwrap();
+        let log = engine.open().await;
+        assert!(matches!(
+            log.append(&theirs, vec![event("t1")]).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        // Asked to create it with 4, Ferry finds it there and takes none of it as its own.
+        assert_eq!(
+            log.create_topic(&theirs, config(4)).await.unwrap(),
+            broker::Created::Existing
+        );
+        assert!(matches!(
+            log.watermarks(&theirs).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        log.admit(&theirs);
+        assert_eq!(log.watermarks(&theirs).await.unwrap().len(), 2);
+        for i in 0..4 {
+            log.append(&theirs, vec![event(&format!("t{i}"))])
+                .await
+                .unwrap();
+        }
+        // Forgotten (refused, or deleted elsewhere): unknown again.
+        log.forget(&theirs);
+        assert!(matches!(
+            log.append(&theirs, vec![event("t9")]).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+    }
 }

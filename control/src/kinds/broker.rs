@@ -79,6 +79,13 @@ pub const TOPIC_CHECK_ANNOTATION: &str = "ferry.dev/topic-check";
 /// it (and delete it with the broker).
 pub const ADOPT_TOPIC_ANNOTATION: &str = "ferry.dev/adopt-topic";
 
+/// Whether the broker's topic is known to be Ferry's (see [`broker::EventLog::admit`]): its
+/// status records it, or it is ready (a broker an earlier Ferry made, before topics were
+/// recorded).
+pub fn admissible(r: &Resource) -> bool {
+    claimed(r) || (r.ready() == Some(true) && !undecided(r))
+}
+
 /// Whether the broker was refused a topic Ferry did not create, or its check is pending.
 fn undecided(r: &Resource) -> bool {
     r.status
@@ -155,6 +162,13 @@ impl Kind for Broker {
         // Only the node that made the change creates the topic (and records that it did):
         // another node creating it first would make the topic look like someone else's.
         if !pass.write {
+            // Another node's change: this node only follows whose the topic is.
+            let topic = Topic::new(&r.metadata.namespace, &r.metadata.name);
+            if admissible(r) {
+                cp.log().admit(&topic);
+            } else if undecided(r) {
+                cp.log().forget(&topic);
+            }
             return Reconciled::done(r.status.clone());
         }
         let topic = Topic::new(&r.metadata.namespace, &r.metadata.name);
@@ -225,6 +239,7 @@ impl Kind for Broker {
         if let Some(name) = shared {
             s["annotations"][TOPIC_STATUS_ANNOTATION] = Value::String(name);
         }
+        cp.log().admit(&topic);
         Reconciled::done(s)
     }
 

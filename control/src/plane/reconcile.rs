@@ -139,6 +139,15 @@ impl ControlPlane {
     /// and its dependents'.
     fn converge(&self, key: Key) -> Result<(), ControlError> {
         tracing::debug!(resource = %key, "changed on another node");
+        // A broker's topic usable here before its dependents' passes (and its own) run.
+        if key.kind == "Broker" {
+            if let Ok(Some(r)) = self.store.get(&key.kind, &key.namespace, &key.name) {
+                if crate::kinds::broker::admissible(&r) {
+                    self.log()
+                        .admit(&broker::Topic::new(&key.namespace, &key.name));
+                }
+            }
+        }
         self.enqueue_dependents(&key, Flags::OBSERVE)?;
         self.enqueue(key, Flags::OBSERVE);
         Ok(())
