@@ -50,6 +50,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How long a metadata, watermark or offset request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where [`EventLog::probe`] writes: one partition, compacted, one key, so it stays one record.
+/// (Ferry's own topics start with `ferry-`, which no broker's does.)
+pub const PROBE_TOPIC: &str = "ferry-probe";
+
 /// Options of the Kafka engine.
 #[derive(Clone, Debug)]
 pub struct KafkaOptions {
@@ -108,6 +112,8 @@ struct Inner {
     /// connections: not something to make per request).
     reader: BaseConsumer,
     closed: AtomicBool,
+    /// [`PROBE_TOPIC`] is known to exist.
+    probe_topic: AtomicBool,
 }
 
 /// How long a topic found missing stays missing without asking the cluster again.
@@ -214,6 +220,7 @@ impl KafkaLog {
                 admitted: Default::default(),
                 reader,
                 closed: AtomicBool::new(false),
+                probe_topic: AtomicBool::new(false),
             }),
         })
     }
@@ -424,15 +431,52 @@ impl EventLog for KafkaLog {
         Ok(())
     }
 
-    /// A metadata request to the cluster (the shared client).
+    /// A record written to [`PROBE_TOPIC`] by the producer appends use, acknowledged like an
+    /// append: the log takes writes again only once writes go through (a metadata answer
+    /// alone says nothing of a producer that is fenced or of too few in-sync replicas).
     async fn probe(&self) -> Result<(), LogError> {
-        self.blocking(|me| {
-            me.reader()
-                .fetch_metadata(None, REQUEST_TIMEOUT)
-                .map(|_| ())
-                .map_err(kafka_err)
-        })
-        .await
+        if !self.inner.probe_topic.load(Ordering::Acquire) {
+            let mut new = NewTopic::new(
+                PROBE_TOPIC,
+                1,
+                TopicReplication::Fixed(self.inner.options.replication_factor),
+            )
+            .set("cleanup.policy", "compact");
+            let min_insync = min_insync_replicas(&self.inner.options);
+            if let Some(m) = &min_insync {
+                new = new.set("min.insync.replicas", m);
+            }
+            let results = self
+                .inner
+                .admin
+                .create_topics(
+                    &[new],
+                    &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
+                )
+                .await
+                .map_err(kafka_err)?;
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((t, code)) => {
+                        return Err(LogError::Storage(format!("creating topic {t}: {code}")))
+                    }
+                }
+            }
+            self.inner.probe_topic.store(true, Ordering::Release);
+        }
+        let (generation, producer) = self.inner.producer.get();
+        let record = FutureRecord::<str, [u8]>::to(PROBE_TOPIC)
+            .key("probe")
+            .payload(&[]);
+        producer
+            .send(record, REQUEST_TIMEOUT)
+            .await
+            .map_err(|(e, _)| {
+                self.inner.producer.failed(generation, &e);
+                kafka_err(e)
+            })?;
+        Ok(())
     }
 
     fn knows(&self, topic: &Topic) -> bool {
