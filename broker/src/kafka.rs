@@ -19,6 +19,7 @@ pub mod compacted;
 mod consumer;
 mod names;
 pub mod record;
+mod topics;
 mod writer;
 
 pub use clients::min_insync_replicas;
@@ -171,34 +172,6 @@ impl KafkaLog {
         Self::with_naming(options, Naming::External(decode), None)
     }
 
-    /// The Kafka topic behind `topic`.
-    fn name_of(&self, topic: &Topic) -> String {
-        if let Some(s) = self.known(topic) {
-            return s.name.clone();
-        }
-        self.new_name(topic)
-    }
-
-    fn new_name(&self, topic: &Topic) -> String {
-        match self.inner.naming {
-            Naming::Brokers => topic_name(topic),
-            Naming::External(_) => topic.name.clone(),
-        }
-    }
-
-    /// Partitions of the Kafka topic `name`, 0 if it does not exist.
-    fn partitions_of(&self, name: &str) -> Result<usize, LogError> {
-        let md = self
-            .reader()
-            .fetch_metadata(Some(name), REQUEST_TIMEOUT)
-            .map_err(kafka_err)?;
-        Ok(md
-            .topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none())
-            .map_or(0, |t| t.partitions().len()))
-    }
-
     fn with_naming(
         options: KafkaOptions,
         naming: Naming,
@@ -238,82 +211,6 @@ impl KafkaLog {
         let r = &self.inner.reader;
         while r.poll(Duration::ZERO).is_some() {}
         r
-    }
-
-    fn recently_unknown(&self, topic: &Topic) -> bool {
-        let Ok(mut unknown) = self.inner.unknown.lock() else {
-            return false;
-        };
-        match unknown.get(topic) {
-            Some(at) if at.elapsed() < UNKNOWN_TTL => true,
-            Some(_) => {
-                unknown.remove(topic);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn remember_unknown(&self, topic: &Topic) {
-        if let Ok(mut unknown) = self.inner.unknown.lock() {
-            if unknown.len() >= UNKNOWN_MAX {
-                unknown.clear();
-            }
-            unknown.insert(topic.clone(), std::time::Instant::now());
-        }
-    }
-
-    /// The topic's state: known from this process, else looked up in the cluster.
-    async fn topic_state(&self, topic: &Topic) -> Result<Arc<TopicState>, LogError> {
-        if let Some(s) = self.known(topic) {
-            return Ok(s);
-        }
-        if self.recently_unknown(topic) || !self.may_look_up(topic) {
-            return Err(LogError::UnknownTopic(topic.clone()));
-        }
-        self.look_up(topic).await
-    }
-
-    /// Reads `topic`'s layout from Kafka and keeps it.
-    async fn look_up(&self, topic: &Topic) -> Result<Arc<TopicState>, LogError> {
-        let name = self.new_name(topic);
-        let me = self.clone();
-        let lookup = name.clone();
-        let partitions = tokio::task::spawn_blocking(move || me.partitions_of(&lookup))
-            .await
-            .map_err(|e| LogError::Storage(e.to_string()))??;
-        if partitions == 0 {
-            self.remember_unknown(topic);
-            return Err(LogError::UnknownTopic(topic.clone()));
-        }
-        let state = Arc::new(TopicState {
-            config: TopicConfig {
-                partitions: partitions as u32,
-                retention: Retention::default(),
-            },
-            next_partition: AtomicU32::new(0),
-            name,
-        });
-        if let Ok(mut t) = self.inner.topics.write() {
-            t.insert(topic.clone(), state.clone());
-        }
-        Ok(state)
-    }
-
-    /// Whether `topic` may be looked up in Kafka: any topic of a KafkaSource's; of brokers',
-    /// Ferry's own and those admitted.
-    fn may_look_up(&self, topic: &Topic) -> bool {
-        matches!(self.inner.naming, Naming::External(_))
-            || topic.namespace == cloudevent::ext::SYSTEM_NAMESPACE
-            || self.inner.admitted.read().is_ok_and(|a| a.contains(topic))
-    }
-
-    fn known(&self, topic: &Topic) -> Option<Arc<TopicState>> {
-        self.inner
-            .topics
-            .read()
-            .ok()
-            .and_then(|t| t.get(topic).cloned())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -361,25 +258,7 @@ impl EventLog for KafkaLog {
         if let Some(m) = &min_insync {
             new = new.set("min.insync.replicas", m);
         }
-        let results = self
-            .inner
-            .admin
-            .create_topics(
-                &[new],
-                &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
-            )
-            .await
-            .map_err(kafka_err)?;
-        let mut created = Created::New;
-        for r in results {
-            match r {
-                Ok(_) => {}
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => created = Created::Existing,
-                Err((t, code)) => {
-                    return Err(LogError::Storage(format!("creating topic {t}: {code}")))
-                }
-            }
-        }
+        let created = self.create(new).await?;
         if let Ok(mut u) = self.inner.unknown.lock() {
             u.remove(topic);
         }
@@ -446,23 +325,7 @@ impl EventLog for KafkaLog {
             if let Some(m) = &min_insync {
                 new = new.set("min.insync.replicas", m);
             }
-            let results = self
-                .inner
-                .admin
-                .create_topics(
-                    &[new],
-                    &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
-                )
-                .await
-                .map_err(kafka_err)?;
-            for r in results {
-                match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((t, code)) => {
-                        return Err(LogError::Storage(format!("creating topic {t}: {code}")))
-                    }
-                }
-            }
+            self.create(new).await?;
             self.inner.probe_topic.store(true, Ordering::Release);
         }
         let (generation, producer) = self.inner.producer.get();
