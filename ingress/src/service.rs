@@ -143,12 +143,12 @@ async fn handle(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let span = ingest_span(&request, &namespace, &name);
+    let (span, hop) = ingest_span(&request, &namespace, &name);
     let (count, result) = match *request.method() {
         // Ferry's own brokers take events from Ferry only.
         _ if namespace == SYSTEM_NAMESPACE => (1, Err(IngressError::Reserved)),
         Method::POST => {
-            accept(&state, &namespace, &name, request)
+            accept(&state, &namespace, &name, request, hop)
                 .instrument(span.clone())
                 .await
         }
@@ -205,8 +205,12 @@ async fn handle(
 }
 
 /// The `ferry.ingest` span of a request: a child of the request's `traceparent` header, else of
-/// a binary-mode event's own `ce-traceparent`.
-fn ingest_span(request: &Request, namespace: &str, name: &str) -> tracing::Span {
+/// a binary-mode event's own `ce-traceparent`. Also the header's context (the hop's), if any.
+fn ingest_span(
+    request: &Request,
+    namespace: &str,
+    name: &str,
+) -> (tracing::Span, Option<TraceContext>) {
     let span = tracing::info_span!(
         "ferry.ingest",
         otel.kind = "server",
@@ -215,18 +219,17 @@ fn ingest_span(request: &Request, namespace: &str, name: &str) -> tracing::Span 
         http.response.status_code = tracing::field::Empty,
     );
     let headers = request.headers();
-    let parent = TraceContext::of_headers(headers).or_else(|| {
+    let hop = TraceContext::of_headers(headers);
+    let parent = hop.clone().or_else(|| {
         let own = headers.get("ce-traceparent")?.to_str().ok()?;
         TraceContext::parse(own, None)
     });
     if let Some(cx) = parent {
         cx.adopt(&span);
     }
-    span
+    (span, hop)
 }
 
-/// Parses, stamps and appends the request's events. Returns how many events the request held
-/// (for the metrics) and the outcome.
 /// Where a request's events go.
 enum Target<'a> {
     /// A broker's log.
@@ -240,14 +243,18 @@ async fn accept(
     namespace: &str,
     name: &str,
     request: Request,
+    hop: Option<TraceContext>,
 ) -> (usize, Result<(), IngressError>) {
-    accept_into(state, Target::Broker { namespace, name }, request).await
+    accept_into(state, Target::Broker { namespace, name }, request, hop).await
 }
 
+/// Parses, stamps and appends the request's events (`hop`: the request's trace context).
+/// Returns how many events the request held (for the metrics) and the outcome.
 async fn accept_into(
     state: &IngressState,
     target: Target<'_>,
     request: Request,
+    hop: Option<TraceContext>,
 ) -> (usize, Result<(), IngressError>) {
     let (parts, body) = request.into_parts();
     let content_type = parts
@@ -312,8 +319,7 @@ async fn accept_into(
     }
     // An event without a trace context of its own is kept with the request's (its producer's),
     // else with the ingest span's when spans are exported.
-    let origin = TraceContext::of_headers(&parts.headers)
-        .or_else(|| TraceContext::of_span(&tracing::Span::current()));
+    let origin = hop.or_else(|| TraceContext::of_span(&tracing::Span::current()));
     if let Some(cx) = origin {
         for e in events.iter_mut().filter(|e| e.attr(TRACEPARENT).is_none()) {
             cx.set_on(e);
@@ -382,7 +388,12 @@ async fn handle_sink(
 ) -> Response {
     let result = match (request.method().clone(), state.sinks.get(&namespace, &name)) {
         (Method::OPTIONS, _) => return options(),
-        (Method::POST, Some(writer)) => accept_into(&state, Target::Sink(writer), request).await.1,
+        (Method::POST, Some(writer)) => {
+            let hop = TraceContext::of_headers(request.headers());
+            accept_into(&state, Target::Sink(writer), request, hop)
+                .await
+                .1
+        }
         (Method::POST, None) => Err(IngressError::UnknownBroker { namespace, name }),
         (m, _) => Err(IngressError::Method(m)),
     };

@@ -108,40 +108,10 @@ async fn dead_letters_list_replay_and_purge() {
     )
     .await
     .unwrap();
-    s.put_dead_letter(
-        "ns/t",
-        &DeadLetter {
-            id: "a".into(),
-            time_ms: 10,
-            event: event("a"),
-            error: info(),
-        },
-    )
-    .await
-    .unwrap();
-    s.put_dead_letter(
-        "ns/t",
-        &DeadLetter {
-            id: "b".into(),
-            time_ms: 11,
-            event: event("b"),
-            error: info(),
-        },
-    )
-    .await
-    .unwrap();
+    s.put_dead_letter("ns/t", &dead("a", 10)).await.unwrap();
+    s.put_dead_letter("ns/t", &dead("b", 11)).await.unwrap();
     // The same event dead-lettered again (redelivered after a crash) stays one dead letter.
-    s.put_dead_letter(
-        "ns/t",
-        &DeadLetter {
-            id: "b".into(),
-            time_ms: 12,
-            event: event("b"),
-            error: info(),
-        },
-    )
-    .await
-    .unwrap();
+    s.put_dead_letter("ns/t", &dead("b", 12)).await.unwrap();
     assert!(
         s.retries("ns/t", 10).unwrap().is_empty(),
         "dead-lettering removes the retry"
