@@ -101,6 +101,14 @@ fn temp_config(
         ingress: ::ingress::IngressConfig::default(),
         autoscaler: Default::default(),
         otlp_endpoint: None,
+        tls: None,
+        ops_listen: None,
+        auth: Default::default(),
+        insecure_no_auth: false,
+        tls_ca: None,
+        oidc_issuer: None,
+        default_authorization_mode: Default::default(),
+        delivery_networks: Default::default(),
     }
 }
 

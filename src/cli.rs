@@ -8,6 +8,7 @@
 //! - `dlq.rs`: a trigger's (or a source's) dead letters.
 //! - `logs.rs`: a revision's or a run's output.
 //! - `cancel.rs`: cancelling a PipelineRun or a TaskRun.
+//! - `token.rs`: API tokens.
 
 pub mod apply;
 pub mod cancel;
@@ -18,3 +19,4 @@ pub mod logs;
 pub mod runs;
 pub mod send;
 pub mod tail;
+pub mod token;

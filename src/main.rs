@@ -24,6 +24,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: cli::client::ServerArg,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +55,9 @@ enum Command {
     /// Cancel a PipelineRun (`--graceful`: then finally; `--stop`: let running tasks finish)
     /// or a TaskRun.
     Cancel(cli::cancel::CancelArgs),
+    /// API tokens (`--auth tokens`): create (prints the token once), list, revoke.
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
     /// Benchmarks on this machine's loopback.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -91,22 +96,51 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server = cli.server;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(_) => match serve_config {
                 Some(config) => serve::run(config).await,
                 None => Ok(()),
             },
-            Command::Apply(args) => cli::apply::run(args).await,
-            Command::Get(args) => cli::get::get(args).await,
-            Command::Describe(args) => cli::get::describe(args).await,
-            Command::Delete(args) => cli::get::delete(args).await,
-            Command::ApiResources(args) => cli::get::api_resources(args).await,
-            Command::Send(args) => cli::send::run(args).await,
-            Command::Tail(args) => cli::tail::run(args).await,
-            Command::Dlq(cmd) => cli::dlq::run(cmd).await,
-            Command::Logs(args) => cli::logs::run(args).await,
-            Command::Cancel(args) => cli::cancel::run(args).await,
+            Command::Apply(mut args) => {
+                args.server = server;
+                cli::apply::run(args).await
+            }
+            Command::Get(mut args) => {
+                args.server = server;
+                cli::get::get(args).await
+            }
+            Command::Describe(mut args) => {
+                args.server = server;
+                cli::get::describe(args).await
+            }
+            Command::Delete(mut args) => {
+                args.server = server;
+                cli::get::delete(args).await
+            }
+            Command::ApiResources(mut args) => {
+                args.server = server;
+                cli::get::api_resources(args).await
+            }
+            Command::Send(mut args) => {
+                args.server = server;
+                cli::send::run(args).await
+            }
+            Command::Tail(mut args) => {
+                args.server = server;
+                cli::tail::run(args).await
+            }
+            Command::Dlq(cmd) => cli::dlq::run(cmd.with_server(server)).await,
+            Command::Logs(mut args) => {
+                args.server = server;
+                cli::logs::run(args).await
+            }
+            Command::Cancel(mut args) => {
+                args.server = server;
+                cli::cancel::run(args).await
+            }
+            Command::Token(cmd) => cli::token::run(cmd, server).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

@@ -14,10 +14,12 @@ use broker::metrics::LogMetrics;
 use broker::{EventLog, KafkaLog, Publisher, Retention, RocksLog, RocksOptions, TopicConfig};
 pub use config::{ServeArgs, ServeConfig};
 use control::api::{self, ApiState};
+use control::auth::{Auth, AuthMode, Guard, Listener};
+use control::kinds::event_policy::{EventPolicy, Policies, PolicyTable};
 use control::store::{KafkaStore, ResourceStore, RocksStore};
 use control::{ControlConfig, ControlPlane, Parts, Registry};
 use dispatcher::Dispatcher;
-use ingress::{IngressMetrics, IngressState};
+use ingress::{IngressMetrics, IngressState, ServerLimits};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,6 +36,9 @@ pub struct Running {
     pub ingress_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
+    pub ops_addr: Option<SocketAddr>,
+    /// The listeners' certificate, when they serve HTTPS (SIGHUP reloads it).
+    pub tls: Option<Arc<ingress::Tls>>,
     serving: Arc<serving::Serving>,
     pipelines: Arc<pipelines::Pipelines>,
     shutdown: CancellationToken,
@@ -96,13 +101,32 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let gateway_listener = TcpListener::bind(config.gateway_listen)
         .await
         .with_context(|| format!("cannot listen on {} (gateway)", config.gateway_listen))?;
+    let ops_listener = match config.ops_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (ops)"))?,
+        ),
+        None => None,
+    };
+    let ops_addr = ops_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            Some(ingress::Tls::open(cert, key).context("loading --tls-cert and --tls-key")?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let ingress_addr = ingress_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let gateway_addr = gateway_listener.local_addr()?;
     let ingress_url = config
         .ingress_url
         .clone()
-        .unwrap_or_else(|| format!("http://{ingress_addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{ingress_addr}"));
 
     let topic_defaults = TopicConfig {
         partitions: config.partitions,
@@ -134,6 +158,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             })?
         }
     };
+    let address_ca = match &config.tls_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("tls-ca: cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
     // The one path into every broker: the ingress, replies and the control plane's events.
     let publisher = Arc::new(Publisher::new(log.clone(), config.max_event_size));
     let dispatcher = Dispatcher::with_store(
@@ -143,6 +174,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         config.shutdown_grace,
     )
     .context("starting the dispatcher")?;
+    dispatcher.set_networks(config.delivery_networks.clone());
+    // Deliveries to destinations with an audience carry Ferry's tokens when auth is on; the
+    // issuer comes with the control plane, which starts after the dispatcher.
+    let issuer = Arc::new(dispatcher::outbound::Deferred::default());
+    if config.auth.mode == AuthMode::Tokens {
+        dispatcher.set_token_source(issuer.clone());
+    }
     let sinks = ingress::Sinks::default();
     let serving = serving::Serving::new(
         serving::ServingConfig {
@@ -172,6 +210,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     // Every kind this server serves.
     let mut kinds = Registry::new();
     control::kinds::register_eventing(&mut kinds);
+    let policies = Arc::new(PolicyTable::default());
+    kinds.register(EventPolicy::new(policies.clone()));
     serving::register(&mut kinds, &serving);
     pipelines::register(&mut kinds, &pipelines);
     let control = ControlPlane::start(Parts {
@@ -185,6 +225,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             topic_defaults,
             sink_batch_records: config.kafka.as_ref().and_then(|k| k.max_batch_records),
             node: node_id(&config.data_dir)?,
+            address_ca,
         },
     })
     .await
@@ -202,21 +243,72 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let ready = Arc::new(AtomicBool::new(true));
     let mut tasks = JoinSet::new();
 
+    let mut auth_config = config.auth.clone();
+    auth_config.issuer = config
+        .oidc_issuer
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{api_addr}"));
+    let auth =
+        Auth::new(&auth_config, control.clone(), &registry).context("setting up authentication")?;
+    auth.load_jwks()
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("jwks: cannot load the issuer's keys")?;
+    if let Some(path) = auth
+        .bootstrap(&config.data_dir)
+        .await
+        .context("making the admin token")?
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "auth is on and there was no token: an admin token was written to this file \
+             (mode 0600); keep it secret and make other tokens with `ferry token create`"
+        );
+    }
+    issuer.set(auth.clone());
+    let (refreshing, token) = (auth.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        refreshing.refresh_jwks(token).await;
+        Ok(())
+    });
+    let guard = |listener| {
+        axum::middleware::from_fn_with_state(
+            Guard {
+                auth: auth.clone(),
+                listener,
+            },
+            control::auth::guard,
+        )
+    };
+    let options = |name, limits, refused| ingress::ServeOptions {
+        limits,
+        tls: tls.clone(),
+        refused,
+        name,
+    };
+    if let Some(tls) = &tls {
+        let (watched, token) = (tls.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            watched.watch(token).await;
+            Ok(())
+        });
+    }
+
     let ingress_metrics = IngressMetrics::new(&registry).context("registering ingress metrics")?;
     let refused_connections = ingress_metrics.refused.with_label_values(&["connections"]);
     let ingress_state =
-        IngressState::new(publisher, sinks, config.ingress.clone(), ingress_metrics);
+        IngressState::new(publisher, sinks, config.ingress.clone(), ingress_metrics)
+            .with_admission(Arc::new(Policies {
+                table: policies,
+                auth: auth.clone(),
+                control: control.clone(),
+                default: config.default_authorization_mode,
+            }));
     let token = shutdown.clone();
-    let limits = config.ingress_server;
+    let ingress_router = ingress::router(ingress_state).layer(guard(Listener::Ingress));
+    let ingress_options = options("ingress", config.ingress_server, Some(refused_connections));
     tasks.spawn(async move {
-        ingress::serve(
-            ingress_listener,
-            ingress::router(ingress_state),
-            limits,
-            refused_connections,
-            token,
-        )
-        .await;
+        ingress::serve(ingress_listener, ingress_router, ingress_options, token).await;
         Ok(())
     });
 
@@ -238,27 +330,32 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ready: ready.clone(),
         health,
     };
+    if let Some(listener) = ops_listener {
+        let (router, token) = (api::ops_router(api_state.clone()), shutdown.clone());
+        let ops_options = options("ops", ServerLimits::default(), None);
+        tasks.spawn(async move {
+            ingress::serve(listener, router, ops_options, token).await;
+            Ok(())
+        });
+    }
     let token = shutdown.clone();
     let api_router = api::router(api_state)
         .merge(serving::api::router(serving.clone()))
-        .merge(pipelines::api::router(pipelines.clone()));
+        .merge(pipelines::api::router(pipelines.clone()))
+        .merge(control::auth::api::router(auth.clone()))
+        .layer(guard(Listener::Api));
+    let api_options = options("api", ServerLimits::default(), None);
     tasks.spawn(async move {
-        axum::serve(api_listener, api_router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .context("api server")
+        ingress::serve(api_listener, api_router, api_options, token).await;
+        Ok(())
     });
 
     let token = shutdown.clone();
     let gateway = serving::gateway::router(serving.clone());
+    let gateway_options = options("gateway", ServerLimits::default(), None);
     tasks.spawn(async move {
-        axum::serve(
-            gateway_listener,
-            gateway.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await
-        .context("gateway server")
+        ingress::serve(gateway_listener, gateway, gateway_options, token).await;
+        Ok(())
     });
 
     let token = shutdown.clone();
@@ -293,6 +390,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ingress_addr,
         api_addr,
         gateway_addr,
+        ops_addr,
+        tls,
         serving,
         pipelines,
         shutdown,
@@ -378,27 +477,42 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let running = start(config.clone()).await?;
     // One line each, on stdout, for people and for scripts that start Ferry on port 0.
-    println!("ingress listening on http://{}", running.ingress_addr);
-    println!("api listening on http://{}", running.api_addr);
-    println!("gateway listening on http://{}", running.gateway_addr);
+    let scheme = if running.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("ingress listening on {scheme}://{}", running.ingress_addr);
+    println!("api listening on {scheme}://{}", running.api_addr);
+    if let Some(ops) = running.ops_addr {
+        println!("ops listening on {scheme}://{ops}");
+    }
+    println!("gateway listening on {scheme}://{}", running.gateway_addr);
     tracing::info!(
         data_dir = %config.data_dir.display(),
         fsync = ?config.fsync,
         "ferry is serving"
     );
-    wait_for_signal().await?;
+    wait_for_signal(running.tls.as_deref()).await?;
     tracing::info!("shutting down");
     running.stop().await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+/// Until SIGTERM or SIGINT; SIGHUP reloads the TLS certificate.
+async fn wait_for_signal(tls: Option<&ingress::Tls>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            r = tokio::signal::ctrl_c() => return r.context("waiting for SIGINT"),
+            _ = hangup.recv() => match tls {
+                Some(tls) => tls.reload_logged(),
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            },
+        }
     }
-    Ok(())
 }

@@ -73,6 +73,13 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/namespaces/{ns}/{plural}/{name}/deadletters/replay",
             post(replay_dead_letters),
         )
+        .with_state(state.clone())
+        .merge(ops_router(state))
+}
+
+/// `/metrics`, `/healthz` and `/readyz`: on the API listener, and alone on `--ops-listen`.
+pub fn ops_router(state: ApiState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -87,7 +94,7 @@ impl IntoResponse for ControlError {
             ControlError::NotFound { .. } | ControlError::UnknownType { .. } => {
                 StatusCode::NOT_FOUND
             }
-            ControlError::Reserved => StatusCode::FORBIDDEN,
+            ControlError::Reserved | ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::Dispatch(dispatcher::DispatchError::Store(
                 dispatcher::store::StoreError::BadRequest(_),
@@ -115,8 +122,17 @@ struct ApplyRequest {
 
 async fn apply(
     State(s): State<ApiState>,
+    identity: Option<axum::Extension<crate::auth::Identity>>,
     Json(req): Json<ApplyRequest>,
 ) -> Result<Json<Value>, ControlError> {
+    let namespaces = req.documents.iter().map(|d| {
+        d.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(crate::resource::DEFAULT_NAMESPACE)
+            .to_string()
+    });
+    crate::auth::guard::check_apply(identity.as_deref(), namespaces)
+        .map_err(ControlError::Forbidden)?;
     let applied = s.control.apply(&req.documents).await?;
     let reconciled = s.control.wait_reconciled(&applied, APPLY_WAIT).await;
     Ok(Json(

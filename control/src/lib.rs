@@ -20,10 +20,12 @@
 //! - [`process`]: process-group signals and bounded line reading, for kinds that run processes.
 //! - [`store`]: where resources persist (RocksDB, or a compacted Kafka topic).
 //! - [`kinds`]: eventing's kinds: Broker, Trigger, KafkaSink, KafkaSource, PingSource.
+//! - [`auth`]: who may do what (`--auth tokens`): tokens, roles, the 401/403 middleware.
 //! - [`api`]: the HTTP API the CLI talks to, plus `/metrics`, `/healthz`, `/readyz`;
 //!   [`health`]: what the last two report (storage refusing writes, a wedged runtime).
 
 pub mod api;
+pub mod auth;
 pub mod health;
 pub mod kind;
 pub mod kinds;

@@ -51,6 +51,9 @@ pub enum ControlError {
     UnknownType { name: String, known: String },
     #[error("namespace {SYSTEM_NAMESPACE} is reserved for Ferry's system brokers and triggers (you may add and delete your own triggers there)")]
     Reserved,
+    /// The identity may not do this (`--auth tokens`).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("event log: {0}")]
@@ -84,6 +87,9 @@ pub struct ControlConfig {
     /// This node's id (stable across restarts: kept in the data dir). Work that must stay on
     /// one node (a pipeline run's) is owned by a node and handled by its triggers.
     pub node: String,
+    /// PEM CA certificates of the ingress's TLS certificate (`--tls-ca`), published as
+    /// brokers' and sinks' `status.address.CACerts` so deliveries to them trust it.
+    pub address_ca: Option<String>,
 }
 
 /// The parts of the server the control plane drives.
@@ -190,6 +196,11 @@ impl ControlPlane {
         for q in self.queues.values() {
             q.close();
         }
+    }
+
+    /// Where resources (and tokens) are kept.
+    pub(crate) fn store(&self) -> &dyn ResourceStore {
+        self.store.as_ref()
     }
 
     pub fn registry(&self) -> &Registry {

@@ -5,6 +5,7 @@
 
 use crate::plane::ControlPlane;
 use crate::resource::{Destination, Key};
+use dispatcher::outbound::Address;
 use serde_json::Value;
 
 /// The scheme of an in-process subscriber's address.
@@ -23,11 +24,23 @@ impl ControlPlane {
         dest: &Destination,
         namespace: &str,
     ) -> Result<String, String> {
+        self.resolve_address(dest, namespace).map(|a| a.url)
+    }
+
+    /// A `Destination` resolved to where deliveries go: its URL, the audience its receiver
+    /// expects a token for and the CA certificates of its HTTPS certificate — the
+    /// destination's own `audience` and `CACerts`, else those its `ref`'s address publishes.
+    pub fn resolve_address(&self, dest: &Destination, namespace: &str) -> Result<Address, String> {
         let Some(r) = &dest.reference else {
-            return dest
+            let url = dest
                 .uri
                 .clone()
-                .ok_or_else(|| "the destination has neither uri nor ref".to_string());
+                .ok_or_else(|| "the destination has neither uri nor ref".to_string())?;
+            return Ok(Address {
+                url,
+                audience: dest.audience.clone(),
+                ca_certs: dest.ca_certs.clone(),
+            });
         };
         let kind_name = &r.kind;
         let ns = r.namespace.as_deref().unwrap_or(namespace);
@@ -42,6 +55,15 @@ impl ControlPlane {
             .find(info.kind, ns, &r.name)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} {ns}/{} does not exist", info.kind, r.name))?;
+        let published = |field: &str| {
+            target
+                .status
+                .pointer(&format!("/address/{field}"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let audience = dest.audience.clone().or_else(|| published("audience"));
+        let ca_certs = dest.ca_certs.clone().or_else(|| published("CACerts"));
         let base = target
             .status
             .pointer("/address/url")
@@ -52,13 +74,18 @@ impl ControlPlane {
                     info.kind, r.name
                 )
             })?;
-        match &dest.uri {
-            None => Ok(base.to_string()),
+        let url = match &dest.uri {
+            None => base.to_string(),
             Some(rel) => url::Url::parse(&format!("{}/", base.trim_end_matches('/')))
                 .and_then(|b| b.join(rel.trim_start_matches('/')))
                 .map(|u| u.to_string())
-                .map_err(|e| format!("uri {rel:?} relative to {base}: {e}")),
-        }
+                .map_err(|e| format!("uri {rel:?} relative to {base}: {e}"))?,
+        };
+        Ok(Address {
+            url,
+            audience,
+            ca_certs,
+        })
     }
 
     /// The resource a destination's `ref` names, as a dependency (`None` for a plain URI or a

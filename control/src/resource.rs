@@ -280,7 +280,7 @@ fn validate_metadata(meta: Option<&Value>, err: &mut impl FnMut(&str, String)) -
         }
     };
     let namespace = match meta.get("namespace") {
-        None | Some(Value::Null) => "default".to_string(),
+        None | Some(Value::Null) => DEFAULT_NAMESPACE.to_string(),
         Some(Value::String(ns)) => {
             if let Some(problem) = dns_label_problem(ns) {
                 err("metadata.namespace", format!("{ns:?} {problem}"));
@@ -342,6 +342,9 @@ pub fn generate_name(prefix: &str) -> String {
         .collect();
     format!("{prefix}{suffix}")
 }
+
+/// The namespace of a resource that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Why `s` is not a DNS-1123 label (what Kubernetes names are), if it is not.
 pub fn dns_label_problem(s: &str) -> Option<&'static str> {

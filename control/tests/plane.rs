@@ -125,6 +125,7 @@ async fn start(extra: impl FnOnce(&mut Registry)) -> Setup {
             },
             sink_batch_records: None,
             node: "test".into(),
+            address_ca: None,
         },
     })
     .await

@@ -5,6 +5,8 @@
 //! - [`cesql`]: CloudEvents SQL, compiled once per trigger, evaluated per event.
 //! - [`filter`]: trigger filters (attributes and the Subscriptions API dialects).
 //! - [`policy`]: delivery policy: retries, backoff, timeout, Retry-After.
+//! - [`outbound`]: resolved addresses, tokens for their audience, the networks deliveries may
+//!   reach.
 //! - [`subscriber`]: the one delivery interface (HTTP, in-process handlers) and how an answer
 //!   is classified.
 //! - [`store`]: durable retries and Ferry's own dead-letter store.
@@ -20,6 +22,7 @@ pub mod clock;
 pub mod filter;
 pub mod metrics;
 pub mod offsets;
+pub mod outbound;
 pub mod policy;
 mod runner;
 pub mod service;

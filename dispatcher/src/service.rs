@@ -2,6 +2,7 @@
 //! triggers change, and the dead-letter store behind `ferry dlq`.
 
 use crate::metrics::DispatchMetrics;
+use crate::outbound::{Address, Credentials, Networks, TokenSource};
 use crate::policy::DeliveryPolicy;
 use crate::runner::{self, Runner, TriggerSpec};
 use crate::store::{DeadLetterPage, DeliveryStore, StoreError};
@@ -45,8 +46,11 @@ pub struct Dispatcher {
     store: Arc<DeliveryStore>,
     metrics: DispatchMetrics,
     client: reqwest::Client,
-    /// Hosts the client sends to a local address (Services at the serving gateway).
+    /// Hosts the client sends to a local address (Services at the serving gateway), and the
+    /// networks deliveries may reach.
     local_hosts: Arc<LocalHosts>,
+    /// Mints the tokens of deliveries to destinations with an audience.
+    tokens: std::sync::OnceLock<Arc<dyn TokenSource>>,
     runners: tokio::sync::Mutex<HashMap<String, Running>>,
     /// How long a stopping trigger waits for its in-flight deliveries.
     grace: Duration,
@@ -71,10 +75,7 @@ impl Dispatcher {
         grace: Duration,
     ) -> Result<Arc<Self>, DispatchError> {
         let local_hosts = Arc::new(LocalHosts::default());
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .dns_resolver(local_hosts.clone())
+        let client = client_builder(&local_hosts)
             .build()
             .map_err(|e| DispatchError::Client(e.to_string()))?;
         Ok(Arc::new(Self {
@@ -83,6 +84,7 @@ impl Dispatcher {
             metrics: DispatchMetrics::new(registry)?,
             client,
             local_hosts,
+            tokens: std::sync::OnceLock::new(),
             runners: tokio::sync::Mutex::new(HashMap::new()),
             grace,
         }))
@@ -92,20 +94,81 @@ impl Dispatcher {
     /// routes by the Host header), whatever the system's resolver says of those names.
     pub fn route_domain(&self, domain: &str, addr: SocketAddr) {
         self.local_hosts
-            .0
+            .routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push((format!(".{}", domain.to_ascii_lowercase()), addr));
     }
 
-    /// An HTTP subscriber using the dispatcher's connection pool.
-    pub fn http_subscriber(&self, url: &str, policy: &DeliveryPolicy) -> Arc<dyn Subscriber> {
-        Arc::new(HttpSubscriber::new(
-            self.client.clone(),
-            url,
+    /// The networks deliveries may reach (`--delivery-deny-cidr`, `--delivery-allow-cidr`).
+    pub fn set_networks(&self, networks: Networks) {
+        *self
+            .local_hosts
+            .networks
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = networks;
+    }
+
+    /// Where the tokens of deliveries to destinations with an audience come from (none: auth
+    /// is off, and deliveries carry no token).
+    pub fn set_token_source(&self, tokens: Arc<dyn TokenSource>) {
+        let _ = self.tokens.set(tokens);
+    }
+
+    /// Whether deliveries may go to `url` (its scheme, and its host's networks); the error
+    /// says why not.
+    pub async fn check_destination(&self, url: &str) -> Result<(), String> {
+        let networks = self
+            .local_hosts
+            .networks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        networks.check(url).await
+    }
+
+    /// An HTTP subscriber at `address`, sending as `sender` (a JWT for the address's
+    /// audience, if it has one): the dispatcher's connection pool, or a client of its own when
+    /// the address brings CA certificates. The error says what is wrong with the address.
+    pub fn http_subscriber(
+        &self,
+        address: &Address,
+        sender: &str,
+        policy: &DeliveryPolicy,
+    ) -> Result<Arc<dyn Subscriber>, String> {
+        let client = match &address.ca_certs {
+            None => self.client.clone(),
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                    .map_err(|e| format!("CACerts: not PEM certificates: {e}"))?;
+                if certs.is_empty() {
+                    return Err("CACerts: no PEM certificate in it".into());
+                }
+                certs
+                    .into_iter()
+                    .fold(client_builder(&self.local_hosts), |b, c| {
+                        b.add_root_certificate(c)
+                    })
+                    .build()
+                    .map_err(|e| format!("CACerts: {e}"))?
+            }
+        };
+        // Without a token source (auth off) an audience is not acted on.
+        let credentials = match (&address.audience, self.tokens.get()) {
+            (Some(audience), Some(tokens)) => Some(Credentials {
+                subject: sender.to_string(),
+                audience: audience.clone(),
+                tokens: tokens.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Arc::new(HttpSubscriber::new(
+            client,
+            &address.url,
             policy.format,
             policy.timeout,
-        ))
+            credentials,
+        )))
     }
 
     /// Commits `namespace/name`'s consumer group at the log end, so a new trigger gets every
@@ -325,23 +388,57 @@ async fn stop(r: Running) {
     }
 }
 
-/// The dispatcher's resolver: hosts under a routed domain go to its address; the others to
-/// the system's resolver.
+/// The dispatcher's clients: a pool per host, no redirects followed (a 3xx fails the
+/// delivery), names resolved by [`LocalHosts`].
+fn client_builder(hosts: &Arc<LocalHosts>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(hosts.clone())
+}
+
+/// The dispatcher's resolver: hosts under a routed domain go to a local address (Services at
+/// the gateway); other names resolve as the system says, less the addresses of denied
+/// networks (a name that resolves only into them fails the delivery).
 #[derive(Default)]
-struct LocalHosts(std::sync::RwLock<Vec<(String, SocketAddr)>>);
+struct LocalHosts {
+    routes: std::sync::RwLock<Vec<(String, SocketAddr)>>,
+    networks: std::sync::RwLock<Networks>,
+}
 
 impl reqwest::dns::Resolve for LocalHosts {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_ascii_lowercase();
-        let local = self.0.read().ok().and_then(|d| {
+        let local = self.routes.read().ok().and_then(|d| {
             d.iter()
                 .find(|(suffix, _)| host.ends_with(suffix.as_str()))
                 .map(|(_, addr)| *addr)
         });
+        let networks = self
+            .networks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = match local {
                 Some(addr) => vec![addr],
-                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+                None => {
+                    let all: Vec<SocketAddr> =
+                        tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+                    let allowed: Vec<SocketAddr> = all
+                        .iter()
+                        .copied()
+                        .filter(|a| networks.refuses(a.ip()).is_none())
+                        .collect();
+                    if allowed.is_empty() {
+                        if let Some(a) = all.first() {
+                            let why = networks.refuses(a.ip()).unwrap_or_default();
+                            return Err(format!("{host}: {why}").into());
+                        }
+                    }
+                    allowed
+                }
             };
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)

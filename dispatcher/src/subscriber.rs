@@ -2,6 +2,7 @@
 //! controllers) both implement [`Subscriber`], so filters, retries, dead letters and offsets
 //! are the same for both.
 
+use crate::outbound::Credentials;
 use crate::policy::Format;
 use async_trait::async_trait;
 use broker::Event;
@@ -141,6 +142,8 @@ pub struct HttpSubscriber {
     url: String,
     format: Format,
     timeout: Duration,
+    /// A bearer token for the destination's audience with each request.
+    credentials: Option<Credentials>,
 }
 
 impl HttpSubscriber {
@@ -149,12 +152,14 @@ impl HttpSubscriber {
         url: impl Into<String>,
         format: Format,
         timeout: Duration,
+        credentials: Option<Credentials>,
     ) -> Self {
         Self {
             client,
             url: url.into(),
             format,
             timeout,
+            credentials,
         }
     }
 }
@@ -172,7 +177,19 @@ impl Subscriber for HttpSubscriber {
         if let Some(cx) = TraceContext::for_hop(&tracing::Span::current(), event) {
             cx.to_headers(&mut trace);
         }
-        let request = request.headers(trace);
+        let mut request = request.headers(trace);
+        if let Some(c) = &self.credentials {
+            match c.tokens.token(&c.subject, &c.audience) {
+                Ok(token) => request = request.bearer_auth(token),
+                Err(e) => {
+                    return Outcome::Retry(Failure::new(
+                        None,
+                        Bytes::new(),
+                        format!("no token for audience {}: {e}", c.audience),
+                    ))
+                }
+            }
+        }
         let request = match self.format {
             Format::Binary => request
                 .headers(cloudevent::http::binary_headers(event))
@@ -192,10 +209,18 @@ impl Subscriber for HttpSubscriber {
                 } else {
                     "failed"
                 };
+                // With its causes: "error sending request" alone does not say that a certificate
+                // was not trusted or a connection refused.
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
                 return Outcome::Retry(Failure::new(
                     None,
                     Bytes::new(),
-                    format!("request to {} {what}: {e}", self.url),
+                    format!("request to {} {what}: {text}", self.url),
                 ));
             }
         };

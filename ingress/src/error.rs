@@ -8,6 +8,9 @@ use http::{header, HeaderValue, StatusCode};
 /// Why the ingress refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
+    /// An EventPolicy (or the namespace's default) does not let the sender send this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("invalid CloudEvent: {0}")]
     Invalid(#[from] InvalidEvent),
     #[error("broker {namespace}/{name} not found")]
@@ -39,7 +42,7 @@ impl IngressError {
             IngressError::Invalid(_) | IngressError::Body(_) => StatusCode::BAD_REQUEST,
             IngressError::UnknownBroker { .. } | IngressError::NoRoute => StatusCode::NOT_FOUND,
             IngressError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            IngressError::Reserved => StatusCode::FORBIDDEN,
+            IngressError::Reserved | IngressError::Forbidden(_) => StatusCode::FORBIDDEN,
             IngressError::TooLarge { .. } | IngressError::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -7,13 +7,16 @@
 //! - [`server`]: the HTTP server with connection bounds (a connection limit, header and idle
 //!   timeouts); the handler bounds requests in flight, body bytes held and body read time.
 //! - [`metrics`]: Prometheus metrics of the ingress.
+//! - [`tls`]: certificates for every listener, reloaded when they change.
 
 pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
-pub use server::{serve, ServerLimits};
-pub use service::{router, Gate, IngressConfig, IngressState, Sinks};
+pub use server::{serve, ServeOptions, ServerLimits};
+pub use service::{router, Addressee, Admission, Gate, IngressConfig, IngressState, Sinks};
+pub use tls::{Tls, TlsError};

@@ -1,5 +1,7 @@
-//! The ingress's HTTP server: the router behind connection bounds that `axum::serve` does not
-//! have.
+//! Ferry's HTTP server, for every listener (ingress, control API, gateway, ops): a router
+//! behind connection bounds that `axum::serve` does not have, over TLS when a certificate is
+//! configured ([`crate::tls`]). Each request carries the peer's address as axum's
+//! `ConnectInfo<SocketAddr>`.
 //!
 //! - At most `max_connections` connections at once; one more is answered `503` with
 //!   `Retry-After` (after its request's first bytes) and closed, so a flood of connections
@@ -11,6 +13,8 @@
 //! Request-level bounds (requests in flight, body bytes buffered, body read time) are the
 //! handler's ([`crate::service`]).
 
+use crate::tls::Tls;
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -21,6 +25,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+/// How a listener serves: its bounds, its TLS identity, its name in logs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub limits: ServerLimits,
+    /// TLS when set; plain HTTP otherwise.
+    pub tls: Option<Arc<Tls>>,
+    /// Counts connections refused over the limit.
+    pub refused: Option<prometheus::IntCounter>,
+    /// `ingress`, `api`, ... in logs.
+    pub name: &'static str,
+}
 
 /// Connection bounds.
 #[derive(Clone, Copy, Debug)]
@@ -51,10 +67,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    limits: ServerLimits,
-    refused: prometheus::IntCounter,
+    options: ServeOptions,
     stop: CancellationToken,
 ) {
+    let ServeOptions {
+        limits,
+        tls,
+        refused,
+        name,
+    } = options;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -62,11 +83,11 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "ingress: accepting a connection failed");
+                    tracing::warn!(error = %e, listener = name, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -74,7 +95,9 @@ pub async fn serve(
             _ = stop.cancelled() => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused.inc();
+            if let Some(r) = &refused {
+                r.inc();
+            }
             // The answer follows the request's first bytes (a client that has not sent its
             // request yet would take an answer for a protocol error), within a second.
             tokio::spawn(async move {
@@ -90,15 +113,46 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            // A connection ending badly (reset, header timeout) is the client's business.
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "ingress connection ended");
+        let router = router.clone();
+        let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
+        match &tls {
+            None => {
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    // A connection ending badly (reset, header timeout) is the client's business.
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, listener = name, "connection ended");
+                    }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(tls) => {
+                // The handshake runs in the connection's task, bounded like a request header,
+                // so a client that stalls in it holds only its own slot.
+                let acceptor = tls.acceptor();
+                let (http, watcher) = (http.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, listener = name, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, listener = name, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, listener = name, "connection ended");
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -95,6 +95,25 @@ impl Gate {
     }
 }
 
+/// Decides whether a request's sender may send its events where it sends them (Ferry's
+/// EventPolicies): the sender is in the request's extensions (put there by the middleware
+/// that authenticated it); `Err` is a 403 with the message.
+pub trait Admission: Send + Sync {
+    fn admit(
+        &self,
+        sender: &http::Extensions,
+        to: Addressee<'_>,
+        events: &[broker::Event],
+    ) -> Result<(), String>;
+}
+
+/// What a request sends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressee<'a> {
+    Broker { namespace: &'a str, name: &'a str },
+    KafkaSink { namespace: &'a str, name: &'a str },
+}
+
 /// What the handler needs.
 #[derive(Clone)]
 pub struct IngressState {
@@ -104,6 +123,8 @@ pub struct IngressState {
     pub config: IngressConfig,
     pub metrics: IngressMetrics,
     pub gate: Arc<Gate>,
+    /// Who may send what where; none: anyone anything.
+    pub admission: Option<Arc<dyn Admission>>,
 }
 
 impl IngressState {
@@ -120,7 +141,14 @@ impl IngressState {
             config,
             metrics,
             gate,
+            admission: None,
         }
+    }
+
+    /// Requests are admitted by `admission` (after they are decoded, before they are stored).
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     fn log(&self) -> &Arc<dyn EventLog> {
@@ -235,7 +263,22 @@ enum Target<'a> {
     /// A broker's log.
     Broker { namespace: &'a str, name: &'a str },
     /// A KafkaSink's topic.
-    Sink(Arc<TopicWriter>),
+    Sink {
+        namespace: &'a str,
+        name: &'a str,
+        writer: Arc<TopicWriter>,
+    },
+}
+
+impl Target<'_> {
+    fn addressee(&self) -> Addressee<'_> {
+        match self {
+            Target::Broker { namespace, name } => Addressee::Broker { namespace, name },
+            Target::Sink {
+                namespace, name, ..
+            } => Addressee::KafkaSink { namespace, name },
+        }
+    }
 }
 
 async fn accept(
@@ -317,6 +360,11 @@ async fn accept_into(
     if count == 0 {
         return (0, Ok(()));
     }
+    if let Some(admission) = &state.admission {
+        if let Err(why) = admission.admit(&parts.extensions, target.addressee(), &events) {
+            return (count, Err(IngressError::Forbidden(why)));
+        }
+    }
     // An event without a trace context of its own is kept with the request's (its producer's),
     // else with the ingest span's when spans are exported.
     let origin = hop.or_else(|| TraceContext::of_span(&tracing::Span::current()));
@@ -333,7 +381,7 @@ async fn accept_into(
             .await
             .map(|_| ())
             .map_err(|e| IngressError::from_publish(e, batch, namespace, name)),
-        Target::Sink(writer) => match state.publisher.prepare(&mut events) {
+        Target::Sink { writer, .. } => match state.publisher.prepare(&mut events) {
             Err(e) => Err(IngressError::from_publish(e, batch, "", "")),
             Ok(()) => {
                 let structured: Vec<String> = match writer.mode() {
@@ -390,9 +438,12 @@ async fn handle_sink(
         (Method::OPTIONS, _) => return options(),
         (Method::POST, Some(writer)) => {
             let hop = TraceContext::of_headers(request.headers());
-            accept_into(&state, Target::Sink(writer), request, hop)
-                .await
-                .1
+            let target = Target::Sink {
+                namespace: &namespace,
+                name: &name,
+                writer,
+            };
+            accept_into(&state, target, request, hop).await.1
         }
         (Method::POST, None) => Err(IngressError::UnknownBroker { namespace, name }),
         (m, _) => Err(IngressError::Method(m)),

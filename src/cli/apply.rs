@@ -17,7 +17,8 @@ pub struct ApplyArgs {
     /// The namespace of documents that name none (those that do keep theirs) [default: default].
     #[arg(short, long)]
     pub namespace: Option<String>,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 

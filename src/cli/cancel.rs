@@ -22,7 +22,8 @@ pub struct CancelArgs {
     /// Let the running tasks finish, start nothing new, then run `finally` (StoppedRunFinally).
     #[arg(long)]
     pub stop: bool,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 

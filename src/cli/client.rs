@@ -4,8 +4,9 @@ use anyhow::{anyhow, Context};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-/// `--server`, shared by every client verb.
-#[derive(clap::Args, Debug, Clone)]
+/// `--server`, `--token`, `--ca-file`: options of `ferry` itself, given before or after the
+/// verb, shared by every client verb.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServerArg {
     /// URL of the Ferry control API.
     #[arg(
@@ -15,11 +16,21 @@ pub struct ServerArg {
         global = true
     )]
     pub server: String,
+    /// Bearer token for a server run with `--auth tokens` (`ferry token create` makes one;
+    /// the first admin token is in the server's <data-dir>/admin-token).
+    #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate(s) that signed the server's certificate (a private CA), trusted
+    /// besides the system's roots.
+    #[arg(long, env = "FERRY_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// A token was given.
+    authenticated: bool,
 }
 
 /// A non-2xx answer of the API: its status and JSON body.
@@ -42,11 +53,33 @@ impl std::error::Error for ApiError {}
 
 impl Client {
     pub fn new(server: &ServerArg) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = &server.token {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    .map_err(|_| anyhow!("--token: a token is printable ASCII text"))?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        if let Some(path) = &server.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca-file: cannot read {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("--ca-file: {} holds no PEM certificate", path.display())
+            })?;
+            if certs.is_empty() {
+                anyhow::bail!("--ca-file: {} holds no PEM certificate", path.display());
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
         Ok(Self {
-            http: reqwest::Client::builder()
-                .build()
-                .context("building the HTTP client")?,
+            http: builder.build().context("building the HTTP client")?,
             base: server.server.trim_end_matches('/').to_string(),
+            authenticated: server.token.is_some(),
         })
     }
 
@@ -73,6 +106,9 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await.context("reading the API's answer")?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(self.unauthenticated(&body));
+        }
         if status.is_success() {
             Ok(Ok(body))
         } else {
@@ -88,6 +124,24 @@ impl Client {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         Ok(self.call(method, path, body).await??)
+    }
+
+    /// A 401: what to do about it.
+    pub fn unauthenticated(&self, body: &Value) -> anyhow::Error {
+        let said = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("401 Unauthorized");
+        if self.authenticated {
+            anyhow!("the Ferry API at {} refused the token: {said}", self.base)
+        } else {
+            anyhow!(
+                "the Ferry API at {} needs a token: pass --token TOKEN or set FERRY_TOKEN \
+                 (on its first start with --auth tokens the server wrote an admin token to \
+                 <data-dir>/admin-token; `ferry token create` makes others)",
+                self.base
+            )
+        }
     }
 
     pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {

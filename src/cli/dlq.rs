@@ -20,7 +20,8 @@ pub enum DlqCommand {
         /// At most this many (oldest first); all of them if not given.
         #[arg(long)]
         limit: Option<usize>,
-        #[command(flatten)]
+        /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+        #[arg(skip)]
         server: ServerArg,
     },
     /// Deliver dead letters again (fresh attempt count).
@@ -34,7 +35,8 @@ pub enum DlqCommand {
         /// All of them.
         #[arg(long)]
         all: bool,
-        #[command(flatten)]
+        /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+        #[arg(skip)]
         server: ServerArg,
     },
     /// Delete every dead letter of the trigger.
@@ -42,9 +44,22 @@ pub enum DlqCommand {
         trigger: String,
         #[arg(short, long, default_value = "default")]
         namespace: String,
-        #[command(flatten)]
+        /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+        #[arg(skip)]
         server: ServerArg,
     },
+}
+
+impl DlqCommand {
+    /// The command, talking to `to`.
+    pub fn with_server(mut self, to: ServerArg) -> Self {
+        match &mut self {
+            DlqCommand::List { server, .. }
+            | DlqCommand::Replay { server, .. }
+            | DlqCommand::Purge { server, .. } => *server = to,
+        }
+        self
+    }
 }
 
 /// The API path of the dead letters of `target` (`NAME`, a trigger's, or `TYPE/NAME`); the

@@ -31,13 +31,15 @@ pub struct GetArgs {
     /// Output format; yaml and json can be given back to `ferry apply`.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ApiResourcesArgs {
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -47,7 +49,8 @@ pub struct DescribeArgs {
     pub name: String,
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -57,7 +60,8 @@ pub struct DeleteArgs {
     pub name: String,
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -122,7 +126,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 }
 
 /// Columns padded to their widest cell, three spaces apart.
-fn table(columns: &Value, rows: &[Value]) -> String {
+pub fn table(columns: &Value, rows: &[Value]) -> String {
     let cells = |v: &Value| -> Vec<String> {
         v.as_array()
             .into_iter()

@@ -17,7 +17,8 @@ pub struct LogsArgs {
     /// Keep printing new lines as they come.
     #[arg(short, long)]
     pub follow: bool,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -42,6 +43,10 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
         .send()
         .await
         .map_err(|e| client.unreachable(e))?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        return Err(client.unauthenticated(&body));
+    }
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();

@@ -33,7 +33,8 @@ pub struct SendArgs {
     /// Extension attribute NAME=VALUE (repeatable), e.g. partitionkey=order-7.
     #[arg(short = 'e', long = "extension", value_parser = parse_extension)]
     pub extensions: Vec<(String, String)>,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 

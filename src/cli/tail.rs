@@ -29,7 +29,8 @@ pub struct TailArgs {
     pub no_follow: bool,
     #[arg(short, long, value_enum, default_value_t)]
     pub output: TailOutput,
-    #[command(flatten)]
+    /// Set from the top-level options (`--server`, `--token`, `--ca-file`).
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -50,6 +51,10 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         .send()
         .await
         .map_err(|e| client.unreachable(e))?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        return Err(client.unauthenticated(&body));
+    }
     if !resp.status().is_success() {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);

@@ -115,6 +115,71 @@ pub struct ServeArgs {
     /// (`/v1/traces` is added) [default: none, no spans leave the process].
     #[arg(long, env = "FERRY_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// PEM certificate chain: with `--tls-key`, every listener (ingress, API, gateway, ops)
+    /// serves HTTPS; reloaded when the files change or on SIGHUP.
+    #[arg(long, env = "FERRY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "FERRY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Address of a listener for /metrics, /healthz and /readyz only, with no token needed
+    /// (for probes and scrapers) [default: none; they stay on the API listener].
+    #[arg(long, env = "FERRY_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+    /// `tokens`: every API and ingress request needs `Authorization: Bearer <token>`;
+    /// `none`: no authentication, allowed on loopback addresses only unless
+    /// `--insecure-no-auth` [default: none].
+    #[arg(long, env = "FERRY_AUTH", value_parser = parse_auth)]
+    pub auth: Option<control::auth::AuthMode>,
+    /// The admin token is this file's contents (a secret mounted by an orchestrator)
+    /// [default: Ferry makes one on the first start, in <data-dir>/admin-token].
+    #[arg(long, env = "FERRY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve without authentication on addresses other than loopback: anyone who can reach
+    /// them can change every resource and read every event.
+    #[arg(long, env = "FERRY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// PEM CA certificate(s) that signed --tls-cert: published as brokers' and sinks'
+    /// `status.address.CACerts`, so deliveries to Ferry's own HTTPS addresses trust it.
+    #[arg(long, env = "FERRY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Ferry's own issuer (`iss` of the JWTs its deliveries carry; discovery at
+    /// /.well-known/openid-configuration) [default: the API's URL].
+    #[arg(long, env = "FERRY_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Accept JWTs signed by the keys of this JWKS (a file, or an http(s) URL fetched every
+    /// 5 minutes); RS256 or ES256.
+    #[arg(long, env = "FERRY_JWKS")]
+    pub jwks: Option<String>,
+    /// The `iss` those JWTs must carry [default: not checked].
+    #[arg(long, env = "FERRY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a JWT for the control API must carry [default: ferry].
+    #[arg(long, env = "FERRY_JWT_API_AUDIENCE")]
+    pub jwt_api_audience: Option<String>,
+    /// Who may send to a broker or sink no EventPolicy selects: allow-same-namespace,
+    /// allow-all or deny-all [default: allow-same-namespace].
+    #[arg(long, env = "FERRY_DEFAULT_AUTHORIZATION_MODE", value_parser = parse_mode)]
+    pub default_authorization_mode: Option<control::kinds::event_policy::DefaultMode>,
+    /// Networks deliveries may not reach (CIDRs or addresses, comma-separated or repeated)
+    /// [default: 169.254.0.0/16,fe80::/10: link-local, where cloud metadata answers].
+    #[arg(long, env = "FERRY_DELIVERY_DENY_CIDR", value_delimiter = ',', value_parser = parse_net)]
+    pub delivery_deny_cidr: Vec<ipnet::IpNet>,
+    /// If given, the only networks deliveries may reach (the deny list still applies).
+    #[arg(long, env = "FERRY_DELIVERY_ALLOW_CIDR", value_delimiter = ',', value_parser = parse_net)]
+    pub delivery_allow_cidr: Vec<ipnet::IpNet>,
+}
+
+fn parse_mode(s: &str) -> Result<control::kinds::event_policy::DefaultMode, String> {
+    s.parse()
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    dispatcher::outbound::parse_net(s)
+}
+
+fn parse_auth(s: &str) -> Result<control::auth::AuthMode, String> {
+    s.parse()
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
@@ -169,9 +234,54 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     ingress_body_timeout: Option<Duration>,
     otlp_endpoint: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    ops_listen: Option<SocketAddr>,
+    auth: Option<control::auth::AuthMode>,
+    admin_token_file: Option<PathBuf>,
+    insecure_no_auth: Option<bool>,
+    tls_ca: Option<PathBuf>,
+    oidc_issuer: Option<String>,
+    jwks: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_api_audience: Option<String>,
+    #[serde(default, with = "mode_opt")]
+    default_authorization_mode: Option<control::kinds::event_policy::DefaultMode>,
+    #[serde(default, with = "nets")]
+    delivery_deny_cidr: Option<Vec<ipnet::IpNet>>,
+    #[serde(default, with = "nets")]
+    delivery_allow_cidr: Option<Vec<ipnet::IpNet>>,
     /// Knative's config-autoscaler keys (`stable-window: 60s`, ...).
     #[serde(default)]
     autoscaler: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+mod mode_opt {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<control::kinds::event_policy::DefaultMode>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+mod nets {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<ipnet::IpNet>>, D::Error> {
+        Option::<Vec<String>>::deserialize(d)?
+            .map(|list| {
+                list.iter()
+                    .map(|s| dispatcher::outbound::parse_net(s).map_err(serde::de::Error::custom))
+                    .collect()
+            })
+            .transpose()
+    }
 }
 
 mod humantime_serde_opt {
@@ -218,6 +328,20 @@ pub struct ServeConfig {
     pub autoscaler: serving::autoscaler::Defaults,
     /// The OTLP/HTTP collector spans go to, if any.
     pub otlp_endpoint: Option<String>,
+    /// The listeners' certificate chain and key (HTTPS), if any.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The listener of /metrics, /healthz and /readyz alone, if any.
+    pub ops_listen: Option<SocketAddr>,
+    pub auth: control::auth::AuthConfig,
+    /// `--insecure-no-auth`.
+    pub insecure_no_auth: bool,
+    /// `--tls-ca`'s file.
+    pub tls_ca: Option<PathBuf>,
+    /// Ferry's own issuer, if given (else the API's URL, known once it listens).
+    pub oidc_issuer: Option<String>,
+    pub default_authorization_mode: control::kinds::event_policy::DefaultMode,
+    /// The networks deliveries may reach.
+    pub delivery_networks: dispatcher::outbound::Networks,
 }
 
 impl ServeArgs {
@@ -342,6 +466,49 @@ impl ServeArgs {
             },
             autoscaler,
             otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
+            tls: match (
+                self.tls_cert.or(file.tls_cert),
+                self.tls_key.or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                (Some(_), None) | (None, Some(_)) => {
+                    problems.push("tls-cert and tls-key: give both, or neither".to_string());
+                    None
+                }
+            },
+            ops_listen: self.ops_listen.or(file.ops_listen),
+            auth: control::auth::AuthConfig {
+                mode: self.auth.or(file.auth).unwrap_or_default(),
+                admin_token_file: self.admin_token_file.or(file.admin_token_file),
+                jwt: control::auth::jwt::JwtConfig {
+                    jwks: self.jwks.or(file.jwks),
+                    issuer: self.jwt_issuer.or(file.jwt_issuer),
+                    api_audience: self
+                        .jwt_api_audience
+                        .or(file.jwt_api_audience)
+                        .unwrap_or_else(|| "ferry".into()),
+                },
+                // Known once the API listens (`--oidc-issuer` or its URL).
+                issuer: String::new(),
+            },
+            insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            tls_ca: self.tls_ca.or(file.tls_ca),
+            oidc_issuer: self.oidc_issuer.or(file.oidc_issuer),
+            default_authorization_mode: self
+                .default_authorization_mode
+                .or(file.default_authorization_mode)
+                .unwrap_or_default(),
+            delivery_networks: dispatcher::outbound::Networks {
+                allow: Some(self.delivery_allow_cidr)
+                    .filter(|l| !l.is_empty())
+                    .or(file.delivery_allow_cidr)
+                    .unwrap_or_default(),
+                deny: Some(self.delivery_deny_cidr)
+                    .filter(|l| !l.is_empty())
+                    .or(file.delivery_deny_cidr)
+                    .unwrap_or_else(dispatcher::outbound::default_deny),
+            },
         };
         config.validate(problems)?;
         Ok(config)
@@ -380,8 +547,36 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 impl ServeConfig {
+    /// Why this configuration would serve without authentication where others can reach it
+    /// (`--auth none` on an address other than loopback, without `--insecure-no-auth`).
+    fn unprotected(&self) -> Vec<String> {
+        use control::auth::AuthMode;
+        if self.auth.mode != AuthMode::None || self.insecure_no_auth {
+            return Vec::new();
+        }
+        let mut problems: Vec<String> = [
+            ("ingress-listen", self.ingress_listen),
+            ("api-listen", self.api_listen),
+        ]
+        .into_iter()
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .map(|(flag, addr)| {
+            format!(
+                "{flag}: {addr} is not a loopback address and auth is none: anyone who can reach it \
+                 could change every resource and read every event. Use --auth tokens (README, \
+                 \"Security\"), listen on 127.0.0.1, or pass --insecure-no-auth to accept this"
+            )
+        })
+        .collect();
+        if self.auth.admin_token_file.is_some() {
+            problems.push("admin-token-file: used only with --auth tokens".to_string());
+        }
+        problems
+    }
+
     /// Reports every problem at once.
     fn validate(&self, mut problems: Vec<String>) -> anyhow::Result<()> {
+        problems.extend(self.unprotected());
         if let Some(k) = &self.kafka {
             // librdkafka wants it longer than the producer's 1 ms linger.
             if k.produce_timeout.is_some_and(|t| t.as_millis() < 10) {

@@ -86,8 +86,94 @@ fn compose_wires_prometheus_grafana_and_a_trace_collector() {
                 .as_sequence()
                 .unwrap()
                 .iter()
-                .any(|t| t.as_str() == Some(&format!("{node}:8081"))),
+                .any(|t| t.as_str() == Some(&format!("{node}:8090"))),
             "{node} is not scraped"
+        );
+    }
+}
+
+/// Safe by default: auth on, the admin token from a secret, the control API published
+/// nowhere, probes and scraping on the ops port, a NetworkPolicy guarding the API.
+#[test]
+fn deploy_is_safe_by_default() {
+    let docker = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    assert!(
+        docker.contains("FERRY_AUTH=tokens"),
+        "the image turns auth on"
+    );
+    assert!(docker.contains("FERRY_OPS_LISTEN=0.0.0.0:8090"));
+    let expose = docker.lines().find(|l| l.starts_with("EXPOSE")).unwrap();
+    assert!(
+        !expose.contains("8081"),
+        "the image exposes the API: {expose}"
+    );
+
+    let compose =
+        std::fs::read_to_string(root().join("deploy/compose/docker-compose.yaml")).unwrap();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&compose).unwrap();
+    assert!(doc["secrets"]["ferry-admin-token"].is_mapping());
+    for node in ["ferry-1", "ferry-2", "ferry-3"] {
+        let service = &doc["services"][node];
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(!port.ends_with(":8081"), "{node} publishes the API: {port}");
+        }
+    }
+    // The merged anchor gives every node the secret.
+    assert!(compose.contains("FERRY_ADMIN_TOKEN_FILE: /run/secrets/ferry-admin-token"));
+
+    for file in ["embedded.yaml", "kafka.yaml"] {
+        let text = std::fs::read_to_string(root().join("deploy/kubernetes").join(file)).unwrap();
+        let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let of_kind = |kind: &str| docs.iter().find(|d| d["kind"].as_str() == Some(kind));
+        let service = of_kind("Service").unwrap();
+        for port in service["spec"]["ports"].as_sequence().unwrap() {
+            assert_ne!(
+                port["targetPort"].as_i64(),
+                Some(8081),
+                "{file}: the Service exposes the API"
+            );
+        }
+        let workload = of_kind("StatefulSet")
+            .or_else(|| of_kind("Deployment"))
+            .unwrap();
+        let container = &workload["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["port"].as_str(),
+            Some("ops"),
+            "{file}"
+        );
+        assert_eq!(
+            container["livenessProbe"]["httpGet"]["port"].as_str(),
+            Some("ops"),
+            "{file}"
+        );
+        let env = container["env"].as_sequence().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e["name"].as_str() == Some("FERRY_ADMIN_TOKEN_FILE")),
+            "{file}"
+        );
+        let volumes = workload["spec"]["template"]["spec"]["volumes"]
+            .as_sequence()
+            .unwrap();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["secret"]["secretName"].as_str() == Some("ferry-admin-token")),
+            "{file}"
+        );
+        let policy = of_kind("NetworkPolicy").unwrap_or_else(|| panic!("{file}: no NetworkPolicy"));
+        let rules = policy["spec"]["ingress"].as_sequence().unwrap();
+        let api_rule = rules
+            .iter()
+            .find(|r| r["ports"][0]["port"].as_i64() == Some(8081))
+            .unwrap_or_else(|| panic!("{file}: no rule for the API port"));
+        assert!(
+            api_rule["from"].is_sequence(),
+            "{file}: the API is open to every pod"
         );
     }
 }

@@ -357,6 +357,8 @@ async fn a_node_cut_off_from_kafka_hands_over_turns_unready_and_rejoins_losing_n
         &listen,
         "--gateway-listen",
         &listen,
+        // An address of the test's own network, not loopback: no authentication on purpose.
+        "--insecure-no-auth",
     ]);
     let b = Server::start_under(
         &["ip", "netns", "exec", &net.name],

@@ -19,6 +19,8 @@ mod kafka;
 mod kafka_faults;
 mod nodes;
 mod pipelines;
+mod security;
+mod security_policy;
 mod serving;
 mod sources;
 mod system;

@@ -27,6 +27,8 @@ pub enum Behaviour {
     Garbage,
     /// Always this status, with this body.
     FailWith { status: u16, body: String },
+    /// 302 to this URL.
+    Redirect(String),
 }
 
 /// One request the subscriber got.
@@ -80,6 +82,31 @@ impl TestSubscriber {
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
+        Self { inner, url }
+    }
+
+    /// Over HTTPS with `tls`'s certificate, on 127.0.0.1.
+    pub async fn start_tls(tls: Arc<ingress::Tls>) -> Self {
+        let inner: Arc<Mutex<Inner>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/{*path}", axum::routing::any(handle))
+            .with_state(inner.clone());
+        let options = ingress::ServeOptions {
+            limits: ingress::ServerLimits::default(),
+            tls: Some(tls),
+            refused: None,
+            name: "test-subscriber",
+        };
+        tokio::spawn(ingress::serve(
+            listener,
+            app,
+            options,
+            tokio_util::sync::CancellationToken::new(),
+        ));
         Self { inner, url }
     }
 
@@ -186,5 +213,6 @@ async fn handle(
         (Behaviour::FailWith { status, body }, _) => {
             (StatusCode::from_u16(status).unwrap(), body).into_response()
         }
+        (Behaviour::Redirect(to), _) => (StatusCode::FOUND, [("location", to)]).into_response(),
     }
 }

@@ -18,6 +18,8 @@ pub struct Server {
     pub api: String,
     /// The serving gateway's base URL (`http://127.0.0.1:PORT`).
     pub gateway: String,
+    /// The ops listener's base URL, with `--ops-listen`.
+    pub ops: Option<String>,
 }
 
 impl Server {
@@ -82,7 +84,8 @@ impl Server {
                 }
             }
         });
-        let (mut ingress, mut api, mut gateway) = (None, None, None);
+        // The ops line, if any, comes before the gateway's.
+        let (mut ingress, mut api, mut gateway, mut ops) = (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
         while ingress.is_none() || api.is_none() || gateway.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -100,12 +103,16 @@ impl Server {
             if let Some(a) = line.strip_prefix("gateway listening on ") {
                 gateway = Some(a.to_string());
             }
+            if let Some(a) = line.strip_prefix("ops listening on ") {
+                ops = Some(a.to_string());
+            }
         }
         Server {
             child,
             ingress: ingress.unwrap(),
             api: api.unwrap(),
             gateway: gateway.unwrap(),
+            ops,
         }
     }
 

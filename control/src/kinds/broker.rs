@@ -7,7 +7,7 @@ use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{
     validate_delivery, validate_duration_annotation, DeliverySpec, FieldErrors, Key, Resource,
 };
-use crate::status::{addressable, status, NotReady};
+use crate::status::{status, NotReady};
 use crate::system::BrokerLayout;
 use async_trait::async_trait;
 use broker::{Created, LogError, Topic};
@@ -235,7 +235,7 @@ impl Kind for Broker {
             topic.namespace,
             topic.name
         );
-        let mut s = addressable(r, CONDITIONS, url);
+        let mut s = super::ingress_address(cp, r, CONDITIONS, INFO.group, url);
         if let Some(name) = shared {
             s["annotations"][TOPIC_STATUS_ANNOTATION] = Value::String(name);
         }

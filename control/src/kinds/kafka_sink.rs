@@ -5,7 +5,7 @@ use super::kafka_validate::{kafka_options, validate_kafka_sink};
 use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::ControlPlane;
 use crate::resource::{FieldErrors, Key, Resource};
-use crate::status::{addressable, status, NotReady};
+use crate::status::{status, NotReady};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
@@ -89,7 +89,7 @@ impl Kind for KafkaSink {
             Ok(writer) => {
                 cp.sinks().set(ns, name, writer);
                 let url = format!("{}/kafkasinks/{ns}/{name}", cp.config().ingress_url);
-                Reconciled::done(addressable(r, CONDITIONS, url))
+                Reconciled::done(super::ingress_address(cp, r, CONDITIONS, INFO.group, url))
             }
             Err(e) => {
                 cp.sinks().remove(ns, name);

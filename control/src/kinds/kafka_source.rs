@@ -5,6 +5,7 @@
 
 use super::kafka_validate::{kafka_options, validate_kafka_source};
 use super::trigger::DEFAULT_MAX_IN_FLIGHT;
+use super::trigger::{address_print, subscriber_at};
 use crate::kind::{cell, ready_cell, Flags, Kind, KindInfo, Reconciled};
 use crate::plane::{ControlError, ControlPlane};
 use crate::resource::{CeOverrides, DeliverySpec, Destination, FieldErrors, Key, Resource};
@@ -187,9 +188,10 @@ async fn start(
     let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
     let spec = spec_of(r).map_err(|e| NotReady::new("SinkProvided", "InvalidSpec", e))?;
     let sink = cp
-        .resolve_destination(&spec.sink, ns)
+        .resolve_address(&spec.sink, ns)
         .map_err(|m| NotReady::new("SinkProvided", "SinkNotFound", m))?;
-    *sink_uri = Some(sink.clone());
+    *sink_uri = Some(sink.url.clone());
+    let sender = crate::auth::subject_of("KafkaSource", ns, name);
     let policy = spec
         .delivery
         .as_ref()
@@ -201,9 +203,14 @@ async fn start(
     {
         None => None,
         Some(dls) => Some(
-            cp.resolve_destination(dls, ns)
+            cp.resolve_address(dls, ns)
                 .map_err(|m| NotReady::new("SinkProvided", "DeadLetterSinkNotFound", m))?,
         ),
+    };
+    let subscriber = subscriber_at(cp, &sink, &sender, &policy, "SinkProvided").await?;
+    let dead_letter_subscriber = match &dead_letter {
+        None => None,
+        Some(a) => Some(subscriber_at(cp, a, &sender, &policy, "SinkProvided").await?),
     };
     let key_type = r
         .metadata
@@ -292,8 +299,8 @@ async fn start(
         "spec": r.spec,
         "labels": r.metadata.labels,
         "annotations": r.metadata.annotations,
-        "sink": sink,
-        "deadLetterSink": dead_letter,
+        "sink": address_print(&sink),
+        "deadLetterSink": dead_letter.as_ref().map(address_print),
         "group": group,
         "uid": r.metadata.uid,
     });
@@ -303,10 +310,8 @@ async fn start(
             name: runner_name(name, topic),
             topic: Topic::new("", topic),
             filter: Filter::Everything,
-            subscriber: cp.dispatcher().http_subscriber(&sink, &policy),
-            dead_letter: dead_letter
-                .as_ref()
-                .map(|url| cp.dispatcher().http_subscriber(url, &policy)),
+            subscriber: subscriber.clone(),
+            dead_letter: dead_letter_subscriber.clone(),
             policy: policy.clone(),
             ordered,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,

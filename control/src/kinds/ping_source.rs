@@ -455,6 +455,10 @@ impl PingSource {
                 "name": trigger,
                 "namespace": SYSTEM_NAMESPACE,
                 "labels": {SYSTEM_LABEL: "true", OWNER_LABEL: owner_label(ns, name)},
+                "annotations": {
+                    super::trigger::SENDER_ANNOTATION:
+                        crate::auth::subject_of("PingSource", ns, name),
+                },
             },
             "spec": {
                 "broker": PING_BROKER,

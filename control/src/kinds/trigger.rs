@@ -14,6 +14,7 @@ use crate::status::{self, NotReady};
 use async_trait::async_trait;
 use broker::Topic;
 use dispatcher::filter::Filter;
+use dispatcher::outbound::Address;
 use dispatcher::policy::DeliveryPolicy;
 use dispatcher::subscriber::Subscriber;
 use dispatcher::TriggerSpec as RunnerSpec;
@@ -29,6 +30,9 @@ pub const MAX_IN_FLIGHT: &str = "ferry.dev/max-in-flight";
 pub const MAX_EVENT_AGE: &str = "ferry.dev/max-event-age";
 /// Default in-flight limit of an unordered trigger.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 50;
+/// On a system trigger (one Ferry made for a source): the subject its deliveries are sent as
+/// (the source's, so EventPolicies name the source). Ignored on any other trigger.
+pub const SENDER_ANNOTATION: &str = "ferry.dev/sender";
 
 pub struct Trigger;
 
@@ -255,14 +259,25 @@ impl Kind for Trigger {
     }
 }
 
-/// A subscriber at `url`: an in-process handler for `handler:NAME`, else HTTP.
-fn subscriber_at(
+/// The subject a trigger's deliveries are sent as: its own, or for a system trigger the
+/// source's it delivers for.
+fn sender(r: &Resource) -> String {
+    match r.metadata.annotations.get(SENDER_ANNOTATION) {
+        Some(s) if r.is_system() => s.clone(),
+        _ => crate::auth::subject_of("Trigger", &r.metadata.namespace, &r.metadata.name),
+    }
+}
+
+/// A subscriber at `address`: an in-process handler for `handler:NAME`, else HTTP (refused
+/// when the destination's network is denied, or its CA certificates are not PEM).
+pub(crate) async fn subscriber_at(
     cp: &ControlPlane,
-    url: &str,
+    address: &Address,
+    sender: &str,
     policy: &DeliveryPolicy,
     condition: &'static str,
 ) -> Result<Arc<dyn Subscriber>, NotReady> {
-    match url.strip_prefix(HANDLER_SCHEME) {
+    match address.url.strip_prefix(HANDLER_SCHEME) {
         Some(name) => cp.handlers.get(name).ok_or_else(|| {
             NotReady::new(
                 condition,
@@ -270,7 +285,15 @@ fn subscriber_at(
                 format!("no in-process handler {name:?} runs on this node"),
             )
         }),
-        None => Ok(cp.dispatcher().http_subscriber(url, policy)),
+        None => {
+            cp.dispatcher()
+                .check_destination(&address.url)
+                .await
+                .map_err(|m| NotReady::new(condition, "DestinationDenied", m))?;
+            cp.dispatcher()
+                .http_subscriber(address, sender, policy)
+                .map_err(|m| NotReady::new(condition, "InvalidDestination", m))
+        }
     }
 }
 
@@ -302,10 +325,12 @@ async fn start(
             format!("Broker {broker_name:?} is not Ready"),
         ));
     }
-    let subscriber_url = cp
-        .resolve_destination(&spec.subscriber, ns)
+    let subscriber_address = cp
+        .resolve_address(&spec.subscriber, ns)
         .map_err(|m| NotReady::new("SubscriberResolved", "Unresolved", m))?;
+    let subscriber_url = subscriber_address.url.clone();
     resolved["subscriber"] = Value::String(subscriber_url.clone());
+    let sender = sender(r);
 
     // D-06: a trigger's delivery replaces its broker's whole.
     let delivery = spec
@@ -319,15 +344,26 @@ async fn start(
     policy.max_age = annotations
         .get(MAX_EVENT_AGE)
         .and_then(|d| crate::resource::parse_duration(d).ok());
-    let subscriber = subscriber_at(cp, &subscriber_url, &policy, "SubscriberResolved")?;
+    let subscriber = subscriber_at(
+        cp,
+        &subscriber_address,
+        &sender,
+        &policy,
+        "SubscriberResolved",
+    )
+    .await?;
+    let mut dead_letter_address = None;
     let dead_letter = match delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
         None => None,
         Some(dls) => {
-            let url = cp
-                .resolve_destination(dls, ns)
+            let address = cp
+                .resolve_address(dls, ns)
                 .map_err(|m| NotReady::new("DeadLetterSinkResolved", "Unresolved", m))?;
-            resolved["deadLetterSink"] = Value::String(url.clone());
-            Some(subscriber_at(cp, &url, &policy, "DeadLetterSinkResolved")?)
+            resolved["deadLetterSink"] = Value::String(address.url.clone());
+            let subscriber =
+                subscriber_at(cp, &address, &sender, &policy, "DeadLetterSinkResolved").await?;
+            dead_letter_address = Some(address);
+            Some(subscriber)
         }
     };
     let filter =
@@ -386,8 +422,9 @@ async fn start(
         "spec": r.spec,
         "annotations": annotations,
         "delivery": delivery,
-        "subscriber": subscriber_url,
-        "deadLetterSink": resolved.get("deadLetterSink"),
+        "subscriber": address_print(&subscriber_address),
+        "deadLetterSink": dead_letter_address.as_ref().map(address_print),
+        "sender": sender,
         "uid": r.metadata.uid,
     })
     .to_string();
@@ -406,6 +443,11 @@ async fn start(
     };
     cp.dispatcher().run(trigger, fingerprint).await;
     Ok(())
+}
+
+/// What of an address decides how a runner delivers (a change restarts it).
+pub(crate) fn address_print(a: &Address) -> Value {
+    json!({"url": a.url, "audience": a.audience, "CACerts": a.ca_certs})
 }
 
 /// A trigger of an earlier Ferry, in a namespace with a `-`, committed under its legacy group
