@@ -109,6 +109,7 @@ fn temp_config(
         oidc_issuer: None,
         default_authorization_mode: Default::default(),
         delivery_networks: Default::default(),
+        secrets_dir: None,
     }
 }
 
@@ -143,6 +144,7 @@ impl KafkaArgs {
             fetch_wait: self.kafka_fetch_wait,
             produce_timeout: None,
             min_insync_replicas: None,
+            security: Default::default(),
         })
     }
 }

@@ -54,6 +54,13 @@ pub struct Running {
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    // Events, tokens' hashes, Ferry's signing key and the admin token live here: the owner's
+    // only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", config.data_dir.display()))?;
+    }
     let registry = prometheus::Registry::new();
     let log_metrics = LogMetrics::new(&registry).context("registering log metrics")?;
     let options = RocksOptions {
@@ -226,6 +233,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             sink_batch_records: config.kafka.as_ref().and_then(|k| k.max_batch_records),
             node: node_id(&config.data_dir)?,
             address_ca,
+            secrets_dir: config
+                .secrets_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("secrets")),
         },
     })
     .await
@@ -244,10 +255,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let mut tasks = JoinSet::new();
 
     let mut auth_config = config.auth.clone();
-    auth_config.issuer = config
-        .oidc_issuer
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{api_addr}"));
+    auth_config.issuer = config.oidc_issuer.clone().unwrap_or_else(|| {
+        let reachable = if api_addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], api_addr.port()))
+        } else {
+            api_addr
+        };
+        format!("{scheme}://{reachable}")
+    });
     let auth =
         Auth::new(&auth_config, control.clone(), &registry).context("setting up authentication")?;
     auth.load_jwks()
@@ -266,6 +281,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         );
     }
     issuer.set(auth.clone());
+    policies
+        .load(&control)
+        .context("reading the event policies")?;
     let (refreshing, token) = (auth.clone(), shutdown.clone());
     tasks.spawn(async move {
         refreshing.refresh_jwks(token).await;

@@ -19,6 +19,7 @@ pub mod compacted;
 mod consumer;
 mod names;
 pub mod record;
+pub mod security;
 mod topics;
 mod writer;
 
@@ -78,6 +79,8 @@ pub struct KafkaOptions {
     /// `min.insync.replicas` of the topics Ferry creates; `None`: 2 from 3 replicas on, else
     /// the cluster's default (see [`min_insync_replicas`]).
     pub min_insync_replicas: Option<i32>,
+    /// How Ferry's clients authenticate and encrypt (plaintext by default).
+    pub security: security::KafkaSecurity,
 }
 
 struct TopicState {

@@ -125,13 +125,7 @@ async fn apply(
     identity: Option<axum::Extension<crate::auth::Identity>>,
     Json(req): Json<ApplyRequest>,
 ) -> Result<Json<Value>, ControlError> {
-    let namespaces = req.documents.iter().map(|d| {
-        d.pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or(crate::resource::DEFAULT_NAMESPACE)
-            .to_string()
-    });
-    crate::auth::guard::check_apply(identity.as_deref(), namespaces)
+    crate::auth::guard::check_apply(identity.as_deref(), &req.documents)
         .map_err(ControlError::Forbidden)?;
     let applied = s.control.apply(&req.documents).await?;
     let reconciled = s.control.wait_reconciled(&applied, APPLY_WAIT).await;

@@ -254,6 +254,21 @@ pub enum AuthError {
     },
 }
 
+/// Why a request's credentials were not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No, bad, unknown, revoked or expired credentials: 401.
+    Unauthenticated(String),
+    /// The credentials could not be checked now (the token store failed): 503.
+    Unavailable(String),
+}
+
+impl From<String> for Refusal {
+    fn from(s: String) -> Self {
+        Refusal::Unauthenticated(s)
+    }
+}
+
 /// How the server authenticates.
 #[derive(Clone, Debug, Default)]
 pub struct AuthConfig {
@@ -381,7 +396,12 @@ impl Auth {
     }
 
     /// The identity a bearer token stands for; the error says why not (never the token).
-    pub fn authenticate(&self, token: &str, audience: &str, api: bool) -> Result<Identity, String> {
+    pub fn authenticate(
+        &self,
+        token: &str,
+        audience: &str,
+        api: bool,
+    ) -> Result<Identity, Refusal> {
         if let Some(admin) = &self.file_admin {
             if tokens::digest(token.trim()) == *admin {
                 return Ok(Identity {
@@ -394,15 +414,8 @@ impl Auth {
         }
         if jwt::looks_like_jwt(token) {
             let own = self.issuer.key(self.control.store()).ok();
-            return jwt::verify(
-                token,
-                audience,
-                &self.jwt,
-                &self.keys,
-                &self.issuer.name,
-                own.as_deref(),
-                api,
-            );
+            return jwt::verify(token, audience, &self.jwt, &self.keys, own.as_deref(), api)
+                .map_err(Refusal::Unauthenticated);
         }
         tokens::verify(self.control.store(), token, chrono::Utc::now())
     }

@@ -4,6 +4,7 @@
 //! - `trigger.rs`: Trigger (`eventing.knative.dev/v1`): a runner in the dispatcher.
 //! - `kafka_sink.rs`: KafkaSink (`eventing.knative.dev/v1alpha1`): an address writing to a topic.
 //! - `kafka_source.rs`: KafkaSource (`sources.knative.dev/v1beta1`): runners reading topics.
+//! - `kafka_auth.rs`: the SASL/TLS settings of those kinds' clusters, from secret references.
 //! - `ping_source.rs`: PingSource (`sources.knative.dev/v1`): events on a cron schedule.
 //! - `event_policy.rs`: EventPolicy (`eventing.knative.dev/v1alpha1`): who may send what to
 //!   which broker or sink (registered with its table of compiled policies, which the
@@ -13,6 +14,7 @@
 
 pub mod broker;
 pub mod event_policy;
+pub mod kafka_auth;
 pub mod kafka_sink;
 pub mod kafka_source;
 mod kafka_validate;

@@ -90,6 +90,8 @@ pub struct ControlConfig {
     /// PEM CA certificates of the ingress's TLS certificate (`--tls-ca`), published as
     /// brokers' and sinks' `status.address.CACerts` so deliveries to them trust it.
     pub address_ca: Option<String>,
+    /// Where secrets referenced by resources are (`<dir>/<namespace>/<name>/<key>`).
+    pub secrets_dir: std::path::PathBuf,
 }
 
 /// The parts of the server the control plane drives.

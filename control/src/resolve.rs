@@ -36,10 +36,16 @@ impl ControlPlane {
                 .uri
                 .clone()
                 .ok_or_else(|| "the destination has neither uri nor ref".to_string())?;
+            // A URL of Ferry's own ingress is a broker's or sink's address: the same audience
+            // and CA as a `ref` to it would give.
+            let own = self.own_address(&url);
             return Ok(Address {
+                audience: dest
+                    .audience
+                    .clone()
+                    .or_else(|| own.as_ref().map(|(aud, _)| aud.clone())),
+                ca_certs: dest.ca_certs.clone().or_else(|| own.and_then(|(_, ca)| ca)),
                 url,
-                audience: dest.audience.clone(),
-                ca_certs: dest.ca_certs.clone(),
             });
         };
         let kind_name = &r.kind;
@@ -86,6 +92,23 @@ impl ControlPlane {
             audience,
             ca_certs,
         })
+    }
+
+    /// For a URL under the ingress's (`{ingress}/NS/BROKER`, `{ingress}/kafkasinks/NS/NAME`):
+    /// the audience of that broker or sink, and the CA of Ferry's certificate (`--tls-ca`).
+    fn own_address(&self, url: &str) -> Option<(String, Option<String>)> {
+        let base = format!("{}/", self.config().ingress_url.trim_end_matches('/'));
+        let path = url.strip_prefix(&base)?;
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        let audience = match parts.as_slice() {
+            ["kafkasinks", ns, name] => {
+                crate::auth::audience("eventing.knative.dev", "KafkaSink", ns, name)
+            }
+            [ns, name] => crate::auth::audience("eventing.knative.dev", "Broker", ns, name),
+            _ => return None,
+        };
+        Some((audience, self.config().address_ca.clone()))
     }
 
     /// The resource a destination's `ref` names, as a dependency (`None` for a plain URI or a

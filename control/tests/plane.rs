@@ -126,6 +126,7 @@ async fn start(extra: impl FnOnce(&mut Registry)) -> Setup {
             sink_batch_records: None,
             node: "test".into(),
             address_ca: None,
+            secrets_dir: dir.path().join("secrets"),
         },
     })
     .await

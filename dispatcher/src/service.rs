@@ -389,12 +389,14 @@ async fn stop(r: Running) {
 }
 
 /// The dispatcher's clients: a pool per host, no redirects followed (a 3xx fails the
-/// delivery), names resolved by [`LocalHosts`].
+/// delivery), no proxy, names resolved by [`LocalHosts`].
 fn client_builder(hosts: &Arc<LocalHosts>) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve the destination itself, past the denied networks.
+        .no_proxy()
         .dns_resolver(hosts.clone())
 }
 

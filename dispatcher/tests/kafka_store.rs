@@ -41,6 +41,7 @@ fn options(bootstrap: &str) -> broker::KafkaOptions {
         fetch_wait: None,
         produce_timeout: None,
         min_insync_replicas: None,
+        security: Default::default(),
     }
 }
 

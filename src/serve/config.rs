@@ -1,13 +1,21 @@
 //! `ferry serve` configuration: flags, env vars (`FERRY_*`) and an optional YAML file, merged
 //! in that order of precedence over the defaults; then validated as a whole.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use broker::FsyncMode;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod kafka_security;
+mod parse;
+mod validate;
+use parse::{
+    humantime_serde_opt, mode_opt, nets, parse_auth, parse_fsync, parse_humantime, parse_mode,
+    parse_net, parse_protocol, protocol_opt,
+};
 
 /// Flags of `ferry serve`. Each is also an env var; a YAML file (`--config`) may set any of
 /// them under the same name (`data-dir: /var/lib/ferry`).
@@ -74,6 +82,32 @@ pub struct ServeArgs {
     /// factor of 3 or more, else the cluster's default].
     #[arg(long, env = "FERRY_KAFKA_MIN_INSYNC_REPLICAS")]
     pub kafka_min_insync_replicas: Option<i32>,
+    /// How Ferry connects to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    /// [default: PLAINTEXT].
+    #[arg(long, env = "FERRY_KAFKA_SECURITY_PROTOCOL", value_parser = parse_protocol)]
+    pub kafka_security_protocol: Option<broker::kafka::security::Protocol>,
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "FERRY_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// SASL user.
+    #[arg(long, env = "FERRY_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// File holding the SASL password (or env FERRY_KAFKA_SASL_PASSWORD).
+    #[arg(long, env = "FERRY_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) of the Kafka brokers' certificates [default: the system's].
+    #[arg(long, env = "FERRY_KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// PEM client certificate for TLS client authentication (with --kafka-key-file).
+    #[arg(long, env = "FERRY_KAFKA_CERT_FILE")]
+    pub kafka_cert_file: Option<PathBuf>,
+    /// PEM key of --kafka-cert-file.
+    #[arg(long, env = "FERRY_KAFKA_KEY_FILE")]
+    pub kafka_key_file: Option<PathBuf>,
+    /// Where secrets that resources reference are: `<dir>/<namespace>/<name>/<key>` (KafkaSource
+    /// `spec.net`, KafkaSink `spec.auth`) [default: <data-dir>/secrets].
+    #[arg(long, env = "FERRY_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Address of the serving gateway (Knative Services by Host) [default: 127.0.0.1:8082].
     #[arg(long, env = "FERRY_GATEWAY_LISTEN")]
     pub gateway_listen: Option<SocketAddr>,
@@ -170,30 +204,6 @@ pub struct ServeArgs {
     pub delivery_allow_cidr: Vec<ipnet::IpNet>,
 }
 
-fn parse_mode(s: &str) -> Result<control::kinds::event_policy::DefaultMode, String> {
-    s.parse()
-}
-
-fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
-    dispatcher::outbound::parse_net(s)
-}
-
-fn parse_auth(s: &str) -> Result<control::auth::AuthMode, String> {
-    s.parse()
-}
-
-fn parse_fsync(s: &str) -> Result<FsyncMode, String> {
-    match s {
-        "always" => Ok(FsyncMode::Always),
-        "never" => Ok(FsyncMode::Never),
-        _ => Err(format!("{s:?}: use always or never")),
-    }
-}
-
-fn parse_humantime(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (like 30s, 12h or 7d)"))
-}
-
 /// The YAML file's shape (same names as the flags).
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -220,6 +230,15 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     kafka_produce_timeout: Option<Duration>,
     kafka_min_insync_replicas: Option<i32>,
+    #[serde(default, with = "protocol_opt")]
+    kafka_security_protocol: Option<broker::kafka::security::Protocol>,
+    kafka_sasl_mechanism: Option<String>,
+    kafka_sasl_username: Option<String>,
+    kafka_sasl_password_file: Option<PathBuf>,
+    kafka_ca_file: Option<PathBuf>,
+    kafka_cert_file: Option<PathBuf>,
+    kafka_key_file: Option<PathBuf>,
+    secrets_dir: Option<PathBuf>,
     gateway_listen: Option<SocketAddr>,
     serving_domain: Option<String>,
     revision_history: Option<usize>,
@@ -254,48 +273,6 @@ struct FileConfig {
     /// Knative's config-autoscaler keys (`stable-window: 60s`, ...).
     #[serde(default)]
     autoscaler: BTreeMap<String, serde_yaml_ng::Value>,
-}
-
-mod mode_opt {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<control::kinds::event_policy::DefaultMode>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-mod nets {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Vec<ipnet::IpNet>>, D::Error> {
-        Option::<Vec<String>>::deserialize(d)?
-            .map(|list| {
-                list.iter()
-                    .map(|s| dispatcher::outbound::parse_net(s).map_err(serde::de::Error::custom))
-                    .collect()
-            })
-            .transpose()
-    }
-}
-
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            None => Ok(None),
-            Some(s) => super::parse_humantime(&s)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 /// The resolved configuration.
@@ -342,6 +319,8 @@ pub struct ServeConfig {
     pub default_authorization_mode: control::kinds::event_policy::DefaultMode,
     /// The networks deliveries may reach.
     pub delivery_networks: dispatcher::outbound::Networks,
+    /// `--secrets-dir`, if given (else `<data-dir>/secrets`).
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -406,6 +385,22 @@ impl ServeArgs {
                     min_insync_replicas: self
                         .kafka_min_insync_replicas
                         .or(file.kafka_min_insync_replicas),
+                    security: kafka_security::resolve(
+                        kafka_security::Given {
+                            protocol: self
+                                .kafka_security_protocol
+                                .or(file.kafka_security_protocol),
+                            mechanism: self.kafka_sasl_mechanism.or(file.kafka_sasl_mechanism),
+                            username: self.kafka_sasl_username.or(file.kafka_sasl_username),
+                            password_file: self
+                                .kafka_sasl_password_file
+                                .or(file.kafka_sasl_password_file),
+                            ca_file: self.kafka_ca_file.or(file.kafka_ca_file),
+                            cert_file: self.kafka_cert_file.or(file.kafka_cert_file),
+                            key_file: self.kafka_key_file.or(file.kafka_key_file),
+                        },
+                        &mut problems,
+                    ),
                 }),
             gateway_listen: self
                 .gateway_listen
@@ -494,6 +489,7 @@ impl ServeArgs {
             },
             insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
             tls_ca: self.tls_ca.or(file.tls_ca),
+            secrets_dir: self.secrets_dir.or(file.secrets_dir),
             oidc_issuer: self.oidc_issuer.or(file.oidc_issuer),
             default_authorization_mode: self
                 .default_authorization_mode
@@ -544,135 +540,6 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-impl ServeConfig {
-    /// Why this configuration would serve without authentication where others can reach it
-    /// (`--auth none` on an address other than loopback, without `--insecure-no-auth`).
-    fn unprotected(&self) -> Vec<String> {
-        use control::auth::AuthMode;
-        if self.auth.mode != AuthMode::None || self.insecure_no_auth {
-            return Vec::new();
-        }
-        let mut problems: Vec<String> = [
-            ("ingress-listen", self.ingress_listen),
-            ("api-listen", self.api_listen),
-        ]
-        .into_iter()
-        .filter(|(_, addr)| !addr.ip().is_loopback())
-        .map(|(flag, addr)| {
-            format!(
-                "{flag}: {addr} is not a loopback address and auth is none: anyone who can reach it \
-                 could change every resource and read every event. Use --auth tokens (README, \
-                 \"Security\"), listen on 127.0.0.1, or pass --insecure-no-auth to accept this"
-            )
-        })
-        .collect();
-        if self.auth.admin_token_file.is_some() {
-            problems.push("admin-token-file: used only with --auth tokens".to_string());
-        }
-        problems
-    }
-
-    /// Reports every problem at once.
-    fn validate(&self, mut problems: Vec<String>) -> anyhow::Result<()> {
-        problems.extend(self.unprotected());
-        if let Some(k) = &self.kafka {
-            // librdkafka wants it longer than the producer's 1 ms linger.
-            if k.produce_timeout.is_some_and(|t| t.as_millis() < 10) {
-                problems.push("kafka-produce-timeout: must be at least 10ms".to_string());
-            }
-        }
-        if let Some(endpoint) = &self.otlp_endpoint {
-            let http = url::Url::parse(endpoint)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-            if !http {
-                problems.push(format!(
-                    "otlp-endpoint: {endpoint:?} is not an http(s) URL (e.g. http://127.0.0.1:4318)"
-                ));
-            }
-        }
-        if !(1..=1024).contains(&self.partitions) {
-            problems.push(format!(
-                "partitions: {} must be between 1 and 1024",
-                self.partitions
-            ));
-        }
-        for (name, zero) in [
-            (
-                "ingress-max-connections",
-                self.ingress_server.max_connections == 0,
-            ),
-            ("ingress-max-in-flight", self.ingress.max_in_flight == 0),
-            (
-                "ingress-max-buffered-bytes",
-                self.ingress.max_buffered_bytes < 1024,
-            ),
-            (
-                "ingress-header-timeout",
-                self.ingress_server.header_timeout.is_zero(),
-            ),
-            ("ingress-body-timeout", self.ingress.body_timeout.is_zero()),
-        ] {
-            if zero {
-                problems.push(format!("{name}: too small (at least 1, or 1024 bytes)"));
-            }
-        }
-        if self.pipelines_max_running_tasks == 0 {
-            problems.push("pipelines-max-running-tasks must be at least 1".into());
-        }
-        if self.pipelines_max_result_size == 0 {
-            problems.push("pipelines-max-result-size must be at least 1 byte".into());
-        }
-        if self.max_event_size == 0 {
-            problems.push("max-event-size: must be greater than 0".to_string());
-        }
-        if self.retention.is_zero() {
-            problems.push("retention: must be greater than 0".to_string());
-        }
-        if self.dead_letter_retention.is_zero() {
-            problems.push("dead-letter-retention: must be greater than 0".to_string());
-        }
-        if let Some(k) = &self.kafka {
-            if k.bootstrap.trim().is_empty() {
-                problems.push("kafka: the bootstrap servers are empty".to_string());
-            }
-            if k.replication_factor < 1 {
-                problems.push(format!(
-                    "kafka-replication-factor: {} must be at least 1",
-                    k.replication_factor
-                ));
-            }
-            if let Some(m) = k.min_insync_replicas {
-                if m < 1 || m > k.replication_factor {
-                    problems.push(format!(
-                        "kafka-min-insync-replicas: {m} must be between 1 and the replication factor ({})",
-                        k.replication_factor
-                    ));
-                }
-            }
-        }
-        if let Some(url) = &self.ingress_url {
-            if url::Url::parse(url).is_err() {
-                problems.push(format!("ingress-url: {url:?} is not a URL"));
-            }
-        }
-        let domain = &self.serving_domain;
-        if domain.is_empty()
-            || domain
-                .split('.')
-                .any(|l| control::resource::dns_label_problem(l).is_some())
-        {
-            problems.push(format!(
-                "serving-domain: {domain:?} is not a domain (DNS labels joined by dots)"
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            bail!("invalid configuration:\n  {}", problems.join("\n  "))
-        }
-    }
 }
 
 #[cfg(test)]

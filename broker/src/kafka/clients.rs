@@ -31,6 +31,7 @@ pub(super) fn reader_config(options: &KafkaOptions, group: Option<&str>) -> Clie
 pub(crate) fn client_config(options: &KafkaOptions) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &options.bootstrap);
+    options.security.apply(&mut c);
     c
 }
 
@@ -150,6 +151,7 @@ mod tests {
             bootstrap: String::new(),
             replication_factor,
             min_insync_replicas,
+            security: Default::default(),
             max_batch_records: None,
             fetch_wait: None,
             produce_timeout: None,

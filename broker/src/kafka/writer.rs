@@ -5,7 +5,6 @@ use crate::event::Event;
 use crate::log::LogError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
@@ -37,8 +36,7 @@ impl TopicWriter {
         partitions: Option<i32>,
         replication: Option<i32>,
     ) -> Result<Self, LogError> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &options.bootstrap);
+        let config = super::clients::client_config(options);
         let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka_err)?;
         let new = NewTopic::new(
             topic,

@@ -56,6 +56,7 @@ impl Kafka {
             fetch_wait: None,
             produce_timeout: None,
             min_insync_replicas: None,
+            security: Default::default(),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! missing), counts and logs each refusal without the token, and hands the [`Identity`] to
 //! the handler as a request extension.
 
-use super::{Action, Auth, AuthMode, Identity, Scope};
+use super::{Action, Auth, AuthMode, Identity, Refusal, Scope};
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
@@ -78,28 +78,39 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
     };
     let identity = match bearer(&req) {
         Ok(Some(token)) => g.auth.authenticate(token, &audience, api),
-        Ok(None) => Err(format!(
+        Ok(None) => Err(Refusal::Unauthenticated(format!(
             "{} needs a token: send `Authorization: Bearer <token>` (the CLI: --token or FERRY_TOKEN)",
             path
-        )),
-        Err(e) => Err(e),
+        ))),
+        Err(e) => Err(Refusal::Unauthenticated(e)),
     };
     let identity = match identity {
         Ok(i) => i,
-        Err(why) => {
+        Err(Refusal::Unauthenticated(why)) => {
             g.auth.count_refusal(g.listener, "unauthenticated");
             tracing::warn!(listener = g.listener.as_str(), method = %req.method(), %path, reason = %why, "refused: unauthenticated");
             return refuse(StatusCode::UNAUTHORIZED, why);
         }
+        Err(Refusal::Unavailable(why)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, why),
     };
     let query = req.uri().query().unwrap_or("").to_string();
+    // HEAD is GET without the body; a kind is named by its plural however the request names it.
+    let method = if req.method() == Method::HEAD {
+        Method::GET
+    } else {
+        req.method().clone()
+    };
+    let registry = g.auth.control().registry();
+    let plural = |name: &str| registry.find(name).map(|k| k.info().plural);
     let (action, scope) = match g.listener {
-        Listener::Api => classify_api(req.method(), &path, &query),
+        Listener::Api => classify_api(&method, &path, &query, &plural),
         Listener::Ingress => classify_ingress(&path),
     };
     // Apply's namespaces are in its body: the role is checked here, the namespaces by the
     // handler (`check_apply`).
     let checked = match &scope {
+        // Apply's namespaces are the handler's; the resource types are everyone's to list.
+        _ if action == Action::Discover => identity.check_role(action),
         Classified::Deferred => identity.check_role(action),
         Classified::In(s) => identity.check(action, &s.as_scope()),
     };
@@ -130,16 +141,35 @@ fn ingress_audience(path: &str) -> String {
     }
 }
 
-/// Checks an apply's documents against the identity (none: auth is off).
+/// Checks an apply's documents against the identity (none: auth is off): each in a namespace
+/// the identity may change, and a KafkaSource or KafkaSink on a broker's topic (which would
+/// read or write that broker's events past its namespace and its policies) by an admin only.
 pub fn check_apply(
     identity: Option<&Identity>,
-    namespaces: impl IntoIterator<Item = String>,
+    documents: &[serde_json::Value],
 ) -> Result<(), String> {
     let Some(identity) = identity else {
         return Ok(());
     };
-    for ns in namespaces {
-        identity.check(Action::Write, &Scope::Namespace(&ns))?;
+    for doc in documents {
+        let ns = doc
+            .pointer("/metadata/namespace")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(crate::resource::DEFAULT_NAMESPACE);
+        identity.check(Action::Write, &Scope::Namespace(ns))?;
+        let topics: Vec<&str> = ["/spec/topic", "/spec/topics"]
+            .iter()
+            .filter_map(|p| doc.pointer(p))
+            .flat_map(|v| match v {
+                serde_json::Value::Array(a) => a.iter().filter_map(|t| t.as_str()).collect(),
+                other => other.as_str().into_iter().collect::<Vec<_>>(),
+            })
+            .collect();
+        if let Some(t) = topics.iter().find(|t| t.starts_with("knative-broker-")) {
+            identity
+                .check_role(Action::Administer)
+                .map_err(|_| format!("{} may not use the broker topic {t:?}: only an admin may read or write a broker's topic directly", identity.subject))?;
+        }
     }
     Ok(())
 }
@@ -170,8 +200,14 @@ fn ns(s: &str) -> Classified {
 
 const CLUSTER: Classified = Classified::In(OwnedScope::Cluster);
 
-/// What a control-API request does, and where.
-fn classify_api(method: &Method, path: &str, query: &str) -> (Action, Classified) {
+/// What a control-API request does, and where (`plural`: a kind's plural from any of its
+/// names).
+fn classify_api(
+    method: &Method,
+    path: &str,
+    query: &str,
+    plural: &dyn Fn(&str) -> Option<&'static str>,
+) -> (Action, Classified) {
     if path == "/metrics" {
         return (Action::Read, CLUSTER);
     }
@@ -179,8 +215,8 @@ fn classify_api(method: &Method, path: &str, query: &str) -> (Action, Classified
         return (Action::Administer, CLUSTER);
     };
     let parts: Vec<&str> = rest.split('/').collect();
-    let read = |plural: &str| {
-        if plural == "brokers" {
+    let read = |name: &str| {
+        if plural(name) == Some("brokers") {
             Action::ReadBroker
         } else {
             Action::Read
@@ -242,6 +278,20 @@ mod tests {
                 "",
                 Action::ReadBroker,
                 Some(Scope::Cluster),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/broker/b",
+                "",
+                Action::ReadBroker,
+                Some(Scope::Namespace("a")),
+            ),
+            (
+                Method::GET,
+                "/api/v1/br",
+                "namespace=a",
+                Action::ReadBroker,
+                Some(Scope::Namespace("a")),
             ),
             (
                 Method::GET,
@@ -315,8 +365,12 @@ mod tests {
                 Some(Scope::Cluster),
             ),
         ];
+        let plural = |name: &str| match name {
+            "brokers" | "broker" | "br" => Some("brokers"),
+            _ => None,
+        };
         for (method, path, query, action, want) in cases {
-            let (a, c) = classify_api(&method, path, query);
+            let (a, c) = classify_api(&method, path, query, &plural);
             assert_eq!((a, scope(&c)), (action, want), "{method} {path}?{query}");
         }
     }

@@ -20,6 +20,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 const KIND: &str = "!SigningKey";
+
+/// A minted token's key id, subject and audience.
+type MintKey = (String, String, String);
 const NAME: &str = "ferry";
 /// How long a minted token is valid.
 const TOKEN_LIFETIME_SECS: i64 = 300;
@@ -73,7 +76,8 @@ impl SigningKey {
 pub struct Issuer {
     pub(crate) name: String,
     key: Mutex<Option<Arc<SigningKey>>>,
-    minted: Mutex<HashMap<(String, String), (String, i64)>>,
+    /// By key id, subject and audience: a token of a replaced key is not handed out again.
+    minted: Mutex<HashMap<MintKey, (String, i64)>>,
 }
 
 #[derive(Serialize)]
@@ -158,7 +162,8 @@ impl Issuer {
         audience: &str,
     ) -> Result<String, String> {
         let now = chrono::Utc::now().timestamp();
-        let cache_key = (subject.to_string(), audience.to_string());
+        let key = self.key(store)?;
+        let cache_key = (key.kid.clone(), subject.to_string(), audience.to_string());
         if let Ok(minted) = self.minted.lock() {
             if let Some((token, exp)) = minted.get(&cache_key) {
                 if exp - now >= REUSE_MARGIN_SECS {
@@ -166,7 +171,6 @@ impl Issuer {
                 }
             }
         }
-        let key = self.key(store)?;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.kid.clone());
         let exp = now + TOKEN_LIFETIME_SECS;

@@ -3,7 +3,7 @@
 //! token's role, namespace, expiry and the SHA-256 of its secret — never the token. A secret
 //! of 256 random bits needs no slow hash: no dictionary can guess it.
 
-use super::{AuthError, Identity, Role};
+use super::{AuthError, Identity, Refusal, Role};
 use crate::resource::{dns_label_problem, Metadata, Resource};
 use crate::store::ResourceStore;
 use base64::Engine;
@@ -151,8 +151,8 @@ pub(crate) fn verify(
     store: &dyn ResourceStore,
     token: &str,
     now: DateTime<Utc>,
-) -> Result<Identity, String> {
-    let unknown = || "the token is not valid (unknown or revoked)".to_string();
+) -> Result<Identity, Refusal> {
+    let unknown = || Refusal::Unauthenticated("the token is not valid (unknown or revoked)".into());
     let (name, secret) = token
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.split_once('.'))
@@ -165,7 +165,9 @@ pub(crate) fn verify(
         Ok(None) => return Err(unknown()),
         Err(e) => {
             tracing::error!(error = %e, "reading a token failed");
-            return Err("tokens cannot be read right now".into());
+            return Err(Refusal::Unavailable(
+                "tokens cannot be read right now; retry".into(),
+            ));
         }
     };
     // Compared in constant time, though a digest's prefix tells an attacker nothing useful.
@@ -180,7 +182,9 @@ pub(crate) fn verify(
         return Err(unknown());
     }
     if stored.info.expires.is_some_and(|e| e <= now) {
-        return Err(format!("token {name:?} has expired"));
+        return Err(Refusal::Unauthenticated(format!(
+            "token {name:?} has expired"
+        )));
     }
     Ok(Identity {
         subject: stored.info.name,
@@ -264,7 +268,10 @@ mod tests {
         assert!(verify(&store, &token, Utc::now()).is_ok());
         let later = Utc::now() + chrono::Duration::seconds(61);
         let err = verify(&store, &token, later).unwrap_err();
-        assert!(err.contains("expired"), "{err}");
+        assert!(
+            matches!(&err, Refusal::Unauthenticated(m) if m.contains("expired")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -156,6 +156,15 @@ enum CompiledTo {
 }
 
 impl Compiled {
+    fn deny_all(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            to: Vec::new(),
+            from: Vec::new(),
+            filter: Filter::Everything,
+        }
+    }
+
     fn selects_by_name(&self, kind: &str, name: &str) -> Option<bool> {
         if self.to.is_empty() {
             return Some(true);
@@ -220,6 +229,22 @@ pub struct PolicyTable {
 }
 
 impl PolicyTable {
+    /// Compiles every stored policy, before the ingress takes requests: until then the table
+    /// would be empty and every broker would get the default mode.
+    pub fn load(&self, cp: &ControlPlane) -> Result<usize, crate::plane::ControlError> {
+        let stored = cp.list(INFO.kind, None)?;
+        for r in &stored {
+            let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+            let compiled = r
+                .spec_as::<Spec>()
+                .map_err(|e| vec![("spec".to_string(), e)])
+                .and_then(|spec| compile(Some(cp), ns, name, &spec))
+                .unwrap_or_else(|_| Compiled::deny_all(name));
+            self.set(ns, compiled);
+        }
+        Ok(stored.len())
+    }
+
     fn set(&self, ns: &str, compiled: Compiled) {
         if let Ok(mut t) = self.by_namespace.write() {
             t.entry(ns.to_string())
@@ -386,8 +411,9 @@ impl Kind for EventPolicy {
                 Reconciled::done(s)
             }
             Err(errs) => {
-                // Nothing this policy would allow is allowed.
-                self.table.remove(ns, name);
+                // Fail closed: a policy that does not compile lets nothing into its namespace
+                // (rather than leaving its brokers to the default mode).
+                self.table.set(ns, Compiled::deny_all(name));
                 let text: Vec<String> = errs.iter().map(|(f, m)| format!("{f}: {m}")).collect();
                 let f = NotReady::new("Ready", "InvalidSpec", text.join("; "));
                 Reconciled::done(status(

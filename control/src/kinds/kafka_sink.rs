@@ -25,9 +25,9 @@ pub struct Spec {
     pub num_partitions: Option<i32>,
     #[serde(default)]
     pub replication_factor: Option<i32>,
-    /// Kept, not interpreted.
+    /// SASL and TLS to the cluster, from a secret.
     #[serde(default)]
-    pub auth: Option<Value>,
+    pub auth: Option<super::kafka_auth::Auth>,
     /// Kept, not interpreted.
     #[serde(default)]
     pub delivery: Option<Value>,
@@ -72,7 +72,28 @@ impl Kind for KafkaSink {
                 ));
             }
         };
-        let options = kafka_options(&spec.bootstrap_servers, cp.config().sink_batch_records);
+        let security = match &spec.auth {
+            None => Ok(Default::default()),
+            Some(auth) => super::kafka_auth::sink_security(&cp.config().secrets_dir, ns, auth),
+        };
+        let security = match security {
+            Ok(s) => s,
+            Err(m) => {
+                cp.sinks().remove(ns, name);
+                let f = NotReady::new("TopicReady", "SecretUnavailable", m);
+                return Reconciled::retry(status(
+                    &r.status,
+                    r.metadata.generation,
+                    CONDITIONS,
+                    Some(&f),
+                ));
+            }
+        };
+        let options = kafka_options(
+            &spec.bootstrap_servers,
+            cp.config().sink_batch_records,
+            security,
+        );
         let mode = match spec.content_mode.as_deref() {
             Some("structured") => broker::kafka::ContentMode::Structured,
             _ => broker::kafka::ContentMode::Binary,

@@ -45,9 +45,9 @@ pub struct Spec {
     pub delivery: Option<DeliverySpec>,
     #[serde(default)]
     pub ce_overrides: Option<CeOverrides>,
-    /// Refused by validation (SASL/TLS are not supported yet).
+    /// SASL and TLS to the cluster, from secrets.
     #[serde(default)]
-    pub net: Option<Value>,
+    pub net: Option<super::kafka_auth::Net>,
 }
 
 /// The typed spec of a stored source (validation made sure it decodes).
@@ -224,7 +224,16 @@ async fn start(
         .flat_map(|o| o.extensions.iter())
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let options = kafka_options(&spec.bootstrap_servers, cp.config().sink_batch_records);
+    let security = match &spec.net {
+        None => Default::default(),
+        Some(net) => super::kafka_auth::source_security(&cp.config().secrets_dir, ns, net)
+            .map_err(|m| NotReady::new("InitialOffsetsCommitted", "SecretUnavailable", m))?,
+    };
+    let options = kafka_options(
+        &spec.bootstrap_servers,
+        cp.config().sink_batch_records,
+        security,
+    );
     let info = SourceInfo {
         namespace: ns.clone(),
         name: name.clone(),

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 pub(super) fn kafka_options(
     bootstrap: &[String],
     max_batch_records: Option<usize>,
+    security: broker::kafka::security::KafkaSecurity,
 ) -> broker::KafkaOptions {
     broker::KafkaOptions {
         bootstrap: bootstrap.join(","),
@@ -18,6 +19,7 @@ pub(super) fn kafka_options(
         fetch_wait: None,
         produce_timeout: None,
         min_insync_replicas: None,
+        security,
     }
 }
 
@@ -38,6 +40,9 @@ pub(super) fn validate_kafka_sink(spec: &Value, err: &mut impl FnMut(&str, Strin
                 if !v.as_str().is_some_and(|t| !t.is_empty() && t.len() <= 249) {
                     err(&field, format!("{v} is not a Kafka topic name"));
                 }
+                if let Some(problem) = v.as_str().and_then(reserved_topic) {
+                    err(&field, problem);
+                }
             }
             "bootstrapServers" => {
                 if !bootstrap_servers_ok(v) {
@@ -54,7 +59,8 @@ pub(super) fn validate_kafka_sink(spec: &Value, err: &mut impl FnMut(&str, Strin
                     err(&field, format!("{v} must be a positive integer"));
                 }
             }
-            "auth" | "delivery" => {}
+            "auth" => super::kafka_auth::validate_auth(&field, v, err),
+            "delivery" => {}
             _ => err(&field, "unknown field".into()),
         }
     }
@@ -65,6 +71,14 @@ pub(super) fn validate_kafka_sink(spec: &Value, err: &mut impl FnMut(&str, Strin
     }
 }
 
+/// Why a topic is not for a source or sink: Ferry's own (`ferry-…`: resources, tokens and
+/// keys, retries and dead letters) and Kafka's internal ones (`__…`).
+fn reserved_topic(topic: &str) -> Option<String> {
+    (topic.starts_with("ferry-") || topic.starts_with("__")).then(|| {
+        format!("{topic:?} is reserved: topics starting ferry- are Ferry's own, __ Kafka's")
+    })
+}
+
 fn bootstrap_servers_ok(v: &Value) -> bool {
     v.as_array().is_some_and(|a| {
         !a.is_empty() && a.iter().all(|s| s.as_str().is_some_and(|s| !s.is_empty()))
@@ -73,8 +87,7 @@ fn bootstrap_servers_ok(v: &Value) -> bool {
 
 /// A KafkaSource (KS-01): `bootstrapServers`, `topics`, `consumerGroup`, `consumers`,
 /// `initialOffset` (latest|earliest), `ordering` (ordered|unordered), `sink`, `delivery`,
-/// `ceOverrides.extensions`; the key-type label. Authentication (`net`) is not supported yet:
-/// said so, rather than connecting without it.
+/// `ceOverrides.extensions`, `net` (SASL and TLS, [`super::kafka_auth`]); the key-type label.
 pub(super) fn validate_kafka_source(
     spec: &Value,
     labels: &BTreeMap<String, String>,
@@ -106,6 +119,11 @@ pub(super) fn validate_kafka_source(
                         &field,
                         "must be a non-empty list of Kafka topic names".into(),
                     );
+                }
+                for (i, t) in v.as_array().into_iter().flatten().enumerate() {
+                    if let Some(problem) = t.as_str().and_then(reserved_topic) {
+                        err(&format!("{field}[{i}]"), problem);
+                    }
                 }
             }
             "consumerGroup" => {
@@ -145,10 +163,7 @@ pub(super) fn validate_kafka_source(
                     );
                 }
             }
-            "net" => err(
-                &field,
-                "SASL and TLS are not supported yet: Ferry connects to Kafka in plaintext".into(),
-            ),
+            "net" => super::kafka_auth::validate_net(&field, v, err),
             _ => err(&field, "unknown field".into()),
         }
     }

@@ -3,6 +3,7 @@
   kafka_peer.py read BOOTSTRAP TOPIC COUNT    print COUNT records of TOPIC, one JSON line each
   kafka_peer.py write BOOTSTRAP TOPIC ID      produce one binary-mode CloudEvent record
   kafka_peer.py create BOOTSTRAP TOPIC N      create TOPIC with N partitions
+  kafka_peer.py zstd BOOTSTRAP TOPIC ID       produce one binary-mode CloudEvent, zstd-compressed
   kafka_peer.py records BOOTSTRAP TOPIC TAG   produce three records to partition 0: a plain one
                                               (key, headers, JSON value), a binary-mode and a
                                               structured-mode CloudEvent; ids/keys carry TAG
@@ -33,8 +34,9 @@ def read(bootstrap, topic, count):
     c.close()
 
 
-def write(bootstrap, topic, event_id):
-    p = Producer({"bootstrap.servers": bootstrap, "batch.num.messages": 1})
+def write(bootstrap, topic, event_id, compression="none"):
+    p = Producer({"bootstrap.servers": bootstrap, "batch.num.messages": 1,
+                  "compression.type": compression})
     p.produce(topic, key=b"peer", value=b'{"from":"python"}', headers=[
         ("ce_specversion", b"1.0"), ("ce_id", event_id.encode()), ("ce_source", b"/python"),
         ("ce_type", b"interop.test"), ("content-type", b"application/json")])
@@ -72,5 +74,7 @@ if __name__ == "__main__":
         create(bootstrap, topic, int(arg))
     elif verb == "records":
         records(bootstrap, topic, arg)
+    elif verb == "zstd":
+        write(bootstrap, topic, arg, "zstd")
     else:
         write(bootstrap, topic, arg)
