@@ -1,7 +1,8 @@
 //! The client verbs. Each talks to a running server's control API (`--server`, env
 //! `FERRY_SERVER`, default http://127.0.0.1:8081).
 //!
-//! - `client.rs`: the API client and its error messages.
+//! - `client.rs`: the API client and its error messages; `config.rs`: the CLI's own
+//!   configuration file (server, token, CA).
 //! - `apply.rs`: reading YAML files/directories/stdin and applying them.
 //! - `get.rs`: get, describe, delete, api-resources, and the table/YAML/JSON output.
 //! - `send.rs`, `tail.rs`: producing and reading events.
@@ -13,6 +14,7 @@
 pub mod apply;
 pub mod cancel;
 pub mod client;
+pub mod config;
 pub mod dlq;
 pub mod get;
 pub mod logs;

@@ -98,6 +98,11 @@ fn main() -> ExitCode {
     };
     let server = cli.server;
     let result = runtime.block_on(async {
+        // The configuration file is the client verbs' only (`serve` and `bench` ignore it).
+        let server = match &cli.command {
+            Command::Serve(_) | Command::Bench(_) => server,
+            _ => server.with_config_file()?,
+        };
         match cli.command {
             Command::Serve(_) => match serve_config {
                 Some(config) => serve::run(config).await,

@@ -4,18 +4,17 @@ use anyhow::{anyhow, Context};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+/// Where the control API is when nothing says.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
+
 /// `--server`, `--token`, `--ca-file`: options of `ferry` itself, given before or after the
-/// verb, shared by every client verb.
+/// verb, shared by every client verb; what they leave out comes from the CLI's configuration
+/// file ([`super::config`]).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServerArg {
-    /// URL of the Ferry control API.
-    #[arg(
-        long,
-        env = "FERRY_SERVER",
-        default_value = "http://127.0.0.1:8081",
-        global = true
-    )]
-    pub server: String,
+    /// URL of the Ferry control API [default: http://127.0.0.1:8081].
+    #[arg(long, env = "FERRY_SERVER", global = true)]
+    pub server: Option<String>,
     /// Bearer token for a server run with `--auth tokens` (`ferry token create` makes one;
     /// the first admin token is in the server's <data-dir>/admin-token).
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
@@ -24,6 +23,26 @@ pub struct ServerArg {
     /// besides the system's roots.
     #[arg(long, env = "FERRY_CA_FILE", global = true)]
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl ServerArg {
+    /// Fills what flags and env left out from the CLI's configuration file, if there is one.
+    pub fn with_config_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = super::config::path() else {
+            return Ok(self);
+        };
+        let file = super::config::CliConfig::read(&path)?;
+        if self.server.is_none() {
+            self.server = file.server.clone();
+        }
+        if self.token.is_none() {
+            self.token = file.token(&path)?;
+        }
+        if self.ca_file.is_none() {
+            self.ca_file = file.ca_file.clone();
+        }
+        Ok(self)
+    }
 }
 
 pub struct Client {
@@ -78,7 +97,12 @@ impl Client {
         }
         Ok(Self {
             http: builder.build().context("building the HTTP client")?,
-            base: server.server.trim_end_matches('/').to_string(),
+            base: server
+                .server
+                .as_deref()
+                .unwrap_or(DEFAULT_SERVER)
+                .trim_end_matches('/')
+                .to_string(),
             authenticated: server.token.is_some(),
         })
     }

@@ -201,6 +201,8 @@ pub fn cli_with_stdin(api: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .env("FERRY_SERVER", api)
+        // A developer's own CLI configuration (a token) stays out of the tests.
+        .env("FERRY_CLI_CONFIG", "/nonexistent/ferry-cli.yaml")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -206,4 +206,42 @@ async fn jwts_of_an_identity_provider_are_verified() {
         1,
         "only the accepted event is stored: {tail}"
     );
+
+    // The same issuer's keys from a URL (an identity provider's JWKS endpoint).
+    let served = idp.jwks.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let keys = served.clone();
+            async move { axum::Json(keys) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut server = server;
+    server.terminate();
+    let from_url = Server::start(
+        &dir.path().join("url"),
+        &[
+            "--auth",
+            "tokens",
+            "--jwks",
+            &jwks_url,
+            "--jwt-issuer",
+            "https://idp.test",
+        ],
+    );
+    assert_eq!(
+        post_jwt(&from_url, &good, "default", "default", "u1")
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        post_jwt(&from_url, &forged, "default", "default", "u2")
+            .await
+            .0,
+        401
+    );
 }

@@ -15,6 +15,7 @@ pub fn ferry(api: &str, token: Option<&str>, extra: &[(&str, &str)], args: &[&st
         .env("FERRY_SERVER", api)
         .env_remove("FERRY_TOKEN")
         .env_remove("FERRY_CA_FILE")
+        .env("FERRY_CLI_CONFIG", "/nonexistent/ferry-cli.yaml")
         .stdin(Stdio::null());
     if let Some(t) = token {
         c.env("FERRY_TOKEN", t);
@@ -43,25 +44,30 @@ pub fn refused(o: &Output, needle: &str) -> String {
 
 /// `ferry apply -f -` of `yaml` with `token`.
 pub fn apply_as(api: &str, token: &str, yaml: &str) -> Output {
-    apply_with(api, token, None, yaml)
+    apply_with(api, Some(token), None, yaml)
 }
 
 /// [`apply_as`] with the CLI trusting `ca_file`.
 pub fn apply_as_ca(api: &str, token: &str, ca_file: &str, yaml: &str) -> Output {
-    apply_with(api, token, Some(ca_file), yaml)
+    apply_with(api, Some(token), Some(ca_file), yaml)
 }
 
-fn apply_with(api: &str, token: &str, ca_file: Option<&str>, yaml: &str) -> Output {
+/// `ferry apply -f -` with `token` (if any) and the CLI trusting `ca_file` (if any).
+pub fn apply_with(api: &str, token: Option<&str>, ca_file: Option<&str>, yaml: &str) -> Output {
     use std::io::Write;
     let mut command = Command::new(BIN);
     command
         .args(["apply", "-f", "-"])
         .env("FERRY_SERVER", api)
-        .env("FERRY_TOKEN", token)
+        .env_remove("FERRY_TOKEN")
         .env_remove("FERRY_CA_FILE")
+        .env("FERRY_CLI_CONFIG", "/nonexistent/ferry-cli.yaml")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("FERRY_TOKEN", token);
+    }
     if let Some(ca) = ca_file {
         command.env("FERRY_CA_FILE", ca);
     }

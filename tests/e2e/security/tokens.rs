@@ -30,17 +30,68 @@ async fn tokens_roles_and_refusals() {
         .trim()
         .to_string();
 
-    // No token: 401 everywhere but the probes; the CLI says how to pass one.
-    let err = refused(&ferry(&api, None, &[], &["get", "brokers"]), "--token");
-    assert!(err.contains("FERRY_TOKEN"), "{err}");
+    // No token: 401 everywhere but the probes; every verb says how to pass one.
+    let verbs: &[&[&str]] = &[
+        &["get", "brokers"],
+        &["get", "triggers", "-A"],
+        &["describe", "broker", "default"],
+        &["delete", "broker", "default"],
+        &["api-resources"],
+        &["tail", "default", "--no-follow"],
+        &[
+            "send", "--broker", "default", "--type", "t", "--source", "s",
+        ],
+        &["dlq", "list", "t"],
+        &["dlq", "replay", "t", "--all"],
+        &["dlq", "purge", "t"],
+        &["logs", "taskrun", "x"],
+        &["cancel", "taskrun", "x"],
+        &["token", "list"],
+        &["token", "create", "--name", "x", "--role", "viewer"],
+        &["token", "revoke", "x"],
+    ];
+    for verb in verbs {
+        let err = refused(&ferry(&api, None, &[], verb), "--token");
+        assert!(err.contains("FERRY_TOKEN"), "{verb:?}: {err}");
+    }
+    let unapplied = apply_with(
+        &api,
+        None,
+        None,
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: nope}\n",
+    );
+    refused(&unapplied, "--token");
     for path in [
         "/api/v1/brokers",
         "/api/v1/api-resources",
         "/metrics",
         "/api/v1/tokens",
+        "/api/v1/namespaces/default/brokers/default",
+        "/api/v1/namespaces/default/brokers/default/events?follow=false",
+        "/api/v1/namespaces/default/triggers/t/deadletters",
+        "/api/v1/namespaces/default/taskruns/x/logs",
     ] {
         let (code, body) = status(&format!("{api}{path}"), None).await;
         assert_eq!(code, 401, "{path}: {body}");
+    }
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/apply"),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/namespaces/default/brokers/default",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/namespaces/default/triggers/t/deadletters/replay",
+        ),
+        (reqwest::Method::DELETE, "/api/v1/tokens/admin"),
+    ] {
+        let resp = reqwest::Client::new()
+            .request(method.clone(), format!("{api}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{method} {path}");
     }
     assert_eq!(status(&format!("{api}/healthz"), None).await.0, 200);
     assert_eq!(status(&format!("{api}/readyz"), None).await.0, 200);
@@ -375,9 +426,36 @@ async fn an_admin_token_from_a_file_and_auth_none_refused_off_loopback() {
             "-A",
         ])
         .env_remove("FERRY_TOKEN")
+        .env("FERRY_CLI_CONFIG", "/nonexistent/ferry-cli.yaml")
         .output()
         .unwrap();
     ok(&before);
+    // Or the CLI's configuration file: server and token (from a file) there, nothing given.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{admin}\n")).unwrap();
+    let cli_config = dir.path().join("cli.yaml");
+    let config_text = format!(
+        "server: {}\ntoken-file: {}\n",
+        server.api,
+        token_file.display()
+    );
+    std::fs::write(&cli_config, config_text).unwrap();
+    let from_file = |config: &std::path::Path| {
+        Command::new(BIN)
+            .args(["get", "brokers", "-A"])
+            .env_remove("FERRY_TOKEN")
+            .env_remove("FERRY_SERVER")
+            .env("FERRY_CLI_CONFIG", config)
+            .output()
+            .unwrap()
+    };
+    ok(&from_file(&cli_config));
+    std::fs::write(&cli_config, "server: x\ntokn: y\n").unwrap();
+    let err = refused(&from_file(&cli_config), "cli.yaml");
+    assert!(
+        err.contains("tokn"),
+        "the file and the field are named: {err}"
+    );
     server.terminate();
 
     // Without auth on an address others can reach: refused, saying why and what to do.
