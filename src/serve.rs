@@ -56,10 +56,17 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     // Events, tokens' hashes, Ferry's signing key and the admin token live here: the owner's
     // only.
+    // (A directory Ferry's user does not own, e.g. a volume mounted 0777 by root, stays as it
+    // is: said in the log, not a reason to stop.)
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} private (0700)", config.data_dir.display()))?;
+        let private = std::fs::Permissions::from_mode(0o700);
+        if let Err(e) = std::fs::set_permissions(&config.data_dir, private) {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(), error = %e,
+                "cannot make the data dir private (0700); keep it from other users"
+            );
+        }
     }
     let registry = prometheus::Registry::new();
     let log_metrics = LogMetrics::new(&registry).context("registering log metrics")?;

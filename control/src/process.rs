@@ -57,14 +57,16 @@ impl Spawner {
     /// A command that runs `program` (through `setpriv` when there is one): add its
     /// arguments and settings, then [`spawn`](Self::spawn) it.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        match &self.setpriv {
+        let mut cmd = match &self.setpriv {
             Some(setpriv) => {
                 let mut cmd = Command::new(setpriv);
                 cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
                 cmd
             }
             None => Command::new(program),
-        }
+        };
+        without_secrets(&mut cmd);
+        cmd
     }
 
     /// Starts `cmd` from the spawner's thread and records its pid.
@@ -184,6 +186,20 @@ pub async fn for_each_line(from: impl AsyncRead + Unpin, max: usize, mut line: i
     }
     if !buf.is_empty() {
         line(String::from_utf8_lossy(&buf).into_owned());
+    }
+}
+
+/// Removes Ferry's secrets from what a child process inherits (a step or an app that prints
+/// its environment would otherwise show them in `ferry logs`): the Kafka SASL password, the
+/// CLI's token, and the secrets resources reference (`FERRY_SECRET_*`).
+pub fn without_secrets(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let secret = name.to_str().is_some_and(|n| {
+            n.starts_with("FERRY_SECRET_") || n == "FERRY_KAFKA_SASL_PASSWORD" || n == "FERRY_TOKEN"
+        });
+        if secret {
+            cmd.env_remove(&name);
+        }
     }
 }
 

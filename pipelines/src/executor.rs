@@ -107,7 +107,11 @@ async fn run_step(
     let (program, args) = sandbox.wrap(&step.program, &step.args, step.working_dir.as_deref());
     let mut cmd = match &opts.spawner {
         Some(s) => s.command(&program),
-        None => tokio::process::Command::new(&program),
+        None => {
+            let mut cmd = tokio::process::Command::new(&program);
+            control::process::without_secrets(&mut cmd);
+            cmd
+        }
     };
     cmd.args(&args)
         // The runner's variables first: a step's own `env` wins.

@@ -32,14 +32,19 @@ impl ServerArg {
             return Ok(self);
         };
         let file = super::config::CliConfig::read(&path)?;
+        // The file's token and CA are for the file's server: another server given by a flag or
+        // the environment does not get them.
+        let same_server = self.server.is_none() || self.server == file.server;
         if self.server.is_none() {
             self.server = file.server.clone();
         }
-        if self.token.is_none() {
-            self.token = file.token(&path)?;
-        }
-        if self.ca_file.is_none() {
-            self.ca_file = file.ca_file.clone();
+        if same_server {
+            if self.token.is_none() {
+                self.token = file.token(&path)?;
+            }
+            if self.ca_file.is_none() {
+                self.ca_file = file.ca_file.clone();
+            }
         }
         Ok(self)
     }

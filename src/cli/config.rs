@@ -27,8 +27,10 @@ pub fn path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("FERRY_CLI_CONFIG") {
         return Some(PathBuf::from(p));
     }
+    // An empty or relative XDG_CONFIG_HOME is ignored, as the XDG spec says.
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))?;
     Some(base.join("ferry").join("config.yaml"))
 }

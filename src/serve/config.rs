@@ -332,9 +332,29 @@ impl ServeArgs {
         };
         let mut problems = Vec::new();
         let autoscaler = autoscaler_defaults(&file.autoscaler).unwrap_or_else(|p| {
-            problems = p;
+            problems.extend(p);
             Default::default()
         });
+        let kafka_security_given = self.kafka_security_protocol.is_some()
+            || self.kafka_sasl_mechanism.is_some()
+            || self.kafka_sasl_username.is_some()
+            || self.kafka_sasl_password_file.is_some()
+            || self.kafka_ca_file.is_some()
+            || self.kafka_cert_file.is_some()
+            || self.kafka_key_file.is_some()
+            || file.kafka_security_protocol.is_some()
+            || file.kafka_sasl_mechanism.is_some()
+            || file.kafka_sasl_username.is_some()
+            || file.kafka_sasl_password_file.is_some()
+            || file.kafka_ca_file.is_some()
+            || file.kafka_cert_file.is_some()
+            || file.kafka_key_file.is_some();
+        if kafka_security_given && self.kafka.is_none() && file.kafka.is_none() {
+            problems.push(
+                "kafka-security-protocol, kafka-sasl-*, kafka-*-file: used only with --kafka"
+                    .to_string(),
+            );
+        }
         let config = ServeConfig {
             data_dir: self
                 .data_dir

@@ -240,7 +240,8 @@ impl PolicyTable {
                 .map_err(|e| vec![("spec".to_string(), e)])
                 .and_then(|spec| compile(Some(cp), ns, name, &spec))
                 .unwrap_or_else(|_| Compiled::deny_all(name));
-            self.set(ns, compiled);
+            // A reconcile that ran meanwhile saw a state at least as new.
+            self.set_if_absent(ns, compiled);
         }
         Ok(stored.len())
     }
@@ -250,6 +251,15 @@ impl PolicyTable {
             t.entry(ns.to_string())
                 .or_default()
                 .insert(compiled.name.clone(), Arc::new(compiled));
+        }
+    }
+
+    fn set_if_absent(&self, ns: &str, compiled: Compiled) {
+        if let Ok(mut t) = self.by_namespace.write() {
+            t.entry(ns.to_string())
+                .or_default()
+                .entry(compiled.name.clone())
+                .or_insert_with(|| Arc::new(compiled));
         }
     }
 

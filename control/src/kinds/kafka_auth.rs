@@ -2,8 +2,10 @@
 //! (secret references), without Kubernetes: a secret `NAME` of namespace `NS` is the directory
 //! `<secrets-dir>/NS/NAME/` with one file per key (the layout of a Kubernetes secret mounted as
 //! a volume; `--secrets-dir`, default `<data-dir>/secrets`), and a key may also come from the
-//! environment variable `FERRY_SECRET_<NS>_<NAME>_<KEY>` (upper case, other characters `_`),
-//! which wins. Every node of a cluster needs the same secrets.
+//! environment variable `FERRY_SECRET__<NS>__<NAME>__<KEY>`, which wins: the three parts as
+//! written, each character other than a letter or digit as `_` and its two hex digits (`-` is
+//! `_2D`, `.` `_2E`, `_` `_5F`), so no two secrets share a variable. Every node of a cluster
+//! needs the same secrets. Values read from secrets are never put into a message.
 //!
 //! - KafkaSource `spec.net`: `sasl: {enable, user, password, type}` and `tls: {enable, cert,
 //!   key, caCert}`, each a `secretKeyRef: {name, key}`; `type` is `PLAIN`, `SCRAM-SHA-256` or
@@ -87,18 +89,25 @@ pub struct SecretName {
     pub name: String,
 }
 
-/// The environment variable that may hold a secret's key.
+/// The environment variable that may hold a secret's key: one per (namespace, name, key).
 fn env_name(ns: &str, name: &str, key: &str) -> String {
-    format!("FERRY_SECRET_{ns}_{name}_{key}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    let escape = |part: &str| -> String {
+        part.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("_{b:02X}")
+                }
+            })
+            .collect()
+    };
+    format!(
+        "FERRY_SECRET__{}__{}__{}",
+        escape(ns),
+        escape(name),
+        escape(key)
+    )
 }
 
 /// Key `key` of secret `ns/name`, if it exists; an error says where it was looked for.
@@ -155,11 +164,7 @@ pub fn source_security(dir: &Path, ns: &str, net: &Net) -> Result<KafkaSecurity,
     if net.sasl.enable {
         s.username = value(&net.sasl.user)?.map(|u| u.trim().to_string());
         s.password = value(&net.sasl.password)?.map(|p| p.trim_end_matches('\n').to_string());
-        s.mechanism = Some(
-            value(&net.sasl.mechanism)?
-                .map(|m| m.trim().to_string())
-                .unwrap_or_else(|| "PLAIN".into()),
-        );
+        s.mechanism = Some(mechanism(value(&net.sasl.mechanism)?)?);
     }
     if net.tls.enable {
         s.ca_pem = value(&net.tls.ca_cert)?;
@@ -174,10 +179,11 @@ pub fn sink_security(dir: &Path, ns: &str, auth: &Auth) -> Result<KafkaSecurity,
     let name = &auth.secret.reference.name;
     let key = |k: &str| lookup(dir, ns, name, k);
     let protocol = match key("protocol")? {
-        Some(p) => p
-            .trim()
-            .parse::<Protocol>()
-            .map_err(|e| format!("secret {ns}/{name} key protocol: {e}"))?,
+        Some(p) => p.trim().parse::<Protocol>().map_err(|_| {
+            format!(
+                "secret {ns}/{name} key protocol: use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+            )
+        })?,
         None => {
             return Err(format!(
                 "secret {ns}/{name} has no key \"protocol\" (file {} or env {})",
@@ -189,7 +195,12 @@ pub fn sink_security(dir: &Path, ns: &str, auth: &Auth) -> Result<KafkaSecurity,
     let trimmed = |v: Option<String>| v.map(|v| v.trim().to_string());
     let s = KafkaSecurity {
         protocol,
-        mechanism: trimmed(key("sasl.mechanism")?),
+        // Knative's sink takes PLAIN when the secret names no mechanism.
+        mechanism: if protocol.sasl() {
+            Some(mechanism(key("sasl.mechanism")?)?)
+        } else {
+            trimmed(key("sasl.mechanism")?)
+        },
         username: trimmed(key("user")?),
         password: key("password")?.map(|p| p.trim_end_matches('\n').to_string()),
         ca_pem: key("ca.crt")?,
@@ -197,6 +208,19 @@ pub fn sink_security(dir: &Path, ns: &str, auth: &Auth) -> Result<KafkaSecurity,
         key_pem: key("user.key")?,
     };
     checked(s)
+}
+
+/// A SASL mechanism read from a secret (PLAIN when none is given), checked without quoting it.
+fn mechanism(value: Option<String>) -> Result<String, String> {
+    let m = value.map_or_else(|| "PLAIN".to_string(), |m| m.trim().to_string());
+    if broker::kafka::security::MECHANISMS.contains(&m.as_str()) {
+        Ok(m)
+    } else {
+        Err(format!(
+            "the secret's SASL mechanism is not one of {}",
+            broker::kafka::security::MECHANISMS.join(", ")
+        ))
+    }
 }
 
 fn checked(s: KafkaSecurity) -> Result<KafkaSecurity, String> {
@@ -268,7 +292,7 @@ mod tests {
         // Another namespace's secret of that name is not this one.
         let err = source_security(dir.path(), "other", &net).unwrap_err();
         assert!(
-            err.contains("other/kafka") && err.contains("FERRY_SECRET_OTHER_KAFKA_USER"),
+            err.contains("other/kafka") && err.contains("FERRY_SECRET__other__kafka__user"),
             "{err}"
         );
     }
@@ -298,10 +322,41 @@ mod tests {
         let half: Auth =
             serde_json::from_value(json!({"secret": {"ref": {"name": "half"}}})).unwrap();
         let err = sink_security(dir.path(), "ns", &half).unwrap_err();
-        assert!(err.contains("user") && err.contains("mechanism"), "{err}");
+        assert!(err.contains("user") && err.contains("password"), "{err}");
+        // A value that is not a mechanism is not quoted back.
+        secret(
+            dir.path(),
+            "ns",
+            "odd",
+            &[
+                ("protocol", "SASL_SSL"),
+                ("sasl.mechanism", "hunter2"),
+                ("user", "u"),
+                ("password", "p"),
+            ],
+        );
+        let odd: Auth =
+            serde_json::from_value(json!({"secret": {"ref": {"name": "odd"}}})).unwrap();
+        let err = sink_security(dir.path(), "ns", &odd).unwrap_err();
+        assert!(
+            err.contains("not one of") && !err.contains("hunter2"),
+            "{err}"
+        );
         let bad: Auth =
             serde_json::from_value(json!({"secret": {"ref": {"name": "../etc"}}})).unwrap();
         assert!(sink_security(dir.path(), "ns", &bad).is_err());
+    }
+
+    #[test]
+    fn secrets_of_different_names_never_share_a_variable() {
+        assert_ne!(
+            env_name("team", "prod-kafka", "password"),
+            env_name("team-prod", "kafka", "password")
+        );
+        assert_eq!(
+            env_name("a-b", "c", "ca.crt"),
+            "FERRY_SECRET__a_2Db__c__ca_2Ecrt"
+        );
     }
 
     #[test]

@@ -74,8 +74,23 @@ pub(super) fn validate_kafka_sink(spec: &Value, err: &mut impl FnMut(&str, Strin
 /// Why a topic is not for a source or sink: Ferry's own (`ferry-…`: resources, tokens and
 /// keys, retries and dead letters) and Kafka's internal ones (`__…`).
 fn reserved_topic(topic: &str) -> Option<String> {
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Some(format!(
+            "{topic:?} is not a Kafka topic name (letters, digits, '.', '_' and '-')"
+        ));
+    }
     (topic.starts_with("ferry-") || topic.starts_with("__")).then(|| {
         format!("{topic:?} is reserved: topics starting ferry- are Ferry's own, __ Kafka's")
+    })
+}
+
+/// Why a consumer group is not for a source: Ferry's own (its triggers', its readers').
+fn reserved_group(group: &str) -> Option<String> {
+    (group.starts_with("knative-trigger-") || group.starts_with("ferry-")).then(|| {
+        format!("{group:?} is reserved: groups starting knative-trigger- or ferry- are Ferry's own")
     })
 }
 
@@ -129,6 +144,9 @@ pub(super) fn validate_kafka_source(
             "consumerGroup" => {
                 if v.as_str().is_none_or(str::is_empty) {
                     err(&field, format!("{v} is not a consumer group name"));
+                }
+                if let Some(problem) = v.as_str().and_then(reserved_group) {
+                    err(&field, problem);
                 }
             }
             "consumers" => {

@@ -450,6 +450,15 @@ async fn an_admin_token_from_a_file_and_auth_none_refused_off_loopback() {
             .unwrap()
     };
     ok(&from_file(&cli_config));
+    // The file's token is for the file's server: named another way, that server gets none.
+    let elsewhere = server.api.replace("127.0.0.1", "localhost");
+    let other = Command::new(BIN)
+        .args(["--server", &elsewhere, "get", "brokers"])
+        .env_remove("FERRY_TOKEN")
+        .env("FERRY_CLI_CONFIG", &cli_config)
+        .output()
+        .unwrap();
+    refused(&other, "needs a token");
     std::fs::write(&cli_config, "server: x\ntokn: y\n").unwrap();
     let err = refused(&from_file(&cli_config), "cli.yaml");
     assert!(
