@@ -388,10 +388,37 @@ async fn a_node_cut_off_from_kafka_hands_over_turns_unready_and_rejoins_losing_n
         (load_b.count(503) > 0 && code == 503 && body.contains("event log")).then_some(())
     })
     .await;
-    eventually(WAIT, "A holding every partition", || async {
-        (shares(&[&a]).await == [4]).then_some(())
+    // (When this times out, the panic carries both nodes' last log lines and A's partition
+    // metrics, so a failure in CI says whether A saw a rebalance at all.)
+    let holding = tokio::time::timeout(WAIT, async {
+        while shares(&[&a]).await != [4] {
+            tokio::time::sleep(POLL).await;
+        }
     })
     .await;
+    if holding.is_err() {
+        let tail = |log: std::path::PathBuf| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        let metrics = reqwest::get(format!("{}/metrics", a.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default();
+        let partitions: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("ferry_dispatch_partitions"))
+            .collect();
+        panic!(
+            "timed out waiting for A holding every partition\nA's partitions: {partitions:?}\n\
+             A's log:\n{}\nB's log:\n{}",
+            tail(dirs[0].path().join("data.log")),
+            tail(dirs[1].path().join("data.log"))
+        );
+    }
     // A goes on taking and delivering events meanwhile.
     load_a
         .until_more_acked(100, "events taken by A while B is cut off")
