@@ -247,6 +247,8 @@ pub enum AuthError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("{path}: {source}")]
     File {
         path: String,
@@ -326,11 +328,8 @@ impl Auth {
                 "Requests refused: 401 (unauthenticated) or 403 (forbidden), by listener",
             ),
             &["listener", "reason"],
-        )
-        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
-        registry
-            .register(Box::new(refused.clone()))
-            .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        )?;
+        registry.register(Box::new(refused.clone()))?;
         Ok(Arc::new(Self {
             mode: config.mode,
             control,

@@ -16,9 +16,11 @@
 use crate::tls::Tls;
 use axum::extract::ConnectInfo;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1::Builder as Http1;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -113,47 +115,51 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // The peer's address as axum's `ConnectInfo`, put on each request of the connection.
         let router = router.clone();
-        let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
-        match &tls {
-            None => {
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    // A connection ending badly (reset, header timeout) is the client's business.
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, listener = name, "connection ended");
-                    }
-                    drop(slot);
-                });
-            }
-            Some(tls) => {
-                // The handshake runs in the connection's task, bounded like a request header,
-                // so a client that stalls in it holds only its own slot.
-                let acceptor = tls.acceptor();
-                let (http, watcher) = (http.clone(), graceful.watcher());
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
-                    let stream = match handshake {
-                        Ok(Ok(s)) => s,
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let (http, watcher) = (http.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_io(TokioIo::new(stream), &http, watcher, service, name).await,
+                Some(acceptor) => {
+                    // The handshake runs in the connection's task, bounded like a request
+                    // header, so a client that stalls in it holds only its own slot.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => serve_io(TokioIo::new(s), &http, watcher, service, name).await,
                         Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %peer, listener = name, "TLS handshake failed");
-                            return;
+                            tracing::debug!(error = %e, %peer, listener = name, "TLS handshake failed")
                         }
                         Err(_) => {
-                            tracing::debug!(%peer, listener = name, "TLS handshake timed out");
-                            return;
+                            tracing::debug!(%peer, listener = name, "TLS handshake timed out")
                         }
-                    };
-                    let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, listener = name, "connection ended");
                     }
-                    drop(slot);
-                });
+                }
             }
-        }
+            drop(slot);
+        });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection (plain or TLS) until it ends or shutdown closes it.
+async fn serve_io<I, S>(io: I, http: &Http1, watcher: Watcher, service: S, name: &'static str)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // A connection ending badly (reset, header timeout) is the client's business.
+    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
+        tracing::debug!(error = %e, listener = name, "connection ended");
+    }
 }

@@ -335,20 +335,20 @@ impl ServeArgs {
             problems.extend(p);
             Default::default()
         });
-        let kafka_security_given = self.kafka_security_protocol.is_some()
-            || self.kafka_sasl_mechanism.is_some()
-            || self.kafka_sasl_username.is_some()
-            || self.kafka_sasl_password_file.is_some()
-            || self.kafka_ca_file.is_some()
-            || self.kafka_cert_file.is_some()
-            || self.kafka_key_file.is_some()
-            || file.kafka_security_protocol.is_some()
-            || file.kafka_sasl_mechanism.is_some()
-            || file.kafka_sasl_username.is_some()
-            || file.kafka_sasl_password_file.is_some()
-            || file.kafka_ca_file.is_some()
-            || file.kafka_cert_file.is_some()
-            || file.kafka_key_file.is_some();
+        let kafka_security = kafka_security::Given {
+            protocol: self
+                .kafka_security_protocol
+                .or(file.kafka_security_protocol),
+            mechanism: self.kafka_sasl_mechanism.or(file.kafka_sasl_mechanism),
+            username: self.kafka_sasl_username.or(file.kafka_sasl_username),
+            password_file: self
+                .kafka_sasl_password_file
+                .or(file.kafka_sasl_password_file),
+            ca_file: self.kafka_ca_file.or(file.kafka_ca_file),
+            cert_file: self.kafka_cert_file.or(file.kafka_cert_file),
+            key_file: self.kafka_key_file.or(file.kafka_key_file),
+        };
+        let kafka_security_given = kafka_security != kafka_security::Given::default();
         if kafka_security_given && self.kafka.is_none() && file.kafka.is_none() {
             problems.push(
                 "kafka-security-protocol, kafka-sasl-*, kafka-*-file: used only with --kafka"
@@ -405,22 +405,7 @@ impl ServeArgs {
                     min_insync_replicas: self
                         .kafka_min_insync_replicas
                         .or(file.kafka_min_insync_replicas),
-                    security: kafka_security::resolve(
-                        kafka_security::Given {
-                            protocol: self
-                                .kafka_security_protocol
-                                .or(file.kafka_security_protocol),
-                            mechanism: self.kafka_sasl_mechanism.or(file.kafka_sasl_mechanism),
-                            username: self.kafka_sasl_username.or(file.kafka_sasl_username),
-                            password_file: self
-                                .kafka_sasl_password_file
-                                .or(file.kafka_sasl_password_file),
-                            ca_file: self.kafka_ca_file.or(file.kafka_ca_file),
-                            cert_file: self.kafka_cert_file.or(file.kafka_cert_file),
-                            key_file: self.kafka_key_file.or(file.kafka_key_file),
-                        },
-                        &mut problems,
-                    ),
+                    security: kafka_security::resolve(kafka_security, &mut problems),
                 }),
             gateway_listen: self
                 .gateway_listen

@@ -24,7 +24,9 @@ impl IntoResponse for AuthError {
             AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AuthError::Exists(_) => StatusCode::CONFLICT,
             AuthError::NotFound(_) => StatusCode::NOT_FOUND,
-            AuthError::Store(_) | AuthError::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            AuthError::Store(_) | AuthError::File { .. } | AuthError::Metrics(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }

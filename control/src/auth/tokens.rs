@@ -123,15 +123,15 @@ pub async fn create(
     Ok((format!("{PREFIX}{}.{secret}", new.name), info))
 }
 
-fn decode(r: &Resource) -> Option<Stored> {
-    serde_json::from_value(r.spec.clone()).ok()
+fn decode(r: Resource) -> Option<Stored> {
+    serde_json::from_value(r.spec).ok()
 }
 
 /// Every token, by name.
 pub fn list(store: &dyn ResourceStore) -> Result<Vec<TokenInfo>, AuthError> {
     Ok(store
         .list(KIND, None)?
-        .iter()
+        .into_iter()
         .filter_map(decode)
         .map(|s| s.info)
         .collect())
@@ -161,7 +161,7 @@ pub(crate) fn verify(
         return Err(unknown());
     }
     let stored = match store.get(KIND, "", name) {
-        Ok(Some(r)) => decode(&r).ok_or_else(unknown)?,
+        Ok(Some(r)) => decode(r).ok_or_else(unknown)?,
         Ok(None) => return Err(unknown()),
         Err(e) => {
             tracing::error!(error = %e, "reading a token failed");

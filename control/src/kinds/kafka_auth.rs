@@ -234,14 +234,21 @@ fn checked(s: KafkaSecurity) -> Result<KafkaSecurity, String> {
 
 /// Checks the shape of a KafkaSource's `spec.net`.
 pub fn validate_net(field: &str, v: &Value, err: &mut impl FnMut(&str, String)) {
-    if let Err(e) = serde_path_to_error::deserialize::<_, Net>(v) {
-        err(&format!("{field}.{}", e.path()), e.inner().to_string());
-    }
+    validate_shape::<Net>(field, v, err);
 }
 
 /// Checks the shape of a KafkaSink's `spec.auth`.
 pub fn validate_auth(field: &str, v: &Value, err: &mut impl FnMut(&str, String)) {
-    if let Err(e) = serde_path_to_error::deserialize::<_, Auth>(v) {
+    validate_shape::<Auth>(field, v, err);
+}
+
+/// `v` decodes as a `T`, else the error names the field inside it.
+fn validate_shape<T: serde::de::DeserializeOwned>(
+    field: &str,
+    v: &Value,
+    err: &mut impl FnMut(&str, String),
+) {
+    if let Err(e) = serde_path_to_error::deserialize::<_, T>(v) {
         err(&format!("{field}.{}", e.path()), e.inner().to_string());
     }
 }

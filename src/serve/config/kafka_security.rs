@@ -7,7 +7,7 @@ use broker::kafka::security::{KafkaSecurity, Protocol};
 use std::path::{Path, PathBuf};
 
 /// The settings as given (flags over the file).
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 pub(super) struct Given {
     pub protocol: Option<Protocol>,
     pub mechanism: Option<String>,
