@@ -412,7 +412,11 @@ impl Auth {
             }
         }
         if jwt::looks_like_jwt(token) {
-            let own = self.issuer.key(self.control.store()).ok();
+            // A store that cannot be read is not a bad token: 503, not 401.
+            let own = self
+                .issuer
+                .key(self.control.store())
+                .map_err(Refusal::Unavailable)?;
             return jwt::verify(token, audience, &self.jwt, &self.keys, own.as_deref(), api)
                 .map_err(Refusal::Unauthenticated);
         }

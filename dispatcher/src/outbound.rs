@@ -25,15 +25,6 @@ pub struct Address {
     pub ca_certs: Option<String>,
 }
 
-impl Address {
-    pub fn url(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            ..Self::default()
-        }
-    }
-}
-
 /// Mints the bearer tokens deliveries carry.
 pub trait TokenSource: Send + Sync {
     /// A token saying `subject` sends, for `audience`.

@@ -117,7 +117,17 @@ impl Tls {
     /// Reads the files again; on an error the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let stamps = (modified(&self.cert), modified(&self.key));
-        let config = load(&self.cert, &self.key)?;
+        let config = match load(&self.cert, &self.key) {
+            Ok(c) => c,
+            Err(e) => {
+                // Not tried again until the files change again: from the times they had when
+                // read, so a file that lands meanwhile (the other half of a pair) is loaded.
+                if let Ok(mut l) = self.loaded.lock() {
+                    *l = stamps;
+                }
+                return Err(e);
+            }
+        };
         let acceptor = TlsAcceptor::from(Arc::new(config));
         match self.current.write() {
             Ok(mut a) => *a = acceptor,
@@ -149,10 +159,6 @@ impl Tls {
     /// `reload`, with a failure logged (SIGHUP and the watcher).
     pub fn reload_logged(&self) {
         if let Err(e) = self.reload() {
-            // Not tried again until the files change again.
-            if let Ok(mut l) = self.loaded.lock() {
-                *l = (modified(&self.cert), modified(&self.key));
-            }
             tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use");
         }
     }

@@ -34,7 +34,9 @@ impl ServerArg {
         let file = super::config::CliConfig::read(&path)?;
         // The file's token and CA are for the file's server: another server given by a flag or
         // the environment does not get them.
-        let same_server = self.server.is_none() || self.server == file.server;
+        let trimmed =
+            |s: &Option<String>| s.as_deref().map(|s| s.trim_end_matches('/').to_string());
+        let same_server = self.server.is_none() || trimmed(&self.server) == trimmed(&file.server);
         if self.server.is_none() {
             self.server = file.server.clone();
         }

@@ -91,7 +91,12 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
             tracing::warn!(listener = g.listener.as_str(), method = %req.method(), %path, reason = %why, "refused: unauthenticated");
             return refuse(StatusCode::UNAUTHORIZED, why);
         }
-        Err(Refusal::Unavailable(why)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(Refusal::Unavailable(why)) => {
+            let mut resp = refuse(StatusCode::SERVICE_UNAVAILABLE, why);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return resp;
+        }
     };
     let query = req.uri().query().unwrap_or("").to_string();
     // HEAD is GET without the body; a kind is named by its plural however the request names it.

@@ -18,12 +18,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const KIND: &str = "!SigningKey";
 
 /// A minted token's key id, subject and audience.
 type MintKey = (String, String, String);
 const NAME: &str = "ferry";
+/// How long the signing key is used before the store is looked at again (a key another node
+/// made at the same first start replaces this node's within this long).
+const KEY_RECHECK: Duration = Duration::from_secs(10);
 /// How long a minted token is valid.
 const TOKEN_LIFETIME_SECS: i64 = 300;
 /// A cached token is used again while it has at least this long left.
@@ -75,7 +79,8 @@ impl SigningKey {
 /// The issuer: its name (`iss`), its key, the tokens it minted lately.
 pub struct Issuer {
     pub(crate) name: String,
-    key: Mutex<Option<Arc<SigningKey>>>,
+    /// The key and when the store was last looked at for it.
+    key: Mutex<Option<(Arc<SigningKey>, Instant)>>,
     /// By key id, subject and audience: a token of a replaced key is not handed out again.
     minted: Mutex<HashMap<MintKey, (String, i64)>>,
 }
@@ -136,21 +141,32 @@ impl Issuer {
         Ok(())
     }
 
-    /// The key in the store (another node may have made it first: the store's wins).
-    pub(crate) fn key(&self, store: &dyn ResourceStore) -> Result<Arc<SigningKey>, String> {
-        let record = store
-            .get(KIND, "", NAME)
-            .map_err(|e| e.to_string())?
-            .ok_or("Ferry's signing key is not made yet")?;
+    /// The key in the store (another node may have made it first: the store's wins), looked
+    /// up again at most every [`KEY_RECHECK`]; `None` while no key is made (auth off). An
+    /// error: the store could not be read.
+    pub(crate) fn key(&self, store: &dyn ResourceStore) -> Result<Option<Arc<SigningKey>>, String> {
+        let mut cached = self.key.lock().map_err(|_| "signing key lock poisoned")?;
+        if let Some((k, checked)) = cached.as_ref() {
+            if checked.elapsed() < KEY_RECHECK {
+                return Ok(Some(k.clone()));
+            }
+        }
+        let Some(record) = store.get(KIND, "", NAME).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
         let stored: Stored =
             serde_json::from_value(record.spec).map_err(|e| format!("signing key: {e}"))?;
-        let mut cached = self.key.lock().map_err(|_| "signing key lock poisoned")?;
-        if let Some(k) = cached.as_ref().filter(|k| k.kid == stored.kid) {
-            return Ok(k.clone());
-        }
-        let key = Arc::new(SigningKey::from_stored(&stored)?);
-        *cached = Some(key.clone());
-        Ok(key)
+        let key = match cached.as_ref() {
+            Some((k, _)) if k.kid == stored.kid => k.clone(),
+            _ => Arc::new(SigningKey::from_stored(&stored)?),
+        };
+        *cached = Some((key.clone(), Instant::now()));
+        Ok(Some(key))
+    }
+
+    fn made_key(&self, store: &dyn ResourceStore) -> Result<Arc<SigningKey>, String> {
+        self.key(store)?
+            .ok_or_else(|| "Ferry's signing key is not made yet".to_string())
     }
 
     /// A token saying `subject` sends to `audience`, valid five minutes (reused while a
@@ -162,7 +178,7 @@ impl Issuer {
         audience: &str,
     ) -> Result<String, String> {
         let now = chrono::Utc::now().timestamp();
-        let key = self.key(store)?;
+        let key = self.made_key(store)?;
         let cache_key = (key.kid.clone(), subject.to_string(), audience.to_string());
         if let Ok(minted) = self.minted.lock() {
             if let Some((token, exp)) = minted.get(&cache_key) {
@@ -196,7 +212,7 @@ impl Issuer {
 
     /// `/.well-known/jwks.json`.
     pub(crate) fn jwks(&self, store: &dyn ResourceStore) -> Result<Value, String> {
-        let key = self.key(store)?;
+        let key = self.made_key(store)?;
         Ok(json!({ "keys": [key.jwk] }))
     }
 }

@@ -164,7 +164,11 @@ pub fn source_security(dir: &Path, ns: &str, net: &Net) -> Result<KafkaSecurity,
     if net.sasl.enable {
         s.username = value(&net.sasl.user)?.map(|u| u.trim().to_string());
         s.password = value(&net.sasl.password)?.map(|p| p.trim_end_matches('\n').to_string());
-        s.mechanism = Some(mechanism(value(&net.sasl.mechanism)?)?);
+        let from = net.sasl.mechanism.as_ref().map_or_else(String::new, |v| {
+            let r = &v.secret_key_ref;
+            format!("secret {ns}/{} key {}", r.name, r.key)
+        });
+        s.mechanism = Some(mechanism(value(&net.sasl.mechanism)?, &from)?);
     }
     if net.tls.enable {
         s.ca_pem = value(&net.tls.ca_cert)?;
@@ -197,7 +201,10 @@ pub fn sink_security(dir: &Path, ns: &str, auth: &Auth) -> Result<KafkaSecurity,
         protocol,
         // Knative's sink takes PLAIN when the secret names no mechanism.
         mechanism: if protocol.sasl() {
-            Some(mechanism(key("sasl.mechanism")?)?)
+            Some(mechanism(
+                key("sasl.mechanism")?,
+                &format!("secret {ns}/{name} key sasl.mechanism"),
+            )?)
         } else {
             trimmed(key("sasl.mechanism")?)
         },
@@ -211,13 +218,14 @@ pub fn sink_security(dir: &Path, ns: &str, auth: &Auth) -> Result<KafkaSecurity,
 }
 
 /// A SASL mechanism read from a secret (PLAIN when none is given), checked without quoting it.
-fn mechanism(value: Option<String>) -> Result<String, String> {
+/// (`from` names the secret and key, for the message.)
+fn mechanism(value: Option<String>, from: &str) -> Result<String, String> {
     let m = value.map_or_else(|| "PLAIN".to_string(), |m| m.trim().to_string());
     if broker::kafka::security::MECHANISMS.contains(&m.as_str()) {
         Ok(m)
     } else {
         Err(format!(
-            "the secret's SASL mechanism is not one of {}",
+            "{from}: the SASL mechanism is not one of {}",
             broker::kafka::security::MECHANISMS.join(", ")
         ))
     }
@@ -249,7 +257,13 @@ fn validate_shape<T: serde::de::DeserializeOwned>(
     err: &mut impl FnMut(&str, String),
 ) {
     if let Err(e) = serde_path_to_error::deserialize::<_, T>(v) {
-        err(&format!("{field}.{}", e.path()), e.inner().to_string());
+        let path = e.path().to_string();
+        let at = if path == "." {
+            field.to_string()
+        } else {
+            format!("{field}.{path}")
+        };
+        err(&at, e.inner().to_string());
     }
 }
 
@@ -346,7 +360,9 @@ mod tests {
             serde_json::from_value(json!({"secret": {"ref": {"name": "odd"}}})).unwrap();
         let err = sink_security(dir.path(), "ns", &odd).unwrap_err();
         assert!(
-            err.contains("not one of") && !err.contains("hunter2"),
+            err.contains("not one of")
+                && err.contains("ns/odd key sasl.mechanism")
+                && !err.contains("hunter2"),
             "{err}"
         );
         let bad: Auth =

@@ -30,14 +30,17 @@ fn read(flag: &str, path: &Path, problems: &mut Vec<String>) -> Option<String> {
 
 /// The security of Ferry's clients; every problem goes into `problems`.
 pub(super) fn resolve(given: Given, problems: &mut Vec<String>) -> KafkaSecurity {
+    // The env var is read for a SASL protocol only: one left in the environment does not
+    // stop a plaintext start.
+    let sasl = given.protocol.is_some_and(Protocol::sasl);
     let password = match (
         &given.password_file,
         std::env::var("FERRY_KAFKA_SASL_PASSWORD"),
     ) {
         (Some(path), _) => read("kafka-sasl-password-file", path, problems)
             .map(|p| p.trim_end_matches('\n').to_string()),
-        (None, Ok(p)) => Some(p),
-        (None, Err(_)) => None,
+        (None, Ok(p)) if sasl => Some(p),
+        (None, _) => None,
     };
     let security = KafkaSecurity {
         protocol: given.protocol.unwrap_or_default(),
