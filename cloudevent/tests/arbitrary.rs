@@ -82,7 +82,7 @@ fn header_map(h: &[(String, Vec<u8>)]) -> HeaderMap {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(cases(2000)))]
 
     #[test]
     fn structured_and_batch_bodies_never_panic_and_round_trip(b in body()) {
@@ -115,4 +115,13 @@ proptest! {
         let _ = kafka::decode_binary(borrowed.clone(), b.as_deref());
         let _ = kafka::decode(borrowed, b.as_deref());
     }
+}
+
+/// `PROPTEST_CASES` from the environment (a longer run by hand), else `default`: a config's
+/// own case count would otherwise override the variable.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -22,18 +22,27 @@ pub struct Health {
     started: Instant,
     /// Milliseconds after `started` of the last heartbeat.
     beat_ms: AtomicU64,
+    /// [`BEAT`] and [`WEDGED`] (shorter in tests).
+    beat: Duration,
+    wedged: Duration,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            beat_ms: AtomicU64::new(0),
-        }
+        Self::with_timing(BEAT, WEDGED)
     }
 }
 
 impl Health {
+    fn with_timing(beat: Duration, wedged: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            beat,
+            wedged,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -55,7 +64,7 @@ impl Health {
         let since = self
             .now_ms()
             .saturating_sub(self.beat_ms.load(Ordering::Acquire));
-        (since > WEDGED.as_millis() as u64).then(|| {
+        (since > self.wedged.as_millis() as u64).then(|| {
             format!("the runtime has not run its heartbeat for {since} ms (worker threads blocked)")
         })
     }
@@ -67,7 +76,7 @@ impl Health {
             self.beat_ms.store(self.now_ms(), Ordering::Release);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(BEAT) => {}
+                _ = tokio::time::sleep(self.beat) => {}
             }
         }
     }
@@ -95,5 +104,37 @@ impl Health {
                 _ = tokio::time::sleep(BEAT) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_runtime_that_stops_running_tasks_is_unhealthy_until_it_runs_again() {
+        let health = Arc::new(Health::with_timing(
+            Duration::from_millis(10),
+            Duration::from_millis(1000),
+        ));
+        let stop = CancellationToken::new();
+        let beating = tokio::spawn({
+            let (health, stop) = (health.clone(), stop.clone());
+            async move { health.beat(stop).await }
+        });
+        // The runtime runs its tasks for longer than the limit: healthy throughout.
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(health.unhealthy(), None);
+        }
+        // Its only worker thread blocked past the limit (the fault): unhealthy, saying why.
+        std::thread::sleep(Duration::from_millis(1200));
+        let why = health.unhealthy().unwrap();
+        assert!(why.contains("has not run its heartbeat"), "{why}");
+        // Running again: healthy after its next beat.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(health.unhealthy(), None);
+        stop.cancel();
+        beating.await.unwrap();
     }
 }

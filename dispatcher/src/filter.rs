@@ -22,6 +22,11 @@ pub enum Filter {
     Cesql(Box<Expression>),
 }
 
+/// How deep `all`/`any`/`not` may nest in `filters`.
+pub const MAX_FILTER_NESTING: usize = 16;
+/// How many dialects `filters` may hold in all, nested ones included.
+pub const MAX_FILTERS: usize = 256;
+
 /// A problem in a filter, with the field path (`spec.filters[1].cesql`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterError {
@@ -38,10 +43,14 @@ impl Filter {
         let mut errors = Vec::new();
         let compiled = match filters {
             Some(Value::Array(list)) if !list.is_empty() => {
+                let mut c = Compiling {
+                    errors: &mut errors,
+                    count: 0,
+                };
                 let all: Vec<Filter> = list
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, f)| dialect(&format!("spec.filters[{i}]"), f, &mut errors))
+                    .filter_map(|(i, f)| c.dialect(&format!("spec.filters[{i}]"), f, 1))
                     .collect();
                 Filter::All(all)
             }
@@ -137,77 +146,112 @@ fn legacy(f: &Value, errors: &mut Vec<FilterError>) -> Filter {
     }
 }
 
-/// One element of `filters`: exactly one dialect.
-fn dialect(path: &str, f: &Value, errors: &mut Vec<FilterError>) -> Option<Filter> {
-    let Some(obj) = f.as_object() else {
-        errors.push(err(
-            path,
-            "must be a mapping with one dialect (exact, prefix, suffix, all, any, not, cesql)",
-        ));
-        return None;
-    };
-    if obj.len() != 1 {
-        let found: Vec<&str> = obj.keys().map(String::as_str).collect();
-        errors.push(err(
-            path,
-            format!(
-                "needs exactly one dialect, found {}: {}",
-                obj.len(),
-                found.join(", ")
-            ),
-        ));
-        return None;
-    }
-    let (name, body) = obj.iter().next()?;
-    let field = format!("{path}.{name}");
-    match name.as_str() {
-        "exact" | "prefix" | "suffix" => {
-            let pairs = string_map(&field, body, errors)?;
-            Some(match name.as_str() {
-                "exact" => Filter::Exact(pairs),
-                "prefix" => Filter::Prefix(pairs),
-                _ => Filter::Suffix(pairs),
-            })
+/// The state of one `filters` compilation: its errors and the dialects met so far.
+struct Compiling<'a> {
+    errors: &'a mut Vec<FilterError>,
+    count: usize,
+}
+
+impl Compiling<'_> {
+    /// One element of `filters` at nesting `depth` (the top level is 1): exactly one dialect.
+    fn dialect(&mut self, path: &str, f: &Value, depth: usize) -> Option<Filter> {
+        // Counted first: however many filters are too deep, their errors are bounded too.
+        self.count += 1;
+        if self.count > MAX_FILTERS {
+            if self.count == MAX_FILTERS + 1 {
+                self.errors.push(err(
+                    path,
+                    format!(
+                        "a trigger may hold at most {MAX_FILTERS} filters, nested ones included"
+                    ),
+                ));
+            }
+            return None;
         }
-        "all" | "any" => {
-            let Some(list) = body.as_array().filter(|l| !l.is_empty()) else {
-                errors.push(err(&field, "needs a list of at least one filter"));
-                return None;
-            };
-            let children: Vec<Filter> = list
-                .iter()
-                .enumerate()
-                .filter_map(|(i, f)| dialect(&format!("{field}[{i}]"), f, errors))
-                .collect();
-            Some(if name == "all" {
-                Filter::All(children)
-            } else {
-                Filter::Any(children)
-            })
+        if depth > MAX_FILTER_NESTING {
+            self.errors.push(err(
+                path,
+                format!("filters nest deeper than {MAX_FILTER_NESTING} levels of all/any/not"),
+            ));
+            return None;
         }
-        "not" => dialect(&field, body, errors).map(|f| Filter::Not(Box::new(f))),
-        "cesql" => match body.as_str() {
-            Some(text) => match Expression::compile(text) {
-                Ok(e) => Some(Filter::Cesql(Box::new(e))),
-                Err(e) => {
-                    // The expression quoted, cut if long (a refused one may be huge).
-                    let shown: String = text.chars().take(200).collect();
-                    let more = if shown.len() < text.len() { "..." } else { "" };
-                    errors.push(err(&field, format!("{e} in {shown:?}{more}")));
+        let Some(obj) = f.as_object() else {
+            self.errors.push(err(
+                path,
+                "must be a mapping with one dialect (exact, prefix, suffix, all, any, not, cesql)",
+            ));
+            return None;
+        };
+        if obj.len() != 1 {
+            let found: Vec<&str> = obj.keys().map(String::as_str).collect();
+            self.errors.push(err(
+                path,
+                format!(
+                    "needs exactly one dialect, found {}: {}",
+                    obj.len(),
+                    found.join(", ")
+                ),
+            ));
+            return None;
+        }
+        let (name, body) = obj.iter().next()?;
+        let field = format!("{path}.{name}");
+        match name.as_str() {
+            "exact" | "prefix" | "suffix" => {
+                let pairs = string_map(&field, body, self.errors)?;
+                Some(match name.as_str() {
+                    "exact" => Filter::Exact(pairs),
+                    "prefix" => Filter::Prefix(pairs),
+                    _ => Filter::Suffix(pairs),
+                })
+            }
+            "all" | "any" => {
+                let Some(list) = body.as_array().filter(|l| !l.is_empty()) else {
+                    self.errors
+                        .push(err(&field, "needs a list of at least one filter"));
+                    return None;
+                };
+                let children: Vec<Filter> = list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, f)| self.dialect(&format!("{field}[{i}]"), f, depth + 1))
+                    .collect();
+                Some(if name == "all" {
+                    Filter::All(children)
+                } else {
+                    Filter::Any(children)
+                })
+            }
+            "not" => self
+                .dialect(&field, body, depth + 1)
+                .map(|f| Filter::Not(Box::new(f))),
+            "cesql" => match body.as_str() {
+                Some(text) => match Expression::compile(text) {
+                    Ok(e) => Some(Filter::Cesql(Box::new(e))),
+                    Err(e) => {
+                        // The expression quoted, cut if long (a refused one may be huge).
+                        let shown: String = text.chars().take(200).collect();
+                        let more = if shown.len() < text.len() { "..." } else { "" };
+                        self.errors
+                            .push(err(&field, format!("{e} in {shown:?}{more}")));
+                        None
+                    }
+                },
+                None => {
+                    self.errors
+                        .push(err(&field, "must be a CESQL expression string"));
                     None
                 }
             },
-            None => {
-                errors.push(err(&field, "must be a CESQL expression string"));
+            other => {
+                self.errors.push(err(
+                    &field,
+                    format!(
+                        "unknown dialect {other:?} (exact, prefix, suffix, all, any, not, cesql)"
+                    ),
+                ));
                 None
             }
-        },
-        other => {
-            errors.push(err(
-                &field,
-                format!("unknown dialect {other:?} (exact, prefix, suffix, all, any, not, cesql)"),
-            ));
-            None
         }
     }
 }
@@ -342,5 +386,34 @@ mod tests {
         assert!(errs[2].message.contains("column"), "{}", errs[2].message);
         let errs = Filter::compile(Some(&json!({"attributes": {"Type": "x"}})), None).unwrap_err();
         assert_eq!(errs[0].field, "spec.filter.attributes.Type");
+    }
+
+    #[test]
+    fn deep_or_numerous_filters_are_refused_naming_the_limit() {
+        let mut deep = json!({"exact": {"type": "a"}});
+        for _ in 0..MAX_FILTER_NESTING {
+            deep = json!({"not": deep});
+        }
+        let errs = Filter::compile(None, Some(&json!([deep]))).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].message.contains("deeper than 16 levels"),
+            "{}",
+            errs[0].message
+        );
+        // One level less is fine.
+        let ok = deep["not"].clone();
+        assert!(Filter::compile(None, Some(&json!([ok]))).is_ok());
+
+        let many: Vec<Value> = (0..=MAX_FILTERS)
+            .map(|i| json!({"exact": {"type": i.to_string()}}))
+            .collect();
+        let errs = Filter::compile(None, Some(&json!([{"any": many}]))).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].message.contains("at most 256 filters"),
+            "{}",
+            errs[0].message
+        );
     }
 }

@@ -30,5 +30,5 @@ pub mod source;
 pub mod store;
 pub mod subscriber;
 
-pub use runner::{group, legacy_group, Feed, TriggerSpec, MAX_TTL, TTL};
+pub use runner::{group, legacy_group, Feed, StoreTrouble, TriggerSpec, MAX_TTL, TTL};
 pub use service::{commit_at_end, DispatchError, Dispatcher};

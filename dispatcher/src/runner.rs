@@ -170,6 +170,21 @@ pub(crate) struct Runner {
     failing_streak: std::sync::atomic::AtomicU32,
     /// When the last retryable failure happened (ms).
     last_failure_ms: std::sync::atomic::AtomicU64,
+    /// While writes to the delivery store fail: the last error, and since when.
+    store_trouble: Mutex<Option<StoreTrouble>>,
+    /// The group's committed offsets, for the lag of partitions this node holds and has not
+    /// read yet: asked for once (in Kafka mode each question is a client of its own), again
+    /// after the partitions this node holds change. Nothing else commits them meanwhile.
+    unread_committed: Mutex<Option<Vec<Option<u64>>>>,
+}
+
+/// A trigger's writes to the delivery store failing (shown in its status while they do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreTrouble {
+    /// The last failed write's error.
+    pub error: String,
+    /// When the first of the failures in a row happened.
+    pub since: chrono::DateTime<chrono::Utc>,
 }
 
 /// What one attempt came to, after the reply (if any) was stored.
@@ -213,7 +228,28 @@ impl Runner {
             superseded: std::sync::atomic::AtomicBool::new(false),
             failing_streak: std::sync::atomic::AtomicU32::new(0),
             last_failure_ms: std::sync::atomic::AtomicU64::new(0),
+            store_trouble: Mutex::new(None),
+            unread_committed: Mutex::new(None),
         })
+    }
+
+    /// While the trigger's writes to the delivery store fail: why, and since when.
+    pub(crate) fn store_trouble(&self) -> Option<StoreTrouble> {
+        self.store_trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a store write's outcome: `Some(error)` failed, `None` succeeded.
+    fn store_written(&self, error: Option<String>) {
+        let mut trouble = self.store_trouble.lock().unwrap_or_else(|p| p.into_inner());
+        *trouble = error.map(|error| StoreTrouble {
+            error,
+            since: trouble
+                .as_ref()
+                .map_or_else(crate::clock::now_utc, |t| t.since),
+        });
     }
 
     pub(crate) fn instance(&self) -> &str {
@@ -253,8 +289,15 @@ impl Runner {
 
     fn set_owned(&self, assignment: Option<Vec<u32>>) {
         let count = assignment.as_ref().map(Vec::len);
-        *self.owned.lock().unwrap_or_else(|p| p.into_inner()) =
-            assignment.map(|a| a.into_iter().collect());
+        let owned: Option<HashSet<u32>> = assignment.map(|a| a.into_iter().collect());
+        let mut current = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != owned {
+            *current = owned;
+            *self
+                .unread_committed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
         if let Some(n) = count {
             self.metrics
                 .partitions
@@ -598,5 +641,31 @@ impl Runner {
             }
             self.offsets().settled(stored.position);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_groups_are_knatives_where_unambiguous_and_never_shared() {
+        assert_eq!(group("shop", "orders-eu"), "knative-trigger-shop-orders-eu");
+        // One group in Knative's scheme, two here.
+        assert_eq!(legacy_group("a-b", "c"), legacy_group("a", "b-c"));
+        assert_ne!(group("a-b", "c"), group("a", "b-c"));
+        assert_eq!(group("a-b", "c"), "knative-trigger-a_b-c");
+        // Every pair of these distinct triggers gets a distinct group.
+        let triggers = [
+            ("a", "b-c"),
+            ("a-b", "c"),
+            ("a-b-c", "d"),
+            ("a", "b-c-d"),
+            ("a-b", "c-d"),
+            ("ab", "c"),
+            ("a", "bc"),
+        ];
+        let groups: HashSet<String> = triggers.iter().map(|(n, t)| group(n, t)).collect();
+        assert_eq!(groups.len(), triggers.len());
     }
 }

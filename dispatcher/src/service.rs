@@ -4,7 +4,7 @@
 use crate::metrics::DispatchMetrics;
 use crate::outbound::{Address, Credentials, Networks, TokenSource};
 use crate::policy::DeliveryPolicy;
-use crate::runner::{self, Runner, TriggerSpec};
+use crate::runner::{self, Runner, StoreTrouble, TriggerSpec};
 use crate::store::{DeadLetterPage, DeliveryStore, StoreError};
 use crate::subscriber::{HttpSubscriber, Subscriber};
 use broker::{EventLog, LogError, Position, Publisher, Topic};
@@ -304,6 +304,15 @@ impl Dispatcher {
             .lock()
             .await
             .contains_key(&format!("{namespace}/{name}"))
+    }
+
+    /// While the trigger's writes to the delivery store fail on this node: why, and since when.
+    pub async fn store_trouble(&self, namespace: &str, name: &str) -> Option<StoreTrouble> {
+        self.runners
+            .lock()
+            .await
+            .get(&format!("{namespace}/{name}"))
+            .and_then(|r| r.runner.store_trouble())
     }
 
     /// Stops every trigger (each drains its in-flight deliveries and commits).

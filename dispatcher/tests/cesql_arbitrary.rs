@@ -73,7 +73,7 @@ fn event() -> Event {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(cases(3000)))]
 
     #[test]
     fn any_text_compiles_or_is_refused_and_what_compiles_evaluates(text in cesql()) {
@@ -94,4 +94,13 @@ proptest! {
             let _ = e.evaluate(&event());
         }
     }
+}
+
+/// `PROPTEST_CASES` from the environment (a longer run by hand), else `default`: a config's
+/// own case count would otherwise override the variable.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -1,6 +1,6 @@
 //! Metrics of the ingress. Names are documented in the README.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct IngressMetrics {
@@ -12,6 +12,9 @@ pub struct IngressMetrics {
     /// `ferry_ingress_refused_total{reason}`: requests or connections refused by a limit:
     /// `connections`, `in_flight`, `buffered_bytes` (503), `body_timeout` (408).
     pub refused: IntCounterVec,
+    /// `ferry_ingress_requests_in_flight`: requests past the in-flight limit's gate and not yet
+    /// answered (reading their bodies, or being stored).
+    pub in_flight: IntGauge,
 }
 
 impl IngressMetrics {
@@ -42,7 +45,12 @@ impl IngressMetrics {
                 ),
                 &["reason"],
             )?,
+            in_flight: IntGauge::new(
+                "ferry_ingress_requests_in_flight",
+                "Ingress requests admitted and not yet answered.",
+            )?,
         };
+        registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.request_seconds.clone()))?;

@@ -14,6 +14,7 @@ use cloudevent::ext::SYSTEM_NAMESPACE;
 use cloudevent::http::{decode_binary, mode, Mode};
 use cloudevent::json;
 use cloudevent::trace::{TraceContext, TRACEPARENT};
+use prometheus::IntGauge;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::RwLock;
@@ -52,16 +53,25 @@ pub struct Gate {
     requests: Arc<Semaphore>,
     kib: Arc<Semaphore>,
     max_kib: usize,
+    in_flight: IntGauge,
 }
 
 /// A request's place in the gate, given back when it is dropped.
 struct Admitted {
     _request: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
+    in_flight: IntGauge,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
 }
 
 impl Gate {
-    pub fn new(config: &IngressConfig) -> Self {
+    /// `in_flight` counts the requests admitted and not yet answered.
+    pub fn new(config: &IngressConfig, in_flight: IntGauge) -> Self {
         let max_kib = config
             .max_buffered_bytes
             .div_ceil(1024)
@@ -70,6 +80,7 @@ impl Gate {
             requests: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             kib: Arc::new(Semaphore::new(max_kib)),
             max_kib,
+            in_flight,
         }
     }
 
@@ -88,9 +99,11 @@ impl Gate {
                 config.max_buffered_bytes
             ))
         })?;
+        self.in_flight.inc();
         Ok(Admitted {
             _request: request,
             _bytes: bytes,
+            in_flight: self.in_flight.clone(),
         })
     }
 }
@@ -134,7 +147,7 @@ impl IngressState {
         config: IngressConfig,
         metrics: IngressMetrics,
     ) -> Self {
-        let gate = Arc::new(Gate::new(&config));
+        let gate = Arc::new(Gate::new(&config, metrics.in_flight.clone()));
         Self {
             publisher,
             sinks,
@@ -514,7 +527,8 @@ mod tests {
             max_buffered_bytes: 10 * 1024,
             ..IngressConfig::default()
         };
-        let gate = Gate::new(&config);
+        let gauge = IntGauge::new("in_flight", "test").unwrap();
+        let gate = Gate::new(&config, gauge.clone());
         let first = gate.admit(&config, 5 * 1024).unwrap();
         let err = gate.admit(&config, 6 * 1024).err().unwrap();
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -523,10 +537,12 @@ mod tests {
             "{err}"
         );
         let second = gate.admit(&config, 100).unwrap();
+        assert_eq!(gauge.get(), 2);
         let err = gate.admit(&config, 100).err().unwrap();
         assert!(err.to_string().contains("2 requests in flight"), "{err}");
         assert_eq!(err.into_response().headers()[header::RETRY_AFTER], "1");
         drop((first, second));
+        assert_eq!(gauge.get(), 0);
         gate.admit(&config, 9 * 1024).unwrap();
     }
 

@@ -215,7 +215,7 @@ fn validate(doc: &Value) -> (FieldErrors, Option<control::Resource>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(cases(3000)))]
 
     #[test]
     fn every_kind_survives_arbitrary_documents(
@@ -242,4 +242,13 @@ proptest! {
             }
         }
     }
+}
+
+/// `PROPTEST_CASES` from the environment (a longer run by hand), else `default`: a config's
+/// own case count would otherwise override the variable.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -5,6 +5,7 @@
 use super::subscriber::{Behaviour, TestSubscriber};
 use super::support::*;
 use super::triggers::{apply, trigger, WAIT};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -224,6 +225,19 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
             "{id}: delivered once while its removal waits, not again on every pass"
         );
     }
+    // The trigger's status says so meanwhile.
+    let status = &get_json(&server, &["get", "trigger", "s"])["status"];
+    let store = condition(status, "StoreReady");
+    assert_eq!(store["status"], "False", "{status}");
+    assert_eq!(store["reason"], "StoreWriteFailing", "{status}");
+    assert!(
+        store["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry queue or dead-letter store"),
+        "{status}"
+    );
+    assert_eq!(condition(status, "Ready")["status"], "False", "{status}");
 
     // Space comes back: the node turns ready on its own, and takes events again. (The large
     // events' subscriber takes them from now on: failing them all, it counts as down, and
@@ -275,6 +289,9 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
         "{:?}",
         per_id(&sub, "s")
     );
+    let status = &get_json(&server, &["get", "trigger", "s"])["status"];
+    assert_eq!(condition(status, "StoreReady"), &Value::Null, "{status}");
+    assert_eq!(condition(status, "Ready")["status"], "True", "{status}");
     // Every acknowledged event is in the log and was delivered (the large ones at least once:
     // their subscriber still fails them).
     let stored: Vec<String> = server
@@ -297,6 +314,14 @@ async fn a_full_disk_turns_the_node_unready_storms_no_one_and_loses_nothing() {
     .await;
 }
 
+/// The condition `kind` of a status (`null` when absent).
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
 /// Reads what the server sends until it closes the connection (or `limit` passes: `None`).
 async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
     let mut got = Vec::new();
@@ -313,8 +338,8 @@ async fn slow_and_flooding_clients_do_not_starve_producers() {
     let server = Server::start(
         &dir.path().join("data"),
         &[
-            // Long enough that the idle connections of the flood below are all held while the
-            // one over the limit is tried.
+            // Long enough that the flood below is held while producers get through (so what
+            // closes its oldest connection is an eviction, not this timeout).
             "--ingress-header-timeout",
             "5s",
             // The trickling requests below hold their slots this long: room for the third
@@ -349,6 +374,16 @@ async fn slow_and_flooding_clients_do_not_starve_producers() {
         s.write_all(head.as_bytes()).await.unwrap();
         trickling.push(s);
     }
+    // Both are past the gate before the third is tried (else the third could take a slot
+    // first and one trickling request be the one refused).
+    eventually(
+        WAIT,
+        "both trickling requests to hold their slots",
+        || async {
+            (metric(&server, "ferry_ingress_requests_in_flight").await == 2.0).then_some(())
+        },
+    )
+    .await;
     let client = reqwest::Client::new();
     let url = format!("{}/default/default", server.ingress);
     let refused = eventually(WAIT, "a request refused while both slots are held", || {
@@ -376,41 +411,50 @@ async fn slow_and_flooding_clients_do_not_starve_producers() {
         202
     );
 
-    // A flood of idle connections fills the connection limit: one more is answered 503 and
-    // closed; once the idle ones time out, producers get through again.
+    // A flood of idle connections (half of them slowloris) fills the connection limit: a
+    // producer still gets through at once, each new connection taking the place of the one
+    // idle the longest, which is closed. (Every connection busy with a request is what gets a
+    // new one refused: `ingress::server`'s test.)
+    let flood_started = std::time::Instant::now();
     let mut idle = Vec::new();
-    for _ in 0..16 {
-        idle.push(TcpStream::connect(&addr).await.unwrap());
-    }
-    // One more is answered 503 (with Retry-After) and closed; once the idle ones time out, a
-    // producer gets through again.
-    let over = eventually(WAIT, "a connection over the limit to be refused", || {
-        let req = binary_post(&reqwest::Client::new(), &url, "over", &[], b"{}");
-        async move {
-            let r = req.send().await.ok()?;
-            (r.status() == 503).then_some(r)
+    for i in 0..16 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"POST /default/default HTTP/1.1\r\nHo")
+                .await
+                .unwrap();
         }
-    })
-    .await;
-    assert_eq!(over.headers()["retry-after"], "1");
-    assert!(over.text().await.unwrap().contains("limit of connections"));
-    eventually(
-        WAIT,
-        "a producer to get through after the idle ones time out",
-        || {
-            let req = binary_post(&reqwest::Client::new(), &url, "after-flood", &[], b"{}");
-            async move { (req.send().await.ok()?.status() == 202).then_some(()) }
-        },
-    )
-    .await;
-    drop(idle);
+        idle.push(s);
+    }
+    for i in 0..4 {
+        let id = format!("during-flood-{i}");
+        let answer = binary_post(&reqwest::Client::new(), &url, &id, &[], b"{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202, "a producer during the flood");
+    }
+    // The oldest flooder (half a header) was closed for them, without an answer, before its
+    // header timeout (5 s); the newest is still open.
+    let oldest = until_closed(&mut idle[0], Duration::from_secs(2)).await;
     assert!(
+        flood_started.elapsed() < Duration::from_secs(5),
+        "inconclusive: the flood took longer than the header timeout"
+    );
+    assert_eq!(oldest.as_deref(), Some(""), "the oldest flooder is closed");
+    assert_eq!(
+        until_closed(&mut idle[15], Duration::from_millis(200)).await,
+        None,
+        "the newest flooder is still open"
+    );
+    drop(idle);
+    assert_eq!(
         metric(
             &server,
             "ferry_ingress_refused_total{reason=\"connections\"}"
         )
-        .await
-            >= 1.0
+        .await,
+        0.0
     );
     assert!(metric(&server, "ferry_ingress_refused_total{reason=\"in_flight\"}").await >= 1.0);
 }

@@ -227,8 +227,14 @@ impl Kind for Trigger {
         ]
     }
 
-    /// Adds `status.lag`: the broker's events past the trigger's committed offsets.
+    /// Adds `status.lag`: the broker's events past the trigger's committed offsets; and while
+    /// this node's writes of the trigger's retries or dead letters fail, `StoreReady=False`
+    /// (reason `StoreWriteFailing`, since the first failure) and `Ready=False` with it.
     async fn observe(&self, cp: &ControlPlane, r: &mut Resource) {
+        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+        if let Some(trouble) = cp.dispatcher().store_trouble(ns, name).await {
+            store_trouble(&mut r.status, &trouble);
+        }
         let Some(broker) = r.spec.get("broker").and_then(Value::as_str) else {
             return;
         };
@@ -256,6 +262,43 @@ impl Kind for Trigger {
             r.metadata.namespace.clone(),
             r.metadata.name.clone(),
         )])
+    }
+}
+
+/// Shows a failing delivery store in `status`: `StoreReady=False`, and `Ready=False` with the
+/// same reason (events are held, not lost: the writes are tried again with backoff).
+fn store_trouble(status: &mut Value, trouble: &dispatcher::StoreTrouble) {
+    let message = format!(
+        "cannot write this trigger's retry queue or dead-letter store ({}); its events are \
+         held and the write is tried again with backoff",
+        trouble.error
+    );
+    let since = trouble
+        .since
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let Some(status) = status.as_object_mut() else {
+        return;
+    };
+    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+    let Some(list) = conditions.as_array_mut() else {
+        return;
+    };
+    // A trigger not Ready for another reason keeps that reason.
+    let ready = |c: &Value| c["type"] == "Ready" && c["status"] == "True";
+    let was_ready = list.iter().any(ready);
+    list.retain(|c| !ready(c) && c["type"] != "StoreReady");
+    let failing = |kind: &str| {
+        json!({
+            "type": kind,
+            "status": "False",
+            "reason": "StoreWriteFailing",
+            "message": message,
+            "lastTransitionTime": since,
+        })
+    };
+    list.push(failing("StoreReady"));
+    if was_ready {
+        list.push(failing("Ready"));
     }
 }
 

@@ -5,6 +5,33 @@ use super::Runner;
 use std::collections::HashMap;
 
 impl Runner {
+    /// The group's committed offsets, asked for once while this node's partitions stay the
+    /// same (empty when they cannot be read now: asked again next time).
+    async fn unread_committed(&self) -> Vec<Option<u64>> {
+        let cached = self
+            .unread_committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(c) = cached {
+            return c;
+        }
+        match self
+            .log
+            .committed(&self.spec.topic, &self.spec.group())
+            .await
+        {
+            Ok(c) => {
+                *self
+                    .unread_committed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                c
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     pub(super) async fn commit(&self, consumer: &mut dyn broker::Consumer) {
         let (retries, dead) = self.store.counts(&self.key);
         self.metrics
@@ -31,10 +58,7 @@ impl Runner {
             let marks: HashMap<u32, u64> = self.offsets().watermarks().collect();
             let unread = (0..ends.len() as u32).any(|p| self.owns(p) && !marks.contains_key(&p));
             let committed = if unread {
-                self.log
-                    .committed(&self.spec.topic, &self.spec.group())
-                    .await
-                    .unwrap_or_default()
+                self.unread_committed().await
             } else {
                 Vec::new()
             };

@@ -32,6 +32,7 @@ impl Runner {
                 w = write() => w,
                 _ = self.abort.cancelled() => return false,
             };
+            self.store_written(written.as_ref().err().map(ToString::to_string));
             match written {
                 Ok(()) => return true,
                 Err(e) => {

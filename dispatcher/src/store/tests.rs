@@ -274,3 +274,26 @@ async fn records_of_the_first_layout_are_read_after_an_upgrade() {
         assert!(s.known("ns/t", "1-5-00").unwrap());
     }
 }
+
+#[tokio::test]
+async fn replaying_and_purging_more_than_a_page_takes_every_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DeliveryStore::open(dir.path()).unwrap();
+    let n = PAGE * 2 + 5;
+    for i in 0..n {
+        s.put_dead_letter("ns/t", &dead(&format!("0-{i}-00"), 1000 + i as u64))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.counts("ns/t"), (0, n as u64));
+    assert_eq!(s.replay("ns/t", None, 5).await.unwrap(), n);
+    assert_eq!(s.counts("ns/t"), (n as u64, 0));
+    assert_eq!(s.retries("ns/t", n + 1).unwrap().len(), n);
+    for i in 0..n {
+        s.put_dead_letter("ns/t", &dead(&format!("1-{i}-00"), 1000 + i as u64))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.purge("ns/t", false).await.unwrap(), n);
+    assert_eq!(s.counts("ns/t"), (n as u64, 0));
+}
