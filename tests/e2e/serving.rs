@@ -41,13 +41,6 @@ spec:
     )
 }
 
-fn condition<'a>(r: &'a Value, ty: &str) -> Option<&'a Value> {
-    r["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-}
-
 fn ready(r: &Value) -> bool {
     condition(r, "Ready").is_some_and(|c| c["status"] == "True")
 }

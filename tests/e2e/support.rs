@@ -240,6 +240,14 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A resource's condition of type `ty`, if it has one.
+pub fn condition<'a>(r: &'a serde_json::Value, ty: &str) -> Option<&'a serde_json::Value> {
+    r["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+}
+
 /// Polls `f` until it returns `Some`, or panics after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
